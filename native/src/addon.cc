@@ -1,0 +1,410 @@
+// Node-API bindings: argument checking and marshalling only; the transforms live in
+// transforms_cpu.cc. Heavy calls run on libuv's pool (Promise) and fan out to all cores.
+#include <napi.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel.h"
+#include "transforms_cpu.h"
+
+using namespace mfp4;
+
+namespace {
+
+int g_threads = 0;  // 0 = every core
+
+[[noreturn]] void type_error(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
+
+int64_t get_int(Napi::Env env, const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) type_error(env, std::string("expected a number for '") + key + "'");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (d != (double)(int64_t)d || d < 0) type_error(env, std::string("'") + key + "' must be a non-negative integer");
+  return (int64_t)d;
+}
+
+int64_t get_int_or(Napi::Env env, const Napi::Object& o, const char* key, int64_t dflt) {
+  return o.Has(key) && !o.Get(key).IsUndefined() ? get_int(env, o, key) : dflt;
+}
+
+Layout get_layout(Napi::Env env, const Napi::Object& o) {
+  const std::string s = o.Get("layout").ToString();
+  if (s == "v1") return Layout::V1;
+  if (s == "v2") return Layout::V2;
+  type_error(env, "layout must be 'v1' or 'v2'");
+}
+
+ActDtype get_dtype(Napi::Env env, const Napi::Object& o) {
+  const std::string s = o.Get("dtype").ToString();
+  if (s == "float16") return ActDtype::F16;
+  if (s == "bfloat16") return ActDtype::BF16;
+  type_error(env, "dtype must be 'float16' or 'bfloat16'");
+}
+
+struct Bytes {
+  const uint8_t* data;
+  size_t size;
+};
+
+Bytes get_bytes(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsTypedArray()) type_error(env, std::string(what) + " must be a Uint8Array or Buffer");
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  Napi::ArrayBuffer ab = ta.ArrayBuffer();
+  return {static_cast<const uint8_t*>(ab.Data()) + ta.ByteOffset(), ta.ByteLength()};
+}
+
+// Runs `work` off the main thread; keeps the JS inputs alive until it settles.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<void()>;
+  using Done = std::function<Napi::Value(Napi::Env)>;
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  void Keep(Napi::Value v) { keep_.push_back(Napi::Persistent(v.As<Napi::Object>())); }
+  // Starts `work` on the pool; `done` builds the resolution value back on the main thread.
+  Napi::Promise Start(Work work, Done done) {
+    work_ = std::move(work);
+    done_ = std::move(done);
+    Queue();
+    return deferred_.Promise();
+  }
+  void Execute() override {
+    try {
+      work_();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(done_(Env())); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Work work_;
+  Done done_;
+  std::vector<Napi::ObjectReference> keep_;
+};
+
+struct PartSpec {
+  Bytes bytes;
+  int64_t n, np;
+};
+
+// parts: Array<{data, n, np}>; `per_row` bytes of source per row of n.
+std::vector<PartSpec> get_parts(Napi::Env env, Napi::Value v, int64_t per_row, PromiseWorker* keep) {
+  if (!v.IsArray()) type_error(env, "parts must be an array of {data, n, np}");
+  Napi::Array arr = v.As<Napi::Array>();
+  if (arr.Length() == 0) type_error(env, "parts must not be empty");
+  std::vector<PartSpec> parts;
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value pv = arr.Get(i);
+    if (!pv.IsObject()) type_error(env, "each part must be {data, n, np}");
+    Napi::Object o = pv.As<Napi::Object>();
+    PartSpec p{get_bytes(env, o.Get("data"), "part.data"), get_int(env, o, "n"), 0};
+    p.np = get_int_or(env, o, "np", p.n);
+    if ((int64_t)p.bytes.size != p.n * per_row)
+      throw Napi::RangeError::New(env, "part " + std::to_string(i) + " holds " + std::to_string(p.bytes.size) +
+                                           " bytes, expected " + std::to_string(p.n * per_row) + " for " +
+                                           std::to_string(p.n) + " rows");
+    keep->Keep(o.Get("data"));
+    parts.push_back(p);
+  }
+  return parts;
+}
+
+// Experts: Array<parts>, each expert laid out identically.
+std::vector<std::vector<PartSpec>> get_stack(Napi::Env env, Napi::Value v, int64_t per_row, PromiseWorker* keep) {
+  if (!v.IsArray()) type_error(env, "experts must be an array of part arrays");
+  Napi::Array arr = v.As<Napi::Array>();
+  if (arr.Length() == 0) type_error(env, "experts must not be empty");
+  std::vector<std::vector<PartSpec>> stack;
+  for (uint32_t e = 0; e < arr.Length(); ++e) {
+    stack.push_back(get_parts(env, arr.Get(e), per_row, keep));
+    if (stack[e].size() != stack[0].size()) type_error(env, "experts differ in their parts");
+    for (size_t p = 0; p < stack[e].size(); ++p)
+      if (stack[e][p].n != stack[0][p].n || stack[e][p].np != stack[0][p].np) type_error(env, "experts differ in shape");
+  }
+  return stack;
+}
+
+int64_t total_np(const std::vector<PartSpec>& parts) {
+  int64_t t = 0;
+  for (auto& p : parts) t += p.np;
+  return t;
+}
+
+std::string scale_error(const ScaleStats& s, int64_t groups, int64_t row_offset) {
+  const int64_t row = s.bad_index / groups + row_offset, grp = s.bad_index % groups;
+  const std::string what = e4m3_is_nan(s.bad_byte) ? "NaN" : "negative (" + std::to_string(e4m3_to_float(s.bad_byte)) + ")";
+  return "block scale [" + std::to_string(row) + ", " + std::to_string(grp) + "] is " + what +
+         "; Marlin stores scales without a sign";
+}
+
+struct StackStats {
+  uint8_t max_byte = 0;
+  int64_t histogram[256] = {};
+};
+
+// Validates every part's scales; returns the largest scale byte and the byte histogram.
+StackStats scan_parts(const std::vector<std::vector<PartSpec>>& stack, int64_t k, int threads) {
+  const int64_t groups = k / kGroup;
+  StackStats st;
+  for (size_t e = 0; e < stack.size(); ++e) {
+    int64_t row_offset = 0;
+    for (auto& p : stack[e]) {
+      const ScaleStats s = scan_scales(p.bytes.data, (int64_t)p.bytes.size, threads);
+      if (s.bad_index >= 0) {
+        std::string where = stack.size() > 1 ? "expert " + std::to_string(e) + ": " : "";
+        throw InvalidInput(where + scale_error(s, groups, row_offset));
+      }
+      if (s.max_byte > st.max_byte) st.max_byte = s.max_byte;
+      for (int b = 0; b < 256; ++b) st.histogram[b] += s.histogram[b];
+      row_offset += p.n;
+    }
+  }
+  return st;
+}
+
+std::vector<WeightPart> weight_parts(const std::vector<PartSpec>& ps) {
+  std::vector<WeightPart> out;
+  for (auto& p : ps) out.push_back({p.bytes.data, p.n, p.np});
+  return out;
+}
+
+std::vector<ScalePart> scale_parts(const std::vector<PartSpec>& ps) {
+  std::vector<ScalePart> out;
+  for (auto& p : ps) out.push_back({p.bytes.data, p.n, p.np});
+  return out;
+}
+
+// Owns a worker until Start() hands it to libuv, so argument errors thrown while the
+// inputs are parsed do not leak it.
+struct WorkerGuard {
+  PromiseWorker* w;
+  explicit WorkerGuard(Napi::Env env) : w(new PromiseWorker(env)) {}
+  ~WorkerGuard() { delete w; }
+  Napi::Promise Start(PromiseWorker::Work work, PromiseWorker::Done done) {
+    PromiseWorker* started = w;
+    w = nullptr;
+    return started->Start(std::move(work), std::move(done));
+  }
+};
+
+Napi::Buffer<uint8_t> new_output(Napi::Env env, PromiseWorker* w, int64_t bytes) {
+  Napi::Buffer<uint8_t> out = Napi::Buffer<uint8_t>::New(env, (size_t)bytes);
+  w->Keep(out);
+  return out;
+}
+
+Napi::Object options(Napi::Env env, const Napi::CallbackInfo& info, size_t idx, const char* usage) {
+  if (info.Length() <= idx || !info[idx].IsObject()) type_error(env, usage);
+  return info[idx].As<Napi::Object>();
+}
+
+// repackWeightStack(experts, {k, kp}) -> Promise<Buffer>: I32 [E, kp/16, 2*sum(np)].
+// A dense weight is a stack of one expert with one part.
+Napi::Value RepackWeightStack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object opt = options(env, info, 1, "repackWeightStack(experts, {k, kp})");
+  const int64_t k = get_int(env, opt, "k"), kp = get_int_or(env, opt, "kp", k);
+  if (k % 2 != 0) throw Napi::RangeError::New(env, "K must be even");
+  WorkerGuard g(env);
+  auto stack = std::make_shared<std::vector<std::vector<PartSpec>>>(get_stack(env, info[0], k / 2, g.w));
+  const int64_t row_words = 2 * total_np((*stack)[0]);
+  const int64_t slab_words = (kp / kGroup) * row_words;
+  Napi::Buffer<uint8_t> out = new_output(env, g.w, slab_words * 4 * (int64_t)stack->size());
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out.Data());
+  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
+  const int threads = g_threads;
+  return g.Start(
+      [stack, k, kp, dst, row_words, slab_words, threads]() {
+        for (size_t e = 0; e < stack->size(); ++e)
+          repack_weight(weight_parts((*stack)[e]), k, kp, dst + e * slab_words, row_words, threads);
+      },
+      [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
+}
+
+// processScalesStack(experts, {k, kp, layout, dtype, sf?}) -> Promise<{scales, sf, zeroed}>.
+// Without sf, v2's scale factor is computed over every expert of the stack.
+Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object opt = options(env, info, 1, "processScalesStack(experts, {k, kp, layout, dtype, sf?})");
+  const int64_t k = get_int(env, opt, "k"), kp = get_int_or(env, opt, "kp", k);
+  if (k % kGroup != 0) throw Napi::RangeError::New(env, "K = " + std::to_string(k) + " is not a multiple of 16");
+  const Layout layout = get_layout(env, opt);
+  const ActDtype dt = get_dtype(env, opt);
+  const bool has_sf = opt.Has("sf") && opt.Get("sf").IsNumber();
+  const float given_sf = has_sf ? opt.Get("sf").As<Napi::Number>().FloatValue() : 1.0f;
+  WorkerGuard g(env);
+  auto stack = std::make_shared<std::vector<std::vector<PartSpec>>>(get_stack(env, info[0], k / kGroup, g.w));
+  const int64_t slab = (kp / kGroup) * total_np((*stack)[0]);
+  Napi::Buffer<uint8_t> out = new_output(env, g.w, slab * (int64_t)stack->size());
+  uint8_t* dst = out.Data();
+  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
+  struct Result {
+    float sf = 1.0f;
+    int64_t zeroed = 0;
+  };
+  auto result = std::make_shared<Result>();
+  const int threads = g_threads;
+  return g.Start(
+      [=]() {
+        const StackStats st = scan_parts(*stack, k, threads);
+        const float sf = has_sf ? given_sf : scale_factor(st.max_byte, layout, dt);
+        result->sf = sf;
+        result->zeroed = count_lost_scales(st.histogram, layout, sf);
+        for (size_t e = 0; e < stack->size(); ++e)
+          process_scales(scale_parts((*stack)[e]), k, kp, layout, sf, dst + e * slab, threads);
+      },
+      [ref, result](Napi::Env env) -> Napi::Value {
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("scales", ref->Value());
+        r.Set("sf", result->sf);
+        r.Set("zeroed", (double)result->zeroed);
+        return r;
+      });
+}
+
+// unpackWeight(data, {n, np, k, kp, rowWords?, wordOffset?}) -> Promise<{weight, paddingNonzero}>.
+// rowWords/wordOffset select one part of a concatenated (w13) tensor.
+Napi::Value UnpackWeight(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object opt = options(env, info, 1, "unpackWeight(data, {n, np, k, kp, rowWords?, wordOffset?})");
+  const int64_t n = get_int(env, opt, "n"), np = get_int_or(env, opt, "np", n);
+  const int64_t k = get_int(env, opt, "k"), kp = get_int_or(env, opt, "kp", k);
+  const int64_t row_words = get_int_or(env, opt, "rowWords", 2 * np), word_off = get_int_or(env, opt, "wordOffset", 0);
+  const Bytes src = get_bytes(env, info[0], "data");
+  if (k % kGroup != 0 || kp % kGroup != 0) throw Napi::RangeError::New(env, "K must be a multiple of 16");
+  if ((int64_t)src.size != (kp / kGroup) * row_words * 4)
+    throw Napi::RangeError::New(env, "packed weight holds " + std::to_string(src.size) + " bytes, expected " +
+                                         std::to_string((kp / kGroup) * row_words * 4));
+  if (word_off + 2 * np > row_words) throw Napi::RangeError::New(env, "part lies outside the packed row");
+  WorkerGuard g(env);
+  g.w->Keep(info[0]);
+  Napi::Buffer<uint8_t> out = new_output(env, g.w, n * k / 2);
+  uint8_t* dst = out.Data();
+  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
+  auto stray = std::make_shared<int64_t>(0);
+  const uint32_t* in = reinterpret_cast<const uint32_t*>(src.data) + word_off;
+  const int threads = g_threads;
+  return g.Start(
+      [=]() { *stray = unpack_weight(in, row_words, n, np, k, kp, dst, threads); },
+      [ref, stray](Napi::Env env) -> Napi::Value {
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("weight", ref->Value());
+        r.Set("paddingNonzero", (double)*stray);
+        return r;
+      });
+}
+
+// decodeScales(data, {n, np, k, kp, layout, sf, totalNp?, colOffset?}) -> Promise<{scales, paddingNonzero}>.
+Napi::Value DecodeScales(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object opt = options(env, info, 1, "decodeScales(data, {n, np, k, kp, layout, sf, totalNp?, colOffset?})");
+  const int64_t n = get_int(env, opt, "n"), np = get_int_or(env, opt, "np", n);
+  const int64_t k = get_int(env, opt, "k"), kp = get_int_or(env, opt, "kp", k);
+  const int64_t tnp = get_int_or(env, opt, "totalNp", np), col_off = get_int_or(env, opt, "colOffset", 0);
+  const Layout layout = get_layout(env, opt);
+  const float sf = opt.Has("sf") && opt.Get("sf").IsNumber() ? opt.Get("sf").As<Napi::Number>().FloatValue() : 1.0f;
+  const Bytes src = get_bytes(env, info[0], "data");
+  if (k % kGroup != 0 || kp % kGroup != 0) throw Napi::RangeError::New(env, "K must be a multiple of 16");
+  if ((int64_t)src.size != (kp / kGroup) * tnp)
+    throw Napi::RangeError::New(env, "processed scales hold " + std::to_string(src.size) + " bytes, expected " +
+                                         std::to_string((kp / kGroup) * tnp));
+  if (col_off + np > tnp) throw Napi::RangeError::New(env, "part lies outside the processed scales");
+  const int64_t unit = layout == Layout::V1 ? 2 : 1;
+  WorkerGuard g(env);
+  g.w->Keep(info[0]);
+  Napi::Buffer<uint8_t> out = new_output(env, g.w, n * (k / kGroup));
+  uint8_t* dst = out.Data();
+  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
+  auto stray = std::make_shared<int64_t>(0);
+  const uint8_t* in = src.data + unit * col_off;
+  const int threads = g_threads;
+  return g.Start(
+      [=]() { *stray = decode_scales(in, tnp, n, np, k, kp, layout, sf, dst, threads); },
+      [ref, stray](Napi::Env env) -> Napi::Value {
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("scales", ref->Value());
+        r.Set("paddingNonzero", (double)*stray);
+        return r;
+      });
+}
+
+// scanScales(data) -> {maxByte, maxValue, badIndex, badByte}: cheap, synchronous.
+Napi::Value ScanScales(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Bytes b = get_bytes(env, info[0], "data");
+  const ScaleStats s = scan_scales(b.data, (int64_t)b.size, 1);
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("maxByte", s.max_byte);
+  r.Set("maxValue", e4m3_to_float(s.max_byte));
+  r.Set("badIndex", (double)s.bad_index);
+  r.Set("badByte", s.bad_byte);
+  return r;
+}
+
+// scaleFactor(maxByte, {layout, dtype}) -> number.
+Napi::Value ScaleFactor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) type_error(env, "scaleFactor(maxByte, {layout, dtype})");
+  Napi::Object opt = options(env, info, 1, "scaleFactor(maxByte, {layout, dtype})");
+  const int mb = info[0].As<Napi::Number>().Int32Value();
+  if (mb < 0 || mb > 255) throw Napi::RangeError::New(env, "maxByte must be a byte");
+  return Napi::Number::New(env, scale_factor((uint8_t)mb, get_layout(env, opt), get_dtype(env, opt)));
+}
+
+// processGlobalScale(ws2, {layout, dtype, sf?}) -> Buffer (F16/BF16 under v1, F32 under v2).
+Napi::Value ProcessGlobalScale(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) type_error(env, "processGlobalScale(ws2, {layout, dtype, sf?})");
+  Napi::Object opt = options(env, info, 1, "processGlobalScale(ws2, {layout, dtype, sf?})");
+  const float sf = opt.Has("sf") && opt.Get("sf").IsNumber() ? opt.Get("sf").As<Napi::Number>().FloatValue() : 1.0f;
+  uint8_t bytes[4];
+  int nbytes = 0;
+  try {
+    process_global_scale(info[0].As<Napi::Number>().FloatValue(), get_layout(env, opt), get_dtype(env, opt), sf, bytes, nbytes);
+  } catch (const InvalidInput& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  return Napi::Buffer<uint8_t>::Copy(env, bytes, nbytes);
+}
+
+// padShapeV2(n, k) -> {np, kp}.
+Napi::Value PadShapeV2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsNumber()) type_error(env, "padShapeV2(n, k)");
+  int64_t np, kp;
+  pad_shape_v2(info[0].As<Napi::Number>().Int64Value(), info[1].As<Napi::Number>().Int64Value(), np, kp);
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("np", (double)np);
+  r.Set("kp", (double)kp);
+  return r;
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) type_error(env, "setThreads(n)");
+  g_threads = info[0].As<Napi::Number>().Int32Value();
+  return Napi::Number::New(env, resolve_threads(g_threads));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("repackWeightStack", Napi::Function::New(env, RepackWeightStack));
+  exports.Set("processScalesStack", Napi::Function::New(env, ProcessScalesStack));
+  exports.Set("unpackWeight", Napi::Function::New(env, UnpackWeight));
+  exports.Set("decodeScales", Napi::Function::New(env, DecodeScales));
+  exports.Set("scanScales", Napi::Function::New(env, ScanScales));
+  exports.Set("scaleFactor", Napi::Function::New(env, ScaleFactor));
+  exports.Set("processGlobalScale", Napi::Function::New(env, ProcessGlobalScale));
+  exports.Set("padShapeV2", Napi::Function::New(env, PadShapeV2));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("backends", Napi::String::New(env, "cpu"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(marlin_fp4, Init)

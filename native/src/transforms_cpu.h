@@ -1,0 +1,71 @@
+// CPU implementation of the Marlin FP4 transforms (FORMAT.md). Pure C++: no Node, no CUDA.
+// A "part" is one source tensor of a fused output (gate and up of an MoE expert); parts are
+// concatenated along N, each zero-padded to its own padded width.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include "layout.h"
+
+namespace mfp4 {
+
+struct InvalidInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct WeightPart {
+  const uint8_t* data;  // U8 [n, k/2]
+  int64_t n;            // rows (output features) in the source
+  int64_t np;           // padded rows, a multiple of 64
+};
+
+struct ScalePart {
+  const uint8_t* data;  // F8_E4M3 [n, k/16]
+  int64_t n;
+  int64_t np;
+};
+
+struct ScaleStats {
+  int64_t histogram[256] = {};  // how often each E4M3 byte occurs
+  uint8_t max_byte = 0;         // byte of the largest non-negative scale
+  int64_t bad_index = -1;       // first negative or NaN scale, or -1
+  uint8_t bad_byte = 0;
+};
+
+// (Np, Kp) of layout v2 for an N x K weight (FORMAT.md section 4).
+void pad_shape_v2(int64_t n, int64_t k, int64_t& np, int64_t& kp);
+
+// Writes Marlin words for parts concatenated along N into dst: kp/16 rows of
+// 2*sum(np) words each, rows `dst_row_words` apart.
+void repack_weight(const std::vector<WeightPart>& parts, int64_t k, int64_t kp, uint32_t* dst,
+                   int64_t dst_row_words, int threads);
+
+// Inverse of repack_weight for one part that starts at column word offset 0 of src.
+// Returns the number of non-zero codes found in the padding (should be 0).
+int64_t unpack_weight(const uint32_t* src, int64_t src_row_words, int64_t n, int64_t np, int64_t k,
+                      int64_t kp, uint8_t* dst, int threads);
+
+ScaleStats scan_scales(const uint8_t* data, int64_t count, int threads);
+
+// How many non-zero block scales of this histogram v2's clamp turns into 0.
+int64_t count_lost_scales(const int64_t histogram[256], Layout layout, float sf);
+
+// v2/bfloat16: largest power of two keeping max*sf <= 448; otherwise 1.
+float scale_factor(uint8_t max_byte, Layout layout, ActDtype dt);
+
+// Processed scales of parts concatenated along N: (kp/16) rows of sum(np) bytes.
+void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, Layout layout, float sf,
+                    uint8_t* dst, int threads);
+
+// Inverse: recovers E4M3 [n, k/16] of one part starting at column 0 of src whose full
+// width is total_np. Bytes that no E4M3 value encodes to decode as 0x7F (NaN) so that a
+// comparison with the source fails. Returns non-zero bytes found in the padding.
+int64_t decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t np, int64_t k,
+                      int64_t kp, Layout layout, float sf, uint8_t* dst, int threads);
+
+// Processed global scale; returns its bytes (2 for v1, 4 for v2) in out.
+void process_global_scale(float ws2, Layout layout, ActDtype dt, float sf, uint8_t out[4],
+                          int& nbytes);
+
+}  // namespace mfp4
