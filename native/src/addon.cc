@@ -198,12 +198,39 @@ Napi::Buffer<uint8_t> new_output(Napi::Env env, PromiseWorker* w, int64_t bytes)
   return out;
 }
 
+// The result goes into opts.out when the caller passes one of the right size: reusing an
+// output buffer across tensors saves the page faults of fresh memory, which cost more than
+// the repack itself.
+struct Output {
+  uint8_t* data;
+  std::shared_ptr<Napi::ObjectReference> ref;
+};
+
+Output output_for(Napi::Env env, const Napi::Object& opt, PromiseWorker* w, int64_t bytes) {
+  Napi::Object holder;
+  uint8_t* data;
+  if (opt.Has("out") && !opt.Get("out").IsUndefined()) {
+    Napi::Value v = opt.Get("out");
+    const Bytes b = get_bytes(env, v, "out");
+    if ((int64_t)b.size != bytes)
+      throw Napi::RangeError::New(env, "out holds " + std::to_string(b.size) + " bytes, expected " + std::to_string(bytes));
+    holder = v.As<Napi::Object>();
+    data = const_cast<uint8_t*>(b.data);
+  } else {
+    Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, (size_t)bytes);
+    holder = buf;
+    data = buf.Data();
+  }
+  w->Keep(holder);
+  return {data, std::make_shared<Napi::ObjectReference>(Napi::Persistent(holder))};
+}
+
 Napi::Object options(Napi::Env env, const Napi::CallbackInfo& info, size_t idx, const char* usage) {
   if (info.Length() <= idx || !info[idx].IsObject()) type_error(env, usage);
   return info[idx].As<Napi::Object>();
 }
 
-// repackWeightStack(experts, {k, kp}) -> Promise<Buffer>: I32 [E, kp/16, 2*sum(np)].
+// repackWeightStack(experts, {k, kp, out?}) -> Promise<Buffer>: I32 [E, kp/16, 2*sum(np)].
 // A dense weight is a stack of one expert with one part.
 Napi::Value RepackWeightStack(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -214,9 +241,9 @@ Napi::Value RepackWeightStack(const Napi::CallbackInfo& info) {
   auto stack = std::make_shared<std::vector<std::vector<PartSpec>>>(get_stack(env, info[0], k / 2, g.w));
   const int64_t row_words = 2 * total_np((*stack)[0]);
   const int64_t slab_words = (kp / kGroup) * row_words;
-  Napi::Buffer<uint8_t> out = new_output(env, g.w, slab_words * 4 * (int64_t)stack->size());
-  uint32_t* dst = reinterpret_cast<uint32_t*>(out.Data());
-  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
+  const Output out = output_for(env, opt, g.w, slab_words * 4 * (int64_t)stack->size());
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out.data);
+  auto ref = out.ref;
   const int threads = g_threads;
   return g.Start(
       [stack, k, kp, dst, row_words, slab_words, threads]() {
@@ -226,7 +253,7 @@ Napi::Value RepackWeightStack(const Napi::CallbackInfo& info) {
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
 }
 
-// processScalesStack(experts, {k, kp, layout, dtype, sf?}) -> Promise<{scales, sf, zeroed}>.
+// processScalesStack(experts, {k, kp, layout, dtype, sf?, out?}) -> Promise<{scales, sf, zeroed}>.
 // Without sf, v2's scale factor is computed over every expert of the stack.
 Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -240,9 +267,9 @@ Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) {
   WorkerGuard g(env);
   auto stack = std::make_shared<std::vector<std::vector<PartSpec>>>(get_stack(env, info[0], k / kGroup, g.w));
   const int64_t slab = (kp / kGroup) * total_np((*stack)[0]);
-  Napi::Buffer<uint8_t> out = new_output(env, g.w, slab * (int64_t)stack->size());
-  uint8_t* dst = out.Data();
-  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
+  const Output out = output_for(env, opt, g.w, slab * (int64_t)stack->size());
+  uint8_t* dst = out.data;
+  auto ref = out.ref;
   struct Result {
     float sf = 1.0f;
     int64_t zeroed = 0;

@@ -1,0 +1,92 @@
+import { constants as bufferConstants } from 'node:buffer';
+import { open, type FileHandle } from 'node:fs/promises';
+import { SafetensorsError } from './errors.js';
+import { readHeaderFrom, type SafetensorsHeader, type TensorEntry } from './header.js';
+import { readExactly } from './io.js';
+
+/**
+ * Random access to the tensors of one safetensors file. Holds a single read-only handle and
+ * reads each tensor with positional reads, so memory use is bounded by what the caller asks
+ * for, never by the file size.
+ */
+export class SafetensorsReader {
+  private closed = false;
+
+  private constructor(
+    private readonly handle: FileHandle,
+    readonly header: SafetensorsHeader,
+  ) {}
+
+  static async open(path: string): Promise<SafetensorsReader> {
+    const handle = await open(path, 'r');
+    try {
+      return new SafetensorsReader(handle, await readHeaderFrom(handle, path));
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+  }
+
+  entry(name: string): TensorEntry {
+    const e = this.header.tensors.get(name);
+    if (!e) throw new SafetensorsError(this.header.path, name, 'no such tensor');
+    return e;
+  }
+
+  has(name: string): boolean {
+    return this.header.tensors.has(name);
+  }
+
+  /** In data-offset order (the header's Map is built that way). */
+  names(): string[] {
+    return [...this.header.tensors.keys()];
+  }
+
+  async read(name: string): Promise<Buffer> {
+    const e = this.entry(name);
+    return this.readAt(e, 0, e.end - e.begin);
+  }
+
+  async readRange(name: string, byteOffset: number, length: number): Promise<Buffer> {
+    const e = this.entry(name);
+    const size = e.end - e.begin;
+    if (
+      !Number.isSafeInteger(byteOffset) ||
+      !Number.isSafeInteger(length) ||
+      byteOffset < 0 ||
+      length < 0 ||
+      byteOffset + length > size
+    ) {
+      throw new SafetensorsError(
+        this.header.path,
+        name,
+        `byte range offset ${byteOffset} length ${length} is outside the tensor's ${size} bytes`,
+      );
+    }
+    return this.readAt(e, byteOffset, length);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+
+  private async readAt(e: TensorEntry, offset: number, length: number): Promise<Buffer> {
+    if (this.closed) throw new Error(`${this.header.path}: reader is closed`);
+    // Checked here so a huge tensor fails with its name and a way out, not a bare RangeError.
+    if (length > bufferConstants.MAX_LENGTH) {
+      throw new SafetensorsError(
+        this.header.path,
+        e.name,
+        `${length} bytes is more than one Buffer can hold (${bufferConstants.MAX_LENGTH}); read it in pieces with readRange`,
+      );
+    }
+    // allocUnsafeSlow, not allocUnsafe: small Buffers come from a shared pool at arbitrary
+    // byteOffsets, and callers view tensor bytes as Float32Array/Int32Array etc., which
+    // need the view to start on an element boundary. A dedicated ArrayBuffer starts at 0.
+    const buf = Buffer.allocUnsafeSlow(length);
+    await readExactly(this.handle, buf, this.header.dataStart + e.begin + offset, this.header.path, e.name);
+    return buf;
+  }
+}

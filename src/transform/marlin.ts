@@ -1,0 +1,221 @@
+// The Marlin FP4 transforms of FORMAT.md, tensor by tensor, with shape rules checked and
+// every error naming the tensor at fault. The arithmetic lives in the native addon.
+import { addon, type NativePart } from './addon.js';
+
+export type LayoutVersion = 'v1' | 'v2';
+export type ActDtype = 'float16' | 'bfloat16';
+
+export class TransformError extends Error {
+  constructor(
+    readonly tensor: string,
+    readonly reason: string,
+  ) {
+    super(`${tensor}: ${reason}`);
+    this.name = 'TransformError';
+  }
+}
+
+/** Shape of one quantized linear: N output features, K input features, and v2's padding. */
+export interface LinearShape {
+  n: number;
+  k: number;
+  np: number;
+  kp: number;
+}
+
+function fail(tensor: string, reason: string): never {
+  throw new TransformError(tensor, reason);
+}
+
+/** Runs a native call and re-labels its error with the tensor's name. */
+async function named<T>(tensor: string, run: () => Promise<T> | T): Promise<T> {
+  try {
+    return await run();
+  } catch (e) {
+    if (e instanceof TransformError) throw e;
+    fail(tensor, (e as Error).message);
+  }
+}
+
+/**
+ * Checks an NVFP4 linear's weight and block-scale shapes against FORMAT.md and returns the
+ * (padded) shape the given layout produces.
+ */
+export function linearShape(
+  tensor: string,
+  layout: LayoutVersion,
+  weightShape: readonly number[],
+  scaleShape: readonly number[],
+): LinearShape {
+  if (weightShape.length !== 2) fail(tensor, `weight must be 2-D [N, K/2], got [${weightShape.join(', ')}]`);
+  const [n, halfK] = weightShape as [number, number];
+  const k = 2 * halfK;
+  if (n === 0 || k === 0) fail(tensor, `weight is empty [${weightShape.join(', ')}]`);
+  if (k % 16 !== 0) fail(tensor, `K = ${k} is not a multiple of 16 (the NVFP4 group size)`);
+  if (scaleShape.length !== 2 || scaleShape[0] !== n || scaleShape[1] !== k / 16) {
+    fail(tensor, `weight_scale shape [${scaleShape.join(', ')}] is not [N, K/16] = [${n}, ${k / 16}]`);
+  }
+  if (layout === 'v1') {
+    if (n % 64 !== 0) fail(tensor, `N = ${n} is not a multiple of 64: layout v1 cannot pad it (use --layout v2)`);
+    if (k % 32 !== 0) fail(tensor, `K = ${k} is not a multiple of 32: layout v1 pairs scale rows (use --layout v2)`);
+    return { n, k, np: n, kp: k };
+  }
+  const { np, kp } = addon().padShapeV2(n, k);
+  return { n, k, np, kp };
+}
+
+/** Padded intermediate size of an MoE gate/up shard (FORMAT.md section 4, MoE note). */
+export function moePaddedIntermediate(intermediate: number, hidden: number, layout: LayoutVersion): number {
+  if (layout === 'v1') return intermediate;
+  const m = hidden % 128 === 0 ? 64 : 128;
+  return Math.ceil(intermediate / m) * m;
+}
+
+/** Bytes of the Marlin weight of one linear (or one expert of a stack with `parts` parts). */
+export function packedWeightBytes(s: LinearShape, parts = 1): number {
+  return (s.kp / 16) * 2 * s.np * parts * 4;
+}
+
+/** Bytes of the processed scales of one linear (or one expert with `parts` parts). */
+export function processedScaleBytes(s: LinearShape, parts = 1): number {
+  return (s.kp / 16) * s.np * parts;
+}
+
+/**
+ * Marlin weight (I32 [Kp/16, 2·Np] as bytes) of one linear. `out`, when given, receives the
+ * result: reusing one buffer across tensors avoids the page faults of fresh memory.
+ */
+export function repackWeight(tensor: string, weight: Uint8Array, s: LinearShape, out?: Uint8Array): Promise<Buffer> {
+  return named(tensor, () =>
+    addon().repackWeightStack([[{ data: weight, n: s.n, np: s.np }]], { k: s.k, kp: s.kp, out }),
+  );
+}
+
+/**
+ * Marlin weight of a stack: experts[e] lists the parts concatenated along N (gate, up),
+ * each `partShape.n` rows padded to `partShape.np`. Returns I32 [E, Kp/16, 2·ΣNp].
+ */
+export function repackWeightStack(
+  tensor: string,
+  experts: Uint8Array[][],
+  part: LinearShape,
+  out?: Uint8Array,
+): Promise<Buffer> {
+  return named(tensor, () => addon().repackWeightStack(toParts(experts, part), { k: part.k, kp: part.kp, out }));
+}
+
+export interface ScaleOptions {
+  layout: LayoutVersion;
+  dtype: ActDtype;
+  /** v2's scale factor; computed from these scales when omitted. */
+  sf?: number;
+  /** Receives the result when given (see repackWeight). */
+  out?: Uint8Array;
+}
+
+export interface ProcessedScales {
+  scales: Buffer;
+  sf: number;
+  /** Non-zero block scales that v2's clamp turned into 0 (data lost). */
+  zeroed: number;
+}
+
+export function processScales(
+  tensor: string,
+  scales: Uint8Array,
+  s: LinearShape,
+  opts: ScaleOptions,
+): Promise<ProcessedScales> {
+  return processScalesStack(tensor, [[scales]], s, opts);
+}
+
+export function processScalesStack(
+  tensor: string,
+  experts: Uint8Array[][],
+  part: LinearShape,
+  opts: ScaleOptions,
+): Promise<ProcessedScales> {
+  return named(tensor, () =>
+    addon().processScalesStack(toParts(experts, part), { k: part.k, kp: part.kp, ...opts }),
+  );
+}
+
+/**
+ * v2's scale factor over a set of block-scale tensors (all experts of a stack), validating
+ * them on the way (negative / NaN scales are errors).
+ */
+export function scaleFactor(tensor: string, scales: Uint8Array[], opts: { layout: LayoutVersion; dtype: ActDtype }): number {
+  let maxByte = 0;
+  for (const s of scales) {
+    const st = addon().scanScales(s);
+    if (st.badIndex >= 0) fail(tensor, `block scale #${st.badIndex} (byte 0x${st.badByte.toString(16)}) is negative or NaN; Marlin stores scales without a sign`);
+    maxByte = Math.max(maxByte, st.maxByte);
+  }
+  return addon().scaleFactor(maxByte, opts);
+}
+
+/** Processed global scale: F16/BF16 [1] under v1, F32 [1] under v2. */
+export function processGlobalScale(tensor: string, ws2: number, opts: ScaleOptions): Buffer {
+  if (!(ws2 > 0) || !Number.isFinite(ws2)) fail(tensor, `global scale ${ws2} is not a positive finite number`);
+  try {
+    return addon().processGlobalScale(ws2, { layout: opts.layout, dtype: opts.dtype, sf: opts.sf ?? 1 });
+  } catch (e) {
+    fail(tensor, (e as Error).message);
+  }
+}
+
+export interface PartLocation {
+  /** Width of the whole packed tensor in columns (ΣNp of its parts). */
+  totalNp: number;
+  /** First column of this part. */
+  colOffset: number;
+}
+
+/** Inverse of repackWeight for one part of a packed tensor: U8 [N, K/2]. */
+export function unpackWeight(
+  tensor: string,
+  packed: Uint8Array,
+  s: LinearShape,
+  where: PartLocation = { totalNp: s.np, colOffset: 0 },
+): Promise<{ weight: Buffer; paddingNonzero: number }> {
+  return named(tensor, () =>
+    addon().unpackWeight(packed, {
+      n: s.n,
+      np: s.np,
+      k: s.k,
+      kp: s.kp,
+      rowWords: 2 * where.totalNp,
+      wordOffset: 2 * where.colOffset,
+    }),
+  );
+}
+
+/** Inverse of processScales for one part: E4M3 [N, K/16]; undecodable bytes come back as NaN (0x7F). */
+export function decodeScales(
+  tensor: string,
+  processed: Uint8Array,
+  s: LinearShape,
+  opts: { layout: LayoutVersion; sf: number },
+  where: PartLocation = { totalNp: s.np, colOffset: 0 },
+): Promise<{ scales: Buffer; paddingNonzero: number }> {
+  return named(tensor, () =>
+    addon().decodeScales(processed, {
+      n: s.n,
+      np: s.np,
+      k: s.k,
+      kp: s.kp,
+      layout: opts.layout,
+      sf: opts.sf,
+      totalNp: where.totalNp,
+      colOffset: where.colOffset,
+    }),
+  );
+}
+
+function toParts(experts: Uint8Array[][], part: LinearShape): NativePart[][] {
+  return experts.map((parts) => parts.map((data) => ({ data, n: part.n, np: part.np })));
+}
+
+export function setThreads(n: number): number {
+  return addon().setThreads(n);
+}
