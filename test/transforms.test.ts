@@ -13,13 +13,13 @@ import {
   processScalesStack,
   repackWeight,
   repackWeightStack,
-  scaleFactor,
   setThreads,
   unpackWeight,
   type LinearShape,
 } from '../src/transform/marlin.js';
 import { expectBytes } from './helpers/bytes.js';
 import { specRepack, specScales } from './helpers/spec.js';
+import { lostScales, mergeScaleStats, scaleFactor, scanScales, subnormalScales } from '../src/transform/scale-stats.js';
 
 /** Deterministic pseudo-random bytes (xorshift) so failures reproduce. */
 function bytes(n: number, seed: number, map: (b: number) => number = (b) => b): Buffer {
@@ -131,6 +131,12 @@ describe('round trips through the inverses', () => {
     expect(bf16.sf).toBe(256); // 1.0 * 256 <= 448 < 512
     const v1 = await processScales('t', sc, shapeOf('t', 'v1', 64, 64), { layout: 'v1', dtype: 'float16' });
     expect(v1.zeroed).toBe(0);
+    // The same counts from a scan, before any output exists.
+    const stats = scanScales('t', sc, 4);
+    expect(lostScales(stats, 'v2', 1)).toBe(2);
+    expect(lostScales(stats, 'v2', scaleFactor(stats, 'v2', 'bfloat16'))).toBe(0);
+    expect(lostScales(stats, 'v1', 1)).toBe(0);
+    expect(subnormalScales(stats)).toBe(2);
   });
 
   it('parts of a fused (w13) stack unpack from their column offset', async () => {
@@ -168,7 +174,9 @@ describe('round trips through the inverses', () => {
     expect(alone.sf).toBe(512);
     const both = await processScalesStack('w2', [[big], [small]], part, { layout: 'v2', dtype: 'bfloat16' });
     expect(both.sf).toBe(1);
-    expect(scaleFactor('w2', [big, small], { layout: 'v2', dtype: 'bfloat16' })).toBe(1);
+    const stats = mergeScaleStats([scanScales('w2', big, 4), scanScales('w2', small, 4)]);
+    expect(scaleFactor(stats, 'v2', 'bfloat16')).toBe(1);
+    expect(scaleFactor(scanScales('w2', small, 4), 'v2', 'bfloat16')).toBe(512);
   });
 });
 
@@ -182,7 +190,7 @@ describe('FORMAT.md section 7: errors name the tensor and the reason', () => {
     await expect(processScales(name, sc, s(), { layout: 'v2', dtype: 'float16' })).rejects.toThrow(
       `${name}: block scale [3, 1] is negative (-1.000000); Marlin stores scales without a sign`,
     );
-    expect(() => scaleFactor(name, [sc], { layout: 'v2', dtype: 'bfloat16' })).toThrow(/^model.layers.0.mlp.up_proj: block scale #13 .* negative or NaN/);
+    expect(() => scanScales(name, sc, 4)).toThrow(`${name}: block scale [3, 1] is negative (-1); Marlin stores scales without a sign`);
   });
 
   it('NaN block scale', async () => {

@@ -360,16 +360,20 @@ Napi::Value DecodeScales(const Napi::CallbackInfo& info) {
       });
 }
 
-// scanScales(data) -> {maxByte, maxValue, badIndex, badByte}: cheap, synchronous.
+// scanScales(data) -> {maxByte, maxValue, badIndex, badByte, histogram}: one pass over the
+// block scales that validates them and counts every byte value (v2's losses follow from it).
 Napi::Value ScanScales(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const Bytes b = get_bytes(env, info[0], "data");
-  const ScaleStats s = scan_scales(b.data, (int64_t)b.size, 1);
+  const ScaleStats s = scan_scales(b.data, (int64_t)b.size, g_threads);
   Napi::Object r = Napi::Object::New(env);
   r.Set("maxByte", s.max_byte);
   r.Set("maxValue", e4m3_to_float(s.max_byte));
   r.Set("badIndex", (double)s.bad_index);
   r.Set("badByte", s.bad_byte);
+  Napi::Float64Array hist = Napi::Float64Array::New(env, 256);
+  for (int i = 0; i < 256; ++i) hist[i] = (double)s.histogram[i];
+  r.Set("histogram", hist);
   return r;
 }
 

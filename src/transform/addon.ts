@@ -24,7 +24,7 @@ export interface NativeAddon {
     data: Uint8Array,
     opts: { n: number; np?: number; k: number; kp?: number; layout: string; sf?: number; totalNp?: number; colOffset?: number },
   ): Promise<{ scales: Buffer; paddingNonzero: number }>;
-  scanScales(data: Uint8Array): { maxByte: number; maxValue: number; badIndex: number; badByte: number };
+  scanScales(data: Uint8Array): { maxByte: number; maxValue: number; badIndex: number; badByte: number; histogram: Float64Array };
   scaleFactor(maxByte: number, opts: { layout: string; dtype: string }): number;
   processGlobalScale(ws2: number, opts: { layout: string; dtype: string; sf?: number }): Buffer;
   padShapeV2(n: number, k: number): { np: number; kp: number };

@@ -140,20 +140,6 @@ export function processScalesStack(
   );
 }
 
-/**
- * v2's scale factor over a set of block-scale tensors (all experts of a stack), validating
- * them on the way (negative / NaN scales are errors).
- */
-export function scaleFactor(tensor: string, scales: Uint8Array[], opts: { layout: LayoutVersion; dtype: ActDtype }): number {
-  let maxByte = 0;
-  for (const s of scales) {
-    const st = addon().scanScales(s);
-    if (st.badIndex >= 0) fail(tensor, `block scale #${st.badIndex} (byte 0x${st.badByte.toString(16)}) is negative or NaN; Marlin stores scales without a sign`);
-    maxByte = Math.max(maxByte, st.maxByte);
-  }
-  return addon().scaleFactor(maxByte, opts);
-}
-
 /** Processed global scale: F16/BF16 [1] under v1, F32 [1] under v2. */
 export function processGlobalScale(tensor: string, ws2: number, opts: ScaleOptions): Buffer {
   if (!(ws2 > 0) || !Number.isFinite(ws2)) fail(tensor, `global scale ${ws2} is not a positive finite number`);

@@ -1,0 +1,106 @@
+// Which NVFP4 flavour a checkpoint is, from config.json's quantization_config and/or
+// hf_quant_config.json, and which modules its exclude/ignore list keeps unquantized.
+import { InputError } from '../errors.js';
+import type { Checkpoint } from './model-dir.js';
+
+export type FlavourKind = 'modelopt' | 'compressed-tensors';
+
+export interface Flavour {
+  kind: FlavourKind;
+  /** Modules that stay unquantized; see isIgnored. */
+  ignore: string[];
+  groupSize: number;
+  /** The original quantization config, carried into the output's config.json. */
+  original: Record<string, unknown>;
+}
+
+/** What a checkpoint is, as far as config files tell; `inspect` reports it, convert needs NVFP4. */
+export type Detected =
+  | ({ format: 'nvfp4' } & Flavour)
+  | { format: 'mxfp4'; original: Record<string, unknown> }
+  | { format: 'marlin-fp4'; layout: string; dtype: string; original: Record<string, unknown> }
+  | { format: 'other'; description: string };
+
+const obj = (v: unknown): Record<string, unknown> | undefined =>
+  typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+const lower = (v: unknown) => (typeof v === 'string' ? v.toLowerCase() : '');
+
+export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>): Detected {
+  const qc = obj(ckpt.config.quantization_config);
+  const hq = obj(ckpt.hfQuantConfig?.quantization);
+  if (qc && lower(qc.quant_method) === 'marlin_fp4') {
+    return { format: 'marlin-fp4', layout: String(qc.layout ?? '?'), dtype: String(qc.activation_dtype ?? '?'), original: qc };
+  }
+  // ModelOpt: quant_algo NVFP4 in config.json (newer exports) or hf_quant_config.json.
+  const mo = qc && lower(qc.quant_method) === 'modelopt' ? qc : hq;
+  if (mo && lower(mo.quant_algo) === 'nvfp4') {
+    return {
+      format: 'nvfp4',
+      kind: 'modelopt',
+      ignore: [...strings(mo.exclude_modules), ...strings(mo.ignore)],
+      groupSize: typeof mo.group_size === 'number' ? mo.group_size : 16,
+      original: qc ?? (ckpt.hfQuantConfig as Record<string, unknown>),
+    };
+  }
+  if (mo && lower(mo.quant_algo) === 'mxfp4') return { format: 'mxfp4', original: mo };
+  if (qc && lower(qc.quant_method) === 'compressed-tensors') {
+    const groups = Object.values(obj(qc.config_groups) ?? {}).map(obj).filter((g) => g !== undefined);
+    const formats = [qc.format, ...groups.map((g) => g.format)].map(lower).filter(Boolean);
+    if (formats.includes('nvfp4-pack-quantized')) {
+      const w = groups.map((g) => obj(g.weights)).find((x) => x);
+      return {
+        format: 'nvfp4',
+        kind: 'compressed-tensors',
+        ignore: strings(qc.ignore),
+        groupSize: typeof w?.group_size === 'number' ? w.group_size : 16,
+        original: qc,
+      };
+    }
+    if (formats.includes('mxfp4-pack-quantized')) return { format: 'mxfp4', original: qc };
+    return { format: 'other', description: `compressed-tensors with format ${formats.join(', ') || '(none)'}` };
+  }
+  if (qc && lower(qc.quant_method) === 'mxfp4') return { format: 'mxfp4', original: qc };
+  if (qc) return { format: 'other', description: `quant_method ${String(qc.quant_method ?? '(none)')}` };
+  return { format: 'other', description: 'no quantization_config in config.json and no hf_quant_config.json' };
+}
+
+/** The NVFP4 flavour, or a one-line error that says what the checkpoint is instead. */
+export function requireNvfp4(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig' | 'dir'>): Flavour {
+  const d = detectFormat(ckpt);
+  switch (d.format) {
+    case 'nvfp4':
+      if (d.groupSize !== 16) throw new InputError(`${ckpt.dir}: NVFP4 group size ${d.groupSize} is not 16`);
+      return d;
+    case 'marlin-fp4':
+      throw new InputError(`${ckpt.dir}: already a Marlin FP4 checkpoint (layout ${d.layout}, ${d.dtype}); nothing to convert`);
+    case 'mxfp4':
+      throw new InputError(`${ckpt.dir}: an MXFP4 checkpoint; marlin-fp4 converts NVFP4 only`);
+    default:
+      throw new InputError(`${ckpt.dir}: not an NVFP4 checkpoint (${d.description})`);
+  }
+}
+
+function globToRegExp(glob: string): RegExp {
+  const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${body}$`);
+}
+
+/**
+ * Whether a module (a linear's prefix) is on the flavour's exclude/ignore list. ModelOpt lists
+ * shell-style wildcards; compressed-tensors lists names or `re:` regular expressions matched at
+ * the start of the name (Python's re.match).
+ */
+export function isIgnored(flavour: Flavour, module: string): boolean {
+  return flavour.ignore.some((pattern) => {
+    if (pattern.startsWith('re:')) {
+      try {
+        return new RegExp(`^(?:${pattern.slice(3)})`).test(module);
+      } catch {
+        throw new InputError(`quantization config: ignore pattern "${pattern}" is not a valid regular expression`);
+      }
+    }
+    if (pattern === module) return true;
+    return pattern.includes('*') || pattern.includes('?') ? globToRegExp(pattern).test(module) : false;
+  });
+}

@@ -1,0 +1,153 @@
+// Opens a model directory: config, shards (single, indexed, or several without an index) and
+// a catalogue of every tensor with the shard that holds it. Only headers are read here.
+import { readdir, stat } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import { z } from 'zod';
+import { InputError } from '../errors.js';
+import { SafetensorsError, SafetensorsReader, type TensorEntry } from '../safetensors/index.js';
+import { readJsonObject } from './json-file.js';
+
+export const INDEX_FILE = 'model.safetensors.index.json';
+
+export interface TensorRef {
+  name: string;
+  shard: string; // file name inside the model directory
+  entry: TensorEntry;
+}
+
+export interface Checkpoint {
+  dir: string;
+  config: Record<string, unknown>;
+  hfQuantConfig?: Record<string, unknown>;
+  /** Shard file names, in the order the index (or the directory listing) gives them. */
+  shards: string[];
+  readers: Map<string, SafetensorsReader>;
+  tensors: Map<string, TensorRef>;
+  /** Every other file of the directory (tokenizer, generation config, …), relative paths. */
+  otherFiles: string[];
+  sharded: boolean;
+  close(): Promise<void>;
+}
+
+const IndexSchema = z.object({
+  metadata: z.record(z.string(), z.unknown()).optional(),
+  weight_map: z.record(z.string(), z.string()),
+});
+
+function safeShardName(indexPath: string, file: string): string {
+  if (file !== basename(file) || file === '.' || file === '..' || !file.endsWith('.safetensors')) {
+    throw new InputError(`${indexPath}: weight_map names "${file}", which is not a .safetensors file in this directory`);
+  }
+  return file;
+}
+
+async function listFiles(dir: string, prefix = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of await readdir(join(dir, prefix), { withFileTypes: true })) {
+    const rel = prefix ? `${prefix}/${d.name}` : d.name;
+    if (d.isDirectory()) {
+      if (d.name.startsWith('.')) continue; // .git, .cache of a hub snapshot
+      out.push(...(await listFiles(dir, rel)));
+    } else if (d.isFile() || d.isSymbolicLink()) {
+      out.push(rel);
+    }
+  }
+  return out.sort();
+}
+
+export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
+  const dir = resolve(modelDir);
+  const st = await stat(dir).catch(() => undefined);
+  if (!st) throw new InputError(`${modelDir}: no such directory`);
+  if (!st.isDirectory()) throw new InputError(`${modelDir}: not a directory (give the model's directory)`);
+
+  const configPath = join(dir, 'config.json');
+  const config = await readJsonObject(configPath);
+  if (!config) throw new InputError(`${configPath}: missing (a model directory needs config.json)`);
+  const hfQuantConfig = await readJsonObject(join(dir, 'hf_quant_config.json'));
+
+  const files = await listFiles(dir);
+  let shards: string[];
+  let weightMap: Record<string, string> | undefined;
+  const indexPath = join(dir, INDEX_FILE);
+  const index = await readJsonObject(indexPath);
+  if (index) {
+    const parsed = IndexSchema.safeParse(index);
+    if (!parsed.success) {
+      throw new InputError(`${indexPath}: ${parsed.error.issues[0]?.path.join('.') || 'index'}: ${parsed.error.issues[0]?.message}`);
+    }
+    weightMap = parsed.data.weight_map;
+    shards = [...new Set(Object.values(weightMap).map((f) => safeShardName(indexPath, f)))];
+    for (const s of shards) if (!files.includes(s)) throw new InputError(`${indexPath}: names shard ${s}, which does not exist`);
+  } else {
+    shards = files.filter((f) => f.endsWith('.safetensors') && !f.includes('/'));
+  }
+  if (shards.length === 0) throw new InputError(`${modelDir}: no *.safetensors files`);
+
+  const readers = new Map<string, SafetensorsReader>();
+  const tensors = new Map<string, TensorRef>();
+  const close = async () => {
+    await Promise.all([...readers.values()].map((r) => r.close()));
+  };
+  try {
+    for (const shard of shards) {
+      const reader = await SafetensorsReader.open(join(dir, shard)).catch((e) => {
+        if (e instanceof SafetensorsError) throw new InputError(e.message);
+        throw e;
+      });
+      readers.set(shard, reader);
+      for (const entry of reader.header.tensors.values()) {
+        const prev = tensors.get(entry.name);
+        if (prev) throw new InputError(`${join(dir, shard)}: tensor ${entry.name}: also in ${prev.shard}`);
+        if (weightMap && weightMap[entry.name] !== shard) {
+          throw new InputError(
+            `${join(dir, shard)}: tensor ${entry.name}: not listed for this shard in ${INDEX_FILE}` +
+              (weightMap[entry.name] ? ` (it says ${weightMap[entry.name]})` : ''),
+          );
+        }
+        tensors.set(entry.name, { name: entry.name, shard, entry });
+      }
+    }
+    if (weightMap) {
+      for (const [name, shard] of Object.entries(weightMap)) {
+        if (!tensors.has(name)) throw new InputError(`${indexPath}: tensor ${name}: listed in ${shard} but not there`);
+      }
+    }
+  } catch (e) {
+    await close();
+    throw e;
+  }
+
+  const shardSet = new Set(shards);
+  const otherFiles = files.filter((f) => !shardSet.has(f) && f !== INDEX_FILE);
+  return {
+    dir,
+    config,
+    hfQuantConfig,
+    shards,
+    readers,
+    tensors,
+    otherFiles,
+    sharded: index !== undefined || shards.length > 1,
+    close,
+  };
+}
+
+/** Reads one tensor's bytes. */
+export function readTensor(ckpt: Checkpoint, name: string): Promise<Buffer> {
+  const ref = ckpt.tensors.get(name);
+  if (!ref) throw new InputError(`${ckpt.dir}: tensor ${name}: missing`);
+  return ckpt.readers.get(ref.shard)!.read(name).catch((e) => {
+    if (e instanceof SafetensorsError) throw new InputError(e.message);
+    throw e;
+  });
+}
+
+/** Reads part of one tensor's bytes (for streaming copies of big tensors). */
+export function readTensorRange(ckpt: Checkpoint, name: string, offset: number, length: number): Promise<Buffer> {
+  const ref = ckpt.tensors.get(name)!;
+  return ckpt.readers.get(ref.shard)!.readRange(name, offset, length).catch((e) => {
+    if (e instanceof SafetensorsError) throw new InputError(e.message);
+    throw e;
+  });
+}

@@ -1,0 +1,68 @@
+import { Command, Option } from 'commander';
+import { convert, defaultOutputDir, type ConvertReport } from '../convert/convert.js';
+import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
+import { bytes, seconds } from './format.js';
+import { ProgressLine } from './progress.js';
+import { parseThreads, type Output } from './output.js';
+
+interface ConvertFlags {
+  output?: string;
+  layout: LayoutVersion;
+  dtype?: ActDtype;
+  force?: boolean;
+  threads?: number;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+function summary(r: ConvertReport): string[] {
+  const dense = r.layers.filter((l) => l.kind === 'linear').length;
+  const stacks = r.layers.filter((l) => l.kind !== 'linear').length;
+  const rate = r.seconds > 0 ? `, ${bytes(r.bytes_in / r.seconds)}/s` : '';
+  return [
+    `converted ${dense} linear layers and ${stacks} MoE stacks (${r.flavour} NVFP4 -> Marlin FP4 ${r.layout}, ${r.activation_dtype}); copied ${r.copied_tensors} tensors unchanged`,
+    `wrote ${r.output}: ${r.shards} shard${r.shards === 1 ? '' : 's'}, ${r.tensors} tensors, ${bytes(r.bytes_out)} in ${seconds(r.seconds)}${rate}`,
+  ];
+}
+
+export function convertCommand(out: Output): Command {
+  return new Command('convert')
+    .summary('convert an NVFP4 checkpoint into a Marlin-ready one')
+    .description(
+      'Convert an NVFP4 checkpoint (NVIDIA ModelOpt or compressed-tensors / llm-compressor, dense or MoE, ' +
+        'one or many shards) into a checkpoint whose weights are already in the Marlin FP4 layout that ' +
+        "vLLM's Marlin kernel reads, so that nothing is repacked at load time.\n\n" +
+        'The output is written into a temporary sibling directory and renamed into place only when ' +
+        'everything succeeded: on any error no output directory appears.',
+    )
+    .argument('<model>', 'model directory (config.json + *.safetensors)')
+    .option('-o, --output <dir>', 'output directory (default: <model>-marlin beside the model)')
+    .addOption(new Option('--layout <version>', 'Marlin layout: v2 = current vLLM, v1 = older fp4_marlin_process_*').choices(['v1', 'v2']).default('v2'))
+    .addOption(new Option('--dtype <dtype>', "activation dtype (default: config.json's torch_dtype)").choices(['float16', 'bfloat16']))
+    .option('--force', 'replace the output directory if it exists')
+    .option('--threads <n>', 'CPU threads for the transforms (default: all cores)', parseThreads)
+    .option('--json', 'print one machine-readable JSON report on stdout')
+    .option('-q, --quiet', 'print nothing but warnings and errors')
+    .addHelpText(
+      'after',
+      '\nExamples:\n' +
+        '  $ marlin-fp4 convert ./Llama-3.1-8B-Instruct-FP4            # writes ./Llama-3.1-8B-Instruct-FP4-marlin\n' +
+        '  $ marlin-fp4 convert model/ -o out/ --layout v2 --dtype bfloat16 --json\n\n' +
+        'Exit codes: 0 ok, 2 bad input or usage, 3 environment, 4 internal error.',
+    )
+    .action(async (model: string, flags: ConvertFlags) => {
+      const progress = new ProgressLine('converting', out.progressAllowed(flags));
+      const report = await convert({
+        model,
+        out: flags.output ?? defaultOutputDir(model),
+        layout: flags.layout,
+        dtype: flags.dtype,
+        force: flags.force,
+        threads: flags.threads,
+        onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.tensor),
+      }).finally(() => progress.clear());
+      for (const w of report.warnings) out.warn(w);
+      if (flags.json) out.json(report);
+      else if (!flags.quiet) for (const line of summary(report)) out.line(line);
+    });
+}

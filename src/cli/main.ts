@@ -1,0 +1,77 @@
+// Entry point: builds the command line, runs it, and turns every failure into one line on
+// stderr and a documented exit code (0 ok, 1 verification failed, 2 bad input, 3 environment,
+// 4 internal error).
+import { Command, CommanderError } from 'commander';
+import { EnvironmentError, EXIT, InputError } from '../errors.js';
+import { liveStagedOutputs } from '../convert/output-dir.js';
+import { VERSION } from '../version.js';
+import { convertCommand } from './convert-command.js';
+import { consoleOutput, type Output } from './output.js';
+
+export function buildProgram(out: Output): Command {
+  const program = new Command('marlin-fp4')
+    .description(
+      'Convert NVFP4 checkpoints (ModelOpt, compressed-tensors) into Marlin-ready checkpoints for vLLM on ' +
+        'Ampere/Ada/Hopper GPUs, once and offline, and verify the result.',
+    )
+    .version(VERSION, '-V, --version')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s, write) => write(s) });
+  program.addCommand(convertCommand(out).exitOverride());
+  return program;
+}
+
+function removeStagedOutputs(): void {
+  for (const s of liveStagedOutputs()) {
+    // Synchronous: the process exits right after.
+    void s.discard();
+  }
+}
+
+function onSignal(signal: NodeJS.Signals, code: number): void {
+  process.once(signal, () => {
+    const staged = liveStagedOutputs();
+    process.stderr.write(`\ninterrupted (${signal})${staged.length ? ': removing the partial output' : ''}\n`);
+    Promise.all(staged.map((s) => s.discard())).finally(() => process.exit(code));
+  });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  // `marlin-fp4 … | head` closes stdout early: that is not an error worth a stack trace.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(EXIT.ok);
+    throw e;
+  });
+  const out = consoleOutput();
+  onSignal('SIGINT', 130);
+  onSignal('SIGTERM', 143);
+  const program = buildProgram(out);
+  try {
+    await program.parseAsync(argv);
+    return EXIT.ok;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok;
+      return EXIT.input; // commander already printed the message
+    }
+    if (e instanceof InputError) {
+      out.error(e.message);
+      return EXIT.input;
+    }
+    if (e instanceof EnvironmentError) {
+      out.error(e.message);
+      return EXIT.environment;
+    }
+    const err = e as NodeJS.ErrnoException;
+    if (err?.code && err.syscall) {
+      // File-system failures (ENOSPC, EACCES, …) are the environment's, not a bug.
+      out.error(`${err.message}`);
+      return EXIT.environment;
+    }
+    out.error(`internal error: ${err?.stack ?? String(e)}`);
+    return EXIT.internal;
+  } finally {
+    removeStagedOutputs();
+  }
+}

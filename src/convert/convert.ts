@@ -1,0 +1,144 @@
+// `marlin-fp4 convert`: read checkpoint -> plan -> transform -> write, into a staged directory
+// that is renamed into place only when everything succeeded.
+import { join, resolve } from 'node:path';
+import { openCheckpoint } from '../checkpoint/model-dir.js';
+import { requireNvfp4 } from '../checkpoint/flavour.js';
+import { activationDtype, planConversion, tensorBytes } from '../plan/plan.js';
+import { SafetensorsWriter } from '../safetensors/index.js';
+import { setThreads, type ActDtype, type LayoutVersion } from '../transform/marlin.js';
+import { BufferPool } from './buffer-pool.js';
+import { layerRecords, type LayerRecord } from './metadata.js';
+import { stageOutput } from './output-dir.js';
+import { produce } from './produce.js';
+import { copyOtherFiles, writeConfig, writeIndex, writeManifest } from './write-files.js';
+
+export interface ConvertOptions {
+  model: string;
+  out?: string;
+  layout: LayoutVersion;
+  dtype?: ActDtype;
+  force?: boolean;
+  threads?: number;
+  onProgress?(p: ConvertProgress): void;
+}
+
+export interface ConvertProgress {
+  bytesDone: number;
+  bytesTotal: number;
+  tensor: string;
+}
+
+export interface ConvertReport {
+  input: string;
+  output: string;
+  flavour: string;
+  layout: LayoutVersion;
+  activation_dtype: ActDtype;
+  shards: number;
+  tensors: number;
+  converted_layers: number;
+  copied_tensors: number;
+  ignored_modules: string[];
+  bytes_in: number;
+  bytes_out: number;
+  seconds: number;
+  warnings: string[];
+  layers: LayerRecord[];
+}
+
+/** The default output directory: a `-marlin` sibling of the model directory. */
+export function defaultOutputDir(model: string): string {
+  return `${resolve(model)}-marlin`;
+}
+
+function warningsFor(layers: LayerRecord[], layout: LayoutVersion, dtype: ActDtype): string[] {
+  const out: string[] = [];
+  for (const l of layers) {
+    if (l.zeroed_scales > 0) {
+      out.push(`${l.name}: layout v2 (${dtype}) sets ${l.zeroed_scales} non-zero block scales below 2^-6 to 0: that data is lost`);
+    }
+    if (layout === 'v1' && dtype === 'bfloat16' && l.subnormal_scales > 0) {
+      out.push(`${l.name}: ${l.subnormal_scales} block scales below 2^-6 are decoded wrongly by the v1 bfloat16 kernel (use --layout v2)`);
+    }
+  }
+  return out;
+}
+
+export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
+  const started = performance.now();
+  if (opts.threads !== undefined) setThreads(opts.threads);
+  const ckpt = await openCheckpoint(opts.model);
+  try {
+    const flavour = requireNvfp4(ckpt);
+    const dtype = activationDtype(ckpt, opts.dtype);
+    const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), ckpt.dir, opts.force ?? false);
+    try {
+      const plan = await planConversion(ckpt, flavour, { layout: opts.layout, dtype });
+      const records = layerRecords(plan);
+      const layers = [...records.values()];
+      const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
+      let bytesDone = 0;
+      let bytesOut = 0;
+      const pool = new BufferPool();
+      for (const shard of plan.shards) {
+        const shardLayers = shard.tensors.map((t) => records.get(t.name)).filter((r): r is LayerRecord => !!r);
+        const metadata = {
+          format: 'pt',
+          marlin_fp4: JSON.stringify({ format_version: 1, layout: plan.layout, activation_dtype: dtype, layers: shardLayers }),
+        };
+        const writer = await SafetensorsWriter.create(join(staged.tmp, shard.file), shard.tensors, metadata);
+        try {
+          for (const t of shard.tensors) {
+            const ctx = {
+              ckpt,
+              layout: plan.layout,
+              dtype,
+              pool,
+              onInput: (n: number) => {
+                bytesDone += n;
+                opts.onProgress?.({ bytesDone, bytesTotal, tensor: t.name });
+              },
+            };
+            await produce(ctx, t, (chunk) => writer.write(t.name, chunk));
+            bytesOut += tensorBytes(t);
+          }
+          await writer.close();
+        } catch (e) {
+          await writer.abort();
+          throw e;
+        }
+      }
+      await writeConfig(ckpt, plan, flavour, staged.tmp);
+      const files = ['config.json', ...plan.shards.map((s) => s.file)];
+      if (ckpt.sharded || plan.shards.length > 1) {
+        await writeIndex(plan, staged.tmp);
+        files.push('model.safetensors.index.json');
+      }
+      files.push(...(await copyOtherFiles(ckpt, staged.tmp)));
+      await writeManifest(ckpt, plan, flavour, layers, files, staged.tmp);
+      await staged.commit();
+      return {
+        input: ckpt.dir,
+        output: staged.dir,
+        flavour: flavour.kind,
+        layout: plan.layout,
+        activation_dtype: dtype,
+        shards: plan.shards.length,
+        tensors: plan.shards.reduce((a, s) => a + s.tensors.length, 0),
+        converted_layers: layers.length,
+        copied_tensors: plan.copied,
+        ignored_modules: plan.ignored,
+        bytes_in: bytesTotal,
+        bytes_out: bytesOut,
+        seconds: (performance.now() - started) / 1000,
+        warnings: warningsFor(layers, plan.layout, dtype),
+        layers,
+      };
+    } catch (e) {
+      await staged.discard();
+      throw e;
+    }
+  } finally {
+    await ckpt.close();
+  }
+}

@@ -1,0 +1,22 @@
+// Global scales are scalars: read them all up front, so fused-shard checks run before any
+// output is written.
+import { InputError } from '../errors.js';
+import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
+import { where, type LinearSource } from './linears.js';
+
+/** ModelOpt's weight_scale_2 of a linear (compressed-tensors' reciprocal undone, in f32). */
+export async function readGlobalScale(ckpt: Checkpoint, lin: LinearSource): Promise<number> {
+  const raw = (await readTensor(ckpt, lin.global)).readFloatLE(0);
+  const value = lin.globalReciprocal ? Math.fround(1 / raw) : raw;
+  if (!(value > 0) || !Number.isFinite(value)) {
+    throw new InputError(`${where(ckpt, lin.global)}: global scale ${raw} is not a positive finite number`);
+  }
+  return value;
+}
+
+/** The activation scale as ModelOpt's input_scale (compressed-tensors stores its reciprocal). */
+export async function readInputScale(ckpt: Checkpoint, lin: LinearSource): Promise<number | undefined> {
+  if (!lin.inputScale) return undefined;
+  const raw = (await readTensor(ckpt, lin.inputScale)).readFloatLE(0);
+  return lin.inputReciprocal ? Math.fround(1 / raw) : raw;
+}

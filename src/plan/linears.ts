@@ -1,0 +1,143 @@
+// Finds the quantized linears of a checkpoint from its tensors (any prefix holding the NVFP4
+// triple), not from a list of architectures, and groups MoE experts into stacks.
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import type { Checkpoint, TensorRef } from '../checkpoint/model-dir.js';
+import { isIgnored, type Flavour } from '../checkpoint/flavour.js';
+
+export interface LinearSource {
+  prefix: string;
+  weight: string;
+  scale: string;
+  global: string;
+  /** compressed-tensors stores 1 / weight_scale_2. */
+  globalReciprocal: boolean;
+  inputScale?: string;
+  inputReciprocal: boolean;
+  bias?: string;
+  /** Input tensors that belong to this linear (not copied under their own names). */
+  members: string[];
+}
+
+export type ExpertRole = 'gate' | 'up' | 'down';
+
+export interface ExpertGroup {
+  /** The experts' prefix Q, e.g. model.layers.3.mlp.experts */
+  prefix: string;
+  /** experts[e] = its three linears */
+  experts: Record<ExpertRole, LinearSource>[];
+}
+
+export interface FoundLinears {
+  dense: LinearSource[];
+  groups: ExpertGroup[];
+  /** Quantized modules on the ignore list: copied unchanged, as the list asks. */
+  ignored: string[];
+}
+
+const NAMES = {
+  modelopt: { weight: 'weight', global: 'weight_scale_2', input: 'input_scale' },
+  'compressed-tensors': { weight: 'weight_packed', global: 'weight_global_scale', input: 'input_global_scale' },
+} as const;
+
+const EXPERT = /^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)$/;
+const ROLE: Record<string, ExpertRole> = { gate_proj: 'gate', w1: 'gate', up_proj: 'up', w3: 'up', down_proj: 'down', w2: 'down' };
+
+export function where(ckpt: Checkpoint, tensor: string): string {
+  const ref = ckpt.tensors.get(tensor);
+  return ref ? `${join(ckpt.dir, ref.shard)}: tensor ${tensor}` : `${ckpt.dir}: tensor ${tensor}`;
+}
+
+function expect(ckpt: Checkpoint, ref: TensorRef | undefined, name: string, what: string, ok: boolean, reason: string): TensorRef {
+  if (!ref) throw new InputError(`${where(ckpt, name)}: missing (${what})`);
+  if (!ok) throw new InputError(`${where(ckpt, name)}: ${reason}`);
+  return ref;
+}
+
+export function findLinears(ckpt: Checkpoint, flavour: Flavour): FoundLinears {
+  const names = NAMES[flavour.kind];
+  const t = ckpt.tensors;
+  // A prefix is a quantized linear if it has a block scale next to a packed weight or a global
+  // scale; every other combination is checked so that a missing piece is an error, not a copy.
+  const prefixes = new Set<string>();
+  for (const name of t.keys()) {
+    const m = /^(.*)\.(weight_scale|weight_scale_2|weight_global_scale|weight_packed|weight)$/.exec(name);
+    if (!m) continue;
+    const p = m[1]!;
+    const suffix = m[2]!;
+    if (suffix === 'weight' && t.get(name)!.entry.dtype !== 'U8') continue;
+    if (suffix === 'weight_scale' && !t.has(`${p}.${names.weight}`) && !t.has(`${p}.${names.global}`)) continue;
+    prefixes.add(p);
+  }
+
+  const dense: LinearSource[] = [];
+  const ignored: string[] = [];
+  const grouped = new Map<string, Map<number, Partial<Record<ExpertRole, LinearSource>>>>();
+  for (const p of [...prefixes].sort()) {
+    const weight = `${p}.${names.weight}`;
+    const scale = `${p}.weight_scale`;
+    const global = `${p}.${names.global}`;
+    if (isIgnored(flavour, p)) {
+      ignored.push(p);
+      continue;
+    }
+    const w = expect(ckpt, t.get(weight), weight, `the packed FP4 weight of ${p}`, t.get(weight)?.entry.dtype === 'U8',
+      `dtype ${t.get(weight)?.entry.dtype} is not U8 (packed FP4)`);
+    expect(ckpt, t.get(scale), scale, `the block scales of ${p}`, t.get(scale)?.entry.dtype === 'F8_E4M3',
+      `dtype ${t.get(scale)?.entry.dtype} is not F8_E4M3`);
+    const g = t.get(global);
+    expect(ckpt, g, global, `the global scale of ${p}`, g?.entry.dtype === 'F32' && (g.entry.shape.length === 0 || (g.entry.shape.length === 1 && g.entry.shape[0] === 1)),
+      `global scale must be an F32 scalar, got ${g?.entry.dtype} [${g?.entry.shape.join(', ')}]`);
+    void w;
+    const input = `${p}.${names.input}`;
+    const lin: LinearSource = {
+      prefix: p,
+      weight,
+      scale,
+      global,
+      globalReciprocal: flavour.kind === 'compressed-tensors',
+      inputReciprocal: flavour.kind === 'compressed-tensors',
+      members: [weight, scale, global],
+    };
+    if (t.has(input)) {
+      const ie = t.get(input)!.entry;
+      if (ie.dtype !== 'F32' || ie.shape.reduce((a, b) => a * b, 1) !== 1) {
+        throw new InputError(`${where(ckpt, input)}: input scale must be an F32 scalar, got ${ie.dtype} [${ie.shape.join(', ')}]`);
+      }
+      lin.inputScale = input;
+      lin.members.push(input);
+    }
+    if (t.has(`${p}.bias`)) {
+      lin.bias = `${p}.bias`;
+      lin.members.push(lin.bias);
+    }
+    const m = EXPERT.exec(p);
+    if (m) {
+      const experts = grouped.get(m[1]!) ?? new Map();
+      grouped.set(m[1]!, experts);
+      const e = Number(m[2]);
+      const slot = experts.get(e) ?? {};
+      experts.set(e, slot);
+      const role = ROLE[m[3]!]!;
+      if (slot[role]) throw new InputError(`${where(ckpt, weight)}: expert ${e} of ${m[1]} has two ${role} projections (${slot[role]!.prefix} and ${p})`);
+      slot[role] = lin;
+    } else {
+      dense.push(lin);
+    }
+  }
+
+  const groups: ExpertGroup[] = [];
+  for (const [prefix, experts] of [...grouped].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+    const count = Math.max(...experts.keys()) + 1;
+    const list: Record<ExpertRole, LinearSource>[] = [];
+    for (let e = 0; e < count; e++) {
+      const slot = experts.get(e);
+      for (const role of ['gate', 'up', 'down'] as const) {
+        if (!slot?.[role]) throw new InputError(`${ckpt.dir}: ${prefix}: expert ${e} has no quantized ${role} projection (experts must be numbered 0..${count - 1}, each with gate, up and down)`);
+      }
+      list.push(slot as Record<ExpertRole, LinearSource>);
+    }
+    groups.push({ prefix, experts: list });
+  }
+  return { dense, groups, ignored };
+}

@@ -1,0 +1,280 @@
+// The conversion plan: every output tensor with its name, dtype, shape, shard and how its
+// bytes are produced. Everything that can be checked without reading weights is checked here,
+// before anything is written.
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import type { Checkpoint } from '../checkpoint/model-dir.js';
+import type { Flavour } from '../checkpoint/flavour.js';
+import { DTYPE_SIZE, type Dtype } from '../safetensors/index.js';
+import {
+  linearShape,
+  moePaddedIntermediate,
+  TransformError,
+  type ActDtype,
+  type LayoutVersion,
+  type LinearShape,
+} from '../transform/marlin.js';
+import { findLinears, where, type ExpertGroup, type LinearSource } from './linears.js';
+import { readGlobalScale, readInputScale } from './global-scales.js';
+import { planScales, type ScaleOutcome } from './scale-plan.js';
+
+export interface DenseLinear {
+  source: LinearSource;
+  shape: LinearShape;
+  ws2: number;
+  inputScale?: number;
+  scales: ScaleOutcome;
+}
+
+export interface MoeStack {
+  group: ExpertGroup;
+  /** 'w13' (gate then up along N) or 'w2' (down). */
+  which: 'w13' | 'w2';
+  /** Shape of one part (gate, up or down) of one expert. */
+  part: LinearShape;
+  parts: ('gate' | 'up' | 'down')[];
+  /** Global scale per expert (gate's, checked equal to up's). */
+  ws2: number[];
+  /** One scale factor for the whole stack. */
+  scales: ScaleOutcome;
+}
+
+export type Producer =
+  | { kind: 'copy'; tensor: string }
+  | { kind: 'dense-weight' | 'dense-scales' | 'dense-global'; linear: DenseLinear }
+  | { kind: 'input-scale'; value: number }
+  | { kind: 'bias'; linear: DenseLinear }
+  | { kind: 'stack-weight' | 'stack-scales' | 'stack-global'; stack: MoeStack };
+
+export interface OutputTensor {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  producer: Producer;
+}
+
+export interface OutputShard {
+  file: string;
+  tensors: OutputTensor[];
+}
+
+export interface Plan {
+  layout: LayoutVersion;
+  dtype: ActDtype;
+  shards: OutputShard[];
+  dense: DenseLinear[];
+  stacks: MoeStack[];
+  /** Quantized modules kept as they are because the exclude/ignore list names them. */
+  ignored: string[];
+  copied: number;
+}
+
+export interface PlanOptions {
+  layout: LayoutVersion;
+  dtype: ActDtype;
+}
+
+const FUSED = [
+  ['q_proj', 'k_proj', 'v_proj'],
+  ['gate_proj', 'up_proj'],
+];
+
+export function tensorBytes(t: Pick<OutputTensor, 'dtype' | 'shape'>): number {
+  return t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
+}
+
+function asInputError(ckpt: Checkpoint, e: unknown): never {
+  if (e instanceof TransformError) throw new InputError(`${where(ckpt, e.tensor)}: ${e.reason}`);
+  throw e;
+}
+
+/** Activation dtype: the option, else config.json's torch_dtype (or dtype). */
+export function activationDtype(ckpt: Checkpoint, option?: string): ActDtype {
+  const raw = option ?? ckpt.config.torch_dtype ?? ckpt.config.dtype ?? (ckpt.config.text_config as Record<string, unknown> | undefined)?.torch_dtype;
+  if (raw === 'float16' || raw === 'bfloat16') return raw;
+  if (option !== undefined) throw new InputError(`--dtype ${option}: must be float16 or bfloat16`);
+  throw new InputError(
+    `${join(ckpt.dir, 'config.json')}: torch_dtype is ${raw === undefined ? 'missing' : JSON.stringify(raw)}; pass --dtype float16 or --dtype bfloat16`,
+  );
+}
+
+function globalScaleName(ws: number[], names: string[]): string {
+  return names.map((n, i) => `${n} ${ws[i]}`).join(', ');
+}
+
+async function planDense(ckpt: Checkpoint, lin: LinearSource, { layout, dtype }: PlanOptions): Promise<DenseLinear> {
+  const w = ckpt.tensors.get(lin.weight)!.entry;
+  const s = ckpt.tensors.get(lin.scale)!.entry;
+  let shape: LinearShape;
+  try {
+    shape = linearShape(lin.weight, layout, w.shape, s.shape);
+  } catch (e) {
+    asInputError(ckpt, e);
+  }
+  if (lin.bias) {
+    const b = ckpt.tensors.get(lin.bias)!.entry;
+    if (layout === 'v1') throw new InputError(`${where(ckpt, lin.bias)}: layout v1 does not handle a linear bias; use --layout v2`);
+    if (b.shape.length !== 1 || b.shape[0] !== shape.n) throw new InputError(`${where(ckpt, lin.bias)}: bias shape [${b.shape.join(', ')}] is not [${shape.n}]`);
+    if (!['F16', 'BF16', 'F32'].includes(b.dtype)) throw new InputError(`${where(ckpt, lin.bias)}: bias dtype ${b.dtype} is not a float type`);
+  }
+  return {
+    source: lin,
+    shape,
+    ws2: await readGlobalScale(ckpt, lin),
+    inputScale: await readInputScale(ckpt, lin),
+    scales: await planScales(ckpt, [lin], layout, dtype),
+  };
+}
+
+function checkFusedGlobals(dense: DenseLinear[]): void {
+  const byPrefix = new Map(dense.map((d) => [d.source.prefix, d]));
+  const parents = new Set(dense.map((d) => d.source.prefix.slice(0, d.source.prefix.lastIndexOf('.'))));
+  for (const parent of parents) {
+    for (const names of FUSED) {
+      const members = names.map((n) => byPrefix.get(`${parent}.${n}`)).filter((d): d is DenseLinear => !!d);
+      if (members.length < 2) continue;
+      const ws = members.map((m) => m.ws2);
+      if (ws.some((w) => w !== ws[0])) {
+        throw new InputError(
+          `${parent}: fused ${members.map((m) => m.source.prefix.slice(parent.length + 1)).join('/')} have different global scales ` +
+            `(${globalScaleName(ws, members.map((m) => m.source.prefix.slice(parent.length + 1)))}); vLLM keeps one value for the fused layer, which would corrupt the others`,
+        );
+      }
+    }
+  }
+}
+
+async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype }: PlanOptions): Promise<MoeStack[]> {
+  const first = group.experts[0]!;
+  const gw = ckpt.tensors.get(first.gate.weight)!.entry;
+  const dw = ckpt.tensors.get(first.down.weight)!.entry;
+  if (gw.shape.length !== 2 || dw.shape.length !== 2) throw new InputError(`${where(ckpt, first.gate.weight)}: expert weights must be 2-D`);
+  const intermediate = gw.shape[0]!;
+  const hidden = 2 * gw.shape[1]!;
+  const shapes: [LinearSource, number, number][] = [];
+  for (const ex of group.experts) {
+    shapes.push([ex.gate, intermediate, hidden], [ex.up, intermediate, hidden], [ex.down, hidden, intermediate]);
+  }
+  for (const [lin, n, k] of shapes) {
+    const w = ckpt.tensors.get(lin.weight)!.entry;
+    const s = ckpt.tensors.get(lin.scale)!.entry;
+    if (w.shape.length !== 2 || w.shape[0] !== n || w.shape[1] !== k / 2) {
+      throw new InputError(`${where(ckpt, lin.weight)}: shape [${w.shape.join(', ')}] differs from the stack's [${n}, ${k / 2}] (hidden ${hidden}, intermediate ${intermediate})`);
+    }
+    if (s.shape.length !== 2 || s.shape[0] !== n || s.shape[1] !== k / 16) {
+      throw new InputError(`${where(ckpt, lin.scale)}: weight_scale shape [${s.shape.join(', ')}] is not [N, K/16] = [${n}, ${k / 16}]`);
+    }
+    if (lin.bias) throw new InputError(`${where(ckpt, lin.bias)}: MoE experts with a bias are not supported`);
+  }
+  if (hidden % 64 !== 0) throw new InputError(`${where(ckpt, first.down.weight)}: hidden size ${hidden} is not a multiple of 64`);
+  if (intermediate % 16 !== 0) throw new InputError(`${where(ckpt, first.gate.weight)}: intermediate size ${intermediate} is not a multiple of 16`);
+  if (layout === 'v1' && intermediate % 64 !== 0) {
+    throw new InputError(`${where(ckpt, first.gate.weight)}: intermediate size ${intermediate} is not a multiple of 64: layout v1 cannot pad it (use --layout v2)`);
+  }
+  const ip = moePaddedIntermediate(intermediate, hidden, layout);
+  const w13: number[] = [];
+  const w2: number[] = [];
+  for (const [e, ex] of group.experts.entries()) {
+    const [g, u, d] = await Promise.all([readGlobalScale(ckpt, ex.gate), readGlobalScale(ckpt, ex.up), readGlobalScale(ckpt, ex.down)]);
+    if (g !== u) {
+      throw new InputError(
+        `${group.prefix}.${e}: gate and up projections have different global scales (${g} vs ${u}); the fused w13 stack keeps one value per expert`,
+      );
+    }
+    w13.push(g);
+    w2.push(d);
+  }
+  const gateUp = group.experts.flatMap((ex) => [ex.gate, ex.up]);
+  const down = group.experts.map((ex) => ex.down);
+  return [
+    {
+      group,
+      which: 'w13',
+      part: { n: intermediate, k: hidden, np: ip, kp: hidden },
+      parts: ['gate', 'up'],
+      ws2: w13,
+      scales: await planScales(ckpt, gateUp, layout, dtype),
+    },
+    {
+      group,
+      which: 'w2',
+      part: { n: hidden, k: intermediate, np: hidden, kp: ip },
+      parts: ['down'],
+      ws2: w2,
+      scales: await planScales(ckpt, down, layout, dtype),
+    },
+  ];
+}
+
+export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: PlanOptions): Promise<Plan> {
+  const { layout, dtype } = opts;
+  const found = findLinears(ckpt, flavour);
+  if (found.dense.length === 0 && found.groups.length === 0) {
+    throw new InputError(`${ckpt.dir}: no NVFP4-quantized linear found (its config says ${flavour.kind} NVFP4)`);
+  }
+  const dense: DenseLinear[] = [];
+  for (const lin of found.dense) dense.push(await planDense(ckpt, lin, opts));
+  checkFusedGlobals(dense);
+  const stacks: MoeStack[] = [];
+  for (const g of found.groups) stacks.push(...(await planStacks(ckpt, g, opts)));
+
+  const consumed = new Set<string>();
+  const byShard = new Map<string, OutputTensor[]>(ckpt.shards.map((s) => [s, []]));
+  const put = (anchor: string, t: OutputTensor) => byShard.get(ckpt.tensors.get(anchor)!.shard)!.push(t);
+  const globalDtype: Dtype = layout === 'v2' ? 'F32' : dtype === 'float16' ? 'F16' : 'BF16';
+
+  for (const d of dense) {
+    const { prefix, weight } = d.source;
+    const { np, kp } = d.shape;
+    d.source.members.forEach((m) => consumed.add(m));
+    put(weight, { name: `${prefix}.weight`, dtype: 'I32', shape: [kp / 16, 2 * np], producer: { kind: 'dense-weight', linear: d } });
+    put(weight, { name: `${prefix}.weight_scale`, dtype: 'F8_E4M3', shape: [kp / 16, np], producer: { kind: 'dense-scales', linear: d } });
+    put(weight, { name: `${prefix}.weight_scale_2`, dtype: globalDtype, shape: [1], producer: { kind: 'dense-global', linear: d } });
+    if (d.inputScale !== undefined) {
+      put(weight, { name: `${prefix}.input_scale`, dtype: 'F32', shape: [], producer: { kind: 'input-scale', value: d.inputScale } });
+    }
+    if (d.source.bias) {
+      const b = ckpt.tensors.get(d.source.bias)!.entry;
+      put(weight, { name: `${prefix}.bias`, dtype: b.dtype, shape: [np], producer: { kind: 'bias', linear: d } });
+    }
+  }
+  for (const s of stacks) {
+    const E = s.group.experts.length;
+    const anchor = s.group.experts[0]!.gate.weight;
+    const width = s.part.np * s.parts.length;
+    const q = `${s.group.prefix}.${s.which}`;
+    put(anchor, { name: `${q}_weight`, dtype: 'I32', shape: [E, s.part.kp / 16, 2 * width], producer: { kind: 'stack-weight', stack: s } });
+    put(anchor, { name: `${q}_weight_scale`, dtype: 'F8_E4M3', shape: [E, s.part.kp / 16, width], producer: { kind: 'stack-scales', stack: s } });
+    put(anchor, { name: `${q}_weight_scale_2`, dtype: globalDtype, shape: [E], producer: { kind: 'stack-global', stack: s } });
+    for (const ex of s.group.experts) {
+      for (const role of s.parts) {
+        const lin = ex[role];
+        [lin.weight, lin.scale, lin.global].forEach((m) => consumed.add(m));
+        if (lin.inputScale) {
+          consumed.add(lin.inputScale);
+          const value = await readInputScale(ckpt, lin);
+          put(lin.inputScale, { name: `${lin.prefix}.input_scale`, dtype: 'F32', shape: [], producer: { kind: 'input-scale', value: value! } });
+        }
+      }
+    }
+  }
+  let copied = 0;
+  for (const ref of ckpt.tensors.values()) {
+    if (consumed.has(ref.name)) continue;
+    put(ref.name, { name: ref.name, dtype: ref.entry.dtype, shape: ref.entry.shape, producer: { kind: 'copy', tensor: ref.name } });
+    copied++;
+  }
+
+  const names = new Set<string>();
+  const shards: OutputShard[] = [];
+  for (const [file, tensors] of byShard) {
+    if (tensors.length === 0) continue;
+    tensors.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const t of tensors) {
+      if (names.has(t.name)) throw new InputError(`${ckpt.dir}: output tensor ${t.name} would be written twice (a source tensor already has that name)`);
+      names.add(t.name);
+    }
+    shards.push({ file, tensors });
+  }
+  return { layout, dtype, shards, dense, stacks, ignored: found.ignored, copied };
+}
