@@ -247,6 +247,42 @@ describe('caller-provided output buffers', () => {
   });
 });
 
+describe('row slices', () => {
+  for (const layout of ['v1', 'v2'] as const) {
+    it(`${layout}: slices of K/16 rows concatenate to the whole tensor`, async () => {
+      const s = shapeOf('t', layout, 192, 1024);
+      const w = randomBytes((192 * 1024) / 2);
+      const sc = scaleBytes((192 * 1024) / 16, 5);
+      const whole = await repackWeight('t', w, s);
+      const scales = await processScales('t', sc, s, { layout, dtype: 'bfloat16' });
+      const parts: Buffer[] = [];
+      const sparts: Buffer[] = [];
+      for (const [a, b] of [[0, 6], [6, 40], [40, 64]] as const) {
+        parts.push(await repackWeightStack('t', [[w]], s, undefined, { rowBegin: a, rowEnd: b }));
+        const r = await processScales('t', sc, s, { layout, dtype: 'bfloat16', sf: scales.sf, rows: { rowBegin: a, rowEnd: b } });
+        expect(r.zeroed).toBeNull();
+        sparts.push(r.scales);
+      }
+      expectBytes(Buffer.concat(parts), whole, 'weight');
+      expectBytes(Buffer.concat(sparts), scales.scales, 'scales');
+    });
+  }
+
+  it('rejects ranges that are not slices', async () => {
+    const s = shapeOf('t', 'v1', 64, 64);
+    const sc = scaleBytes(64 * 4, 1);
+    await expect(repackWeightStack('t', [[randomBytes(64 * 32)]], s, undefined, { rowBegin: 2, rowEnd: 9 })).rejects.toThrow(
+      't: rows [2, 9) are not a slice of the 4 rows',
+    );
+    await expect(processScales('t', sc, s, { layout: 'v1', dtype: 'float16', sf: 1, rows: { rowBegin: 1, rowEnd: 2 } })).rejects.toThrow(
+      't: rows [1, 2) are not a slice of the 4 rows in steps of 2',
+    );
+    await expect(processScales('t', sc, s, { layout: 'v1', dtype: 'float16', rows: { rowBegin: 0, rowEnd: 2 } })).rejects.toThrow(
+      't: a row range of scales needs sf',
+    );
+  });
+});
+
 describe('threads', () => {
   it('1 thread and all threads give the same bytes', async () => {
     const s = shapeOf('t', 'v2', 2048, 4096);

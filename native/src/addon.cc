@@ -1,5 +1,6 @@
 // Node-API bindings: argument checking and marshalling only; the transforms live in
-// transforms_cpu.cc. Heavy calls run on libuv's pool (Promise) and fan out to all cores.
+// transforms_cpu.cc (and transforms_cuda.cu). Heavy calls run on libuv's pool (Promise) and
+// fan out to all cores, or to the GPU for their gpu* twins (same arguments, same results).
 #include <napi.h>
 
 #include <functional>
@@ -9,6 +10,9 @@
 
 #include "parallel.h"
 #include "transforms_cpu.h"
+#if defined(MFP4_WITH_CUDA)
+#include "transforms_cuda.h"
+#endif
 
 using namespace mfp4;
 
@@ -142,6 +146,18 @@ std::string scale_error(const ScaleStats& s, int64_t groups, int64_t row_offset)
          "; Marlin stores scales without a sign";
 }
 
+// The CPU's message for the first negative or NaN scale that the GPU scan found.
+[[maybe_unused]] std::string stack_scale_error(const std::vector<std::vector<PartSpec>>& stack, int64_t k, int64_t e,
+                                               int64_t p, int64_t index, uint8_t byte) {
+  int64_t row_offset = 0;
+  for (int64_t q = 0; q < p; ++q) row_offset += stack[e][q].n;
+  ScaleStats s;
+  s.bad_index = index;
+  s.bad_byte = byte;
+  const std::string where = stack.size() > 1 ? "expert " + std::to_string(e) + ": " : "";
+  return where + scale_error(s, k / kGroup, row_offset);
+}
+
 struct StackStats {
   uint8_t max_byte = 0;
   int64_t histogram[256] = {};
@@ -230,32 +246,80 @@ Napi::Object options(Napi::Env env, const Napi::CallbackInfo& info, size_t idx, 
   return info[idx].As<Napi::Object>();
 }
 
-// repackWeightStack(experts, {k, kp, out?}) -> Promise<Buffer>: I32 [E, kp/16, 2*sum(np)].
+enum class Backend { Cpu, Cuda };
+
+#if defined(MFP4_WITH_CUDA)
+cuda::HostStack host_stack(const std::vector<std::vector<PartSpec>>& stack) {
+  cuda::HostStack out;
+  for (auto& parts : stack) {
+    out.emplace_back();
+    for (auto& p : parts) out.back().push_back({p.bytes.data, p.n, p.np});
+  }
+  return out;
+}
+#endif
+
+// The gpu* twins in a build without CUDA: a rejected promise, whatever the arguments.
+Napi::Value no_cuda(Napi::Env env) {
+  Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+  d.Reject(Napi::Error::New(env, "built without CUDA support").Value());
+  return d.Promise();
+}
+
+struct RowRange {
+  int64_t begin, end;
+  bool sliced;
+};
+
+// Optional {rowBegin, rowEnd} (rows of K/16, multiples of `step`): one slice of one tensor,
+// so that a big tensor is produced in pieces that are written while still in cache.
+RowRange row_range(Napi::Env env, const Napi::Object& opt, int64_t rows, int64_t step, size_t experts, Backend backend) {
+  RowRange r{get_int_or(env, opt, "rowBegin", 0), get_int_or(env, opt, "rowEnd", rows), false};
+  r.sliced = r.begin != 0 || r.end != rows;
+  if (r.begin > r.end || r.end > rows || r.begin % step || r.end % step)
+    throw Napi::RangeError::New(env, "rows [" + std::to_string(r.begin) + ", " + std::to_string(r.end) + ") are not a slice of the " +
+                                         std::to_string(rows) + " rows" + (step > 1 ? " in steps of " + std::to_string(step) : ""));
+  (void)backend;  // both backends take row ranges
+  if (r.sliced && experts != 1) throw Napi::RangeError::New(env, "a row range needs one expert");
+  if (r.sliced && opt.Has("layout") && !(opt.Has("sf") && opt.Get("sf").IsNumber()))
+    throw Napi::RangeError::New(env, "a row range of scales needs sf");
+  return r;
+}
+
+// repackWeightStack(experts, {k, kp, out?, rowBegin?, rowEnd?}) -> Promise<Buffer>: I32 [E, kp/16, 2*sum(np)].
 // A dense weight is a stack of one expert with one part.
-Napi::Value RepackWeightStack(const Napi::CallbackInfo& info) {
+Napi::Value RepackWeightStackOn(const Napi::CallbackInfo& info, Backend backend) {
   Napi::Env env = info.Env();
   Napi::Object opt = options(env, info, 1, "repackWeightStack(experts, {k, kp})");
   const int64_t k = get_int(env, opt, "k"), kp = get_int_or(env, opt, "kp", k);
   if (k % 2 != 0) throw Napi::RangeError::New(env, "K must be even");
   WorkerGuard g(env);
   auto stack = std::make_shared<std::vector<std::vector<PartSpec>>>(get_stack(env, info[0], k / 2, g.w));
+  const RowRange rows = row_range(env, opt, kp / kGroup, 1, stack->size(), backend);
   const int64_t row_words = 2 * total_np((*stack)[0]);
-  const int64_t slab_words = (kp / kGroup) * row_words;
+  const int64_t slab_words = (rows.end - rows.begin) * row_words;
   const Output out = output_for(env, opt, g.w, slab_words * 4 * (int64_t)stack->size());
   uint32_t* dst = reinterpret_cast<uint32_t*>(out.data);
   auto ref = out.ref;
   const int threads = g_threads;
   return g.Start(
-      [stack, k, kp, dst, row_words, slab_words, threads]() {
+      [stack, k, kp, dst, row_words, slab_words, threads, backend, rows]() {
+        if (backend == Backend::Cuda) {
+#if defined(MFP4_WITH_CUDA)
+          cuda::run_repack_stack(host_stack(*stack), k, kp, dst, rows.begin, rows.end);
+#endif
+          return;
+        }
         for (size_t e = 0; e < stack->size(); ++e)
-          repack_weight(weight_parts((*stack)[e]), k, kp, dst + e * slab_words, row_words, threads);
+          repack_weight(weight_parts((*stack)[e]), k, kp, dst + e * slab_words, row_words, threads, rows.begin, rows.end);
       },
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
 }
 
-// processScalesStack(experts, {k, kp, layout, dtype, sf?, out?}) -> Promise<{scales, sf, zeroed}>.
+// processScalesStack(experts, {k, kp, layout, dtype, sf?, out?, rowBegin?, rowEnd?}) -> Promise<{scales, sf, zeroed}>;
+// zeroed is null for a row range (the caller scanned the whole tensor).
 // Without sf, v2's scale factor is computed over every expert of the stack.
-Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) {
+Napi::Value ProcessScalesStackOn(const Napi::CallbackInfo& info, Backend backend) {
   Napi::Env env = info.Env();
   Napi::Object opt = options(env, info, 1, "processScalesStack(experts, {k, kp, layout, dtype, sf?})");
   const int64_t k = get_int(env, opt, "k"), kp = get_int_or(env, opt, "kp", k);
@@ -266,7 +330,8 @@ Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) {
   const float given_sf = has_sf ? opt.Get("sf").As<Napi::Number>().FloatValue() : 1.0f;
   WorkerGuard g(env);
   auto stack = std::make_shared<std::vector<std::vector<PartSpec>>>(get_stack(env, info[0], k / kGroup, g.w));
-  const int64_t slab = (kp / kGroup) * total_np((*stack)[0]);
+  const RowRange rows = row_range(env, opt, kp / kGroup, layout == Layout::V1 ? 2 : 1, stack->size(), backend);
+  const int64_t slab = (rows.end - rows.begin) * total_np((*stack)[0]);
   const Output out = output_for(env, opt, g.w, slab * (int64_t)stack->size());
   uint8_t* dst = out.data;
   auto ref = out.ref;
@@ -278,6 +343,28 @@ Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) {
   const int threads = g_threads;
   return g.Start(
       [=]() {
+        if (backend == Backend::Cuda) {
+#if defined(MFP4_WITH_CUDA)
+          // A row range is a slice of a tensor the caller has scanned (it passes sf): no scan,
+          // zeroed null, as on the CPU.
+          const cuda::ScaleRunResult r = cuda::run_scales_stack(host_stack(*stack), k, kp, layout, dt, has_sf, given_sf,
+                                                                dst, rows.begin, rows.end, !rows.sliced);
+          if (r.bad_expert >= 0)
+            throw InvalidInput(stack_scale_error(*stack, k, r.bad_expert, r.bad_part, r.bad_index, r.bad_byte));
+          result->sf = r.sf;
+          result->zeroed = rows.sliced ? -1 : r.zeroed;
+#endif
+          return;
+        }
+        const int64_t u = layout == Layout::V1 ? 2 : 1;
+        if (rows.sliced) {
+          // A slice of a tensor the caller has already scanned (it passes sf): scanning the whole
+          // input again for every slice would cost more than the slice itself.
+          result->sf = given_sf;
+          result->zeroed = -1;
+          process_scales(scale_parts((*stack)[0]), k, kp, layout, given_sf, dst, threads, rows.begin / u, rows.end / u);
+          return;
+        }
         const StackStats st = scan_parts(*stack, k, threads);
         const float sf = has_sf ? given_sf : scale_factor(st.max_byte, layout, dt);
         result->sf = sf;
@@ -289,14 +376,14 @@ Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) {
         Napi::Object r = Napi::Object::New(env);
         r.Set("scales", ref->Value());
         r.Set("sf", result->sf);
-        r.Set("zeroed", (double)result->zeroed);
+        r.Set("zeroed", result->zeroed < 0 ? env.Null() : Napi::Number::New(env, (double)result->zeroed));
         return r;
       });
 }
 
 // unpackWeight(data, {n, np, k, kp, rowWords?, wordOffset?}) -> Promise<{weight, paddingNonzero}>.
 // rowWords/wordOffset select one part of a concatenated (w13) tensor.
-Napi::Value UnpackWeight(const Napi::CallbackInfo& info) {
+Napi::Value UnpackWeightOn(const Napi::CallbackInfo& info, Backend backend) {
   Napi::Env env = info.Env();
   Napi::Object opt = options(env, info, 1, "unpackWeight(data, {n, np, k, kp, rowWords?, wordOffset?})");
   const int64_t n = get_int(env, opt, "n"), np = get_int_or(env, opt, "np", n);
@@ -317,7 +404,15 @@ Napi::Value UnpackWeight(const Napi::CallbackInfo& info) {
   const uint32_t* in = reinterpret_cast<const uint32_t*>(src.data) + word_off;
   const int threads = g_threads;
   return g.Start(
-      [=]() { *stray = unpack_weight(in, row_words, n, np, k, kp, dst, threads); },
+      [=]() {
+        if (backend == Backend::Cuda) {
+#if defined(MFP4_WITH_CUDA)
+          *stray = cuda::run_unpack_weight(in, row_words, n, np, k, kp, dst);
+#endif
+          return;
+        }
+        *stray = unpack_weight(in, row_words, n, np, k, kp, dst, threads);
+      },
       [ref, stray](Napi::Env env) -> Napi::Value {
         Napi::Object r = Napi::Object::New(env);
         r.Set("weight", ref->Value());
@@ -327,7 +422,7 @@ Napi::Value UnpackWeight(const Napi::CallbackInfo& info) {
 }
 
 // decodeScales(data, {n, np, k, kp, layout, sf, totalNp?, colOffset?}) -> Promise<{scales, paddingNonzero}>.
-Napi::Value DecodeScales(const Napi::CallbackInfo& info) {
+Napi::Value DecodeScalesOn(const Napi::CallbackInfo& info, Backend backend) {
   Napi::Env env = info.Env();
   Napi::Object opt = options(env, info, 1, "decodeScales(data, {n, np, k, kp, layout, sf, totalNp?, colOffset?})");
   const int64_t n = get_int(env, opt, "n"), np = get_int_or(env, opt, "np", n);
@@ -351,13 +446,120 @@ Napi::Value DecodeScales(const Napi::CallbackInfo& info) {
   const uint8_t* in = src.data + unit * col_off;
   const int threads = g_threads;
   return g.Start(
-      [=]() { *stray = decode_scales(in, tnp, n, np, k, kp, layout, sf, dst, threads); },
+      [=]() {
+        if (backend == Backend::Cuda) {
+#if defined(MFP4_WITH_CUDA)
+          *stray = cuda::run_decode_scales(in, tnp, n, np, k, kp, layout, sf, dst);
+#endif
+          return;
+        }
+        *stray = decode_scales(in, tnp, n, np, k, kp, layout, sf, dst, threads);
+      },
       [ref, stray](Napi::Env env) -> Napi::Value {
         Napi::Object r = Napi::Object::New(env);
         r.Set("scales", ref->Value());
         r.Set("paddingNonzero", (double)*stray);
         return r;
       });
+}
+
+Napi::Value RepackWeightStack(const Napi::CallbackInfo& info) { return RepackWeightStackOn(info, Backend::Cpu); }
+Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) { return ProcessScalesStackOn(info, Backend::Cpu); }
+Napi::Value UnpackWeight(const Napi::CallbackInfo& info) { return UnpackWeightOn(info, Backend::Cpu); }
+Napi::Value DecodeScales(const Napi::CallbackInfo& info) { return DecodeScalesOn(info, Backend::Cpu); }
+
+#if defined(MFP4_WITH_CUDA)
+constexpr bool kWithCuda = true;
+#else
+constexpr bool kWithCuda = false;
+#endif
+
+// gpu* twins: same arguments and results as the CPU calls, computed on the CUDA device.
+// They reject with "CUDA unavailable: <reason>" when there is no usable device, and with
+// "built without CUDA support" in a CPU-only build.
+Napi::Value GpuRepackWeightStack(const Napi::CallbackInfo& info) {
+  return kWithCuda ? RepackWeightStackOn(info, Backend::Cuda) : no_cuda(info.Env());
+}
+Napi::Value GpuProcessScalesStack(const Napi::CallbackInfo& info) {
+  return kWithCuda ? ProcessScalesStackOn(info, Backend::Cuda) : no_cuda(info.Env());
+}
+Napi::Value GpuUnpackWeight(const Napi::CallbackInfo& info) {
+  return kWithCuda ? UnpackWeightOn(info, Backend::Cuda) : no_cuda(info.Env());
+}
+Napi::Value GpuDecodeScales(const Napi::CallbackInfo& info) {
+  return kWithCuda ? DecodeScalesOn(info, Backend::Cuda) : no_cuda(info.Env());
+}
+
+// cudaStatus() -> {available, reason?, devices?, name?, capability?, compiledArchs}.
+Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object r = Napi::Object::New(env);
+#if defined(MFP4_WITH_CUDA)
+  std::string why;
+  const bool ok = cuda::cuda_available(why);
+  r.Set("available", ok);
+  if (!ok) r.Set("reason", why);
+  cuda::DeviceInfo d;
+  cuda::device_info(d);
+  if (d.devices > 0) {
+    r.Set("devices", d.devices);
+    if (!d.name.empty()) {
+      r.Set("name", d.name);
+      r.Set("capability", std::to_string(d.major) + "." + std::to_string(d.minor));
+    }
+  }
+  r.Set("compiledArchs", cuda::compiled_archs());
+#else
+  r.Set("available", false);
+  r.Set("reason", "built without CUDA support");
+  r.Set("compiledArchs", "");
+#endif
+  return r;
+}
+
+// gpuBenchKernels(n, k, reps) -> {repackMs, scanMs, scalesMs, copyMs, weightBytes, scaleBytes,
+// packedBytes, processedBytes}: kernel times (ms per iteration, mean over reps back-to-back
+// launches) on random device-resident data of one N x K linear (layout v2, bfloat16), and a
+// device-to-device cudaMemcpy of the same input bytes. Synchronous: for benchmarks only.
+Napi::Value GpuBenchKernels(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) type_error(env, "gpuBenchKernels(n, k, reps?)");
+#if defined(MFP4_WITH_CUDA)
+  const int64_t n = info[0].As<Napi::Number>().Int64Value(), k = info[1].As<Napi::Number>().Int64Value();
+  const int reps = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 20;
+  cuda::BenchResult b;
+  try {
+    b = cuda::bench_kernels(n, k, reps);
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  int64_t np, kp;
+  pad_shape_v2(n, k, np, kp);
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("repackMs", b.repack_ms);
+  r.Set("scanMs", b.scan_ms);
+  r.Set("scalesMs", b.scales_ms);
+  r.Set("copyMs", b.copy_ms);
+  r.Set("weightBytes", (double)b.weight_bytes);
+  r.Set("scaleBytes", (double)b.scale_bytes);
+  r.Set("packedBytes", (double)((kp / kGroup) * 2 * np * 4));
+  r.Set("processedBytes", (double)((kp / kGroup) * np));
+  return r;
+#else
+  throw Napi::Error::New(env, "built without CUDA support");
+#endif
+}
+
+// gpuSetMemoryLimit(bytes): for tests, device allocations above `bytes` count as out of
+// memory, so the sliced path (slices of K rows, groups of experts) runs on small tensors.
+// 0 lifts the limit.
+Napi::Value GpuSetMemoryLimit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) type_error(env, "gpuSetMemoryLimit(bytes)");
+#if defined(MFP4_WITH_CUDA)
+  cuda::set_memory_limit(info[0].As<Napi::Number>().Int64Value());
+#endif
+  return env.Undefined();
 }
 
 // scanScales(data) -> {maxByte, maxValue, badIndex, badByte, histogram}: one pass over the
@@ -432,7 +634,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("processGlobalScale", Napi::Function::New(env, ProcessGlobalScale));
   exports.Set("padShapeV2", Napi::Function::New(env, PadShapeV2));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
-  exports.Set("backends", Napi::String::New(env, "cpu"));
+  exports.Set("gpuRepackWeightStack", Napi::Function::New(env, GpuRepackWeightStack));
+  exports.Set("gpuProcessScalesStack", Napi::Function::New(env, GpuProcessScalesStack));
+  exports.Set("gpuUnpackWeight", Napi::Function::New(env, GpuUnpackWeight));
+  exports.Set("gpuDecodeScales", Napi::Function::New(env, GpuDecodeScales));
+  exports.Set("gpuBenchKernels", Napi::Function::New(env, GpuBenchKernels));
+  exports.Set("gpuSetMemoryLimit", Napi::Function::New(env, GpuSetMemoryLimit));
+  exports.Set("cudaStatus", Napi::Function::New(env, CudaStatus));
+  exports.Set("backends", Napi::String::New(env, kWithCuda ? "cpu,cuda" : "cpu"));
   return exports;
 }
 

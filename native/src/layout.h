@@ -69,4 +69,20 @@ MFP4_HD uint8_t encode_scale(uint8_t e4m3, Layout layout, float sf) {
   return (uint8_t)(((h << 1) >> 8) & 0xFF);
 }
 
+// v2's scale factor (FORMAT.md section 4): under bfloat16, the largest power of two with
+// max * sf <= 448 for the largest block scale (its E4M3 byte); otherwise 1.
+MFP4_HD float scale_factor_for(uint8_t max_byte, Layout layout, ActDtype dt) {
+  if (layout != Layout::V2 || dt != ActDtype::BF16) return 1.0f;
+  const float mx = e4m3_to_float(max_byte);
+  if (!(mx > 0.0f)) return 1.0f;  // all-zero scales: nothing to rescale
+  float sf = 1.0f;
+  while (mx * sf * 2.0f <= 448.0f) sf *= 2.0f;
+  return sf;
+}
+
+// Whether a non-zero, non-negative block scale (E4M3 byte b) becomes 0 in the output.
+MFP4_HD bool scale_is_lost(uint8_t b, Layout layout, float sf) {
+  return b < 0x80 && e4m3_to_float(b) > 0.0f && encode_scale(b, layout, sf) == 0;
+}
+
 }  // namespace mfp4

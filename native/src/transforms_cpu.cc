@@ -19,14 +19,6 @@ constexpr int64_t kUnitsPerTask = 16;
 
 std::string shape_str(int64_t a, int64_t b) { return "[" + std::to_string(a) + ", " + std::to_string(b) + "]"; }
 
-void check_weight_shapes(int64_t n, int64_t np, int64_t k, int64_t kp) {
-  if (n <= 0 || k <= 0) throw InvalidInput("empty weight " + shape_str(n, k));
-  if (k % kGroup != 0) throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of 16");
-  if (np % kTileN != 0) throw InvalidInput("N = " + std::to_string(np) + " is not a multiple of 64 (layout v1 does not pad; use v2)");
-  if (kp % kGroup != 0) throw InvalidInput("padded K = " + std::to_string(kp) + " is not a multiple of 16");
-  if (np < n || kp < k) throw InvalidInput("padded shape " + shape_str(np, kp) + " smaller than " + shape_str(n, k));
-}
-
 struct PartTask {
   size_t part;
   int64_t chunk;  // 64-column chunk (weights) or unit block (scales)
@@ -44,6 +36,14 @@ void pad_shape_v2(int64_t n, int64_t k, int64_t& np, int64_t& kp) {
   } else {
     np = n2, kp = k2;
   }
+}
+
+void check_weight_shapes(int64_t n, int64_t np, int64_t k, int64_t kp) {
+  if (n <= 0 || k <= 0) throw InvalidInput("empty weight " + shape_str(n, k));
+  if (k % kGroup != 0) throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of 16");
+  if (np % kTileN != 0) throw InvalidInput("N = " + std::to_string(np) + " is not a multiple of 64 (layout v1 does not pad; use v2)");
+  if (kp % kGroup != 0) throw InvalidInput("padded K = " + std::to_string(kp) + " is not a multiple of 16");
+  if (np < n || kp < k) throw InvalidInput("padded shape " + shape_str(np, kp) + " smaller than " + shape_str(n, k));
 }
 
 namespace {
@@ -110,8 +110,9 @@ bool have_ssse3() {
 }  // namespace
 
 void repack_weight(const std::vector<WeightPart>& parts, int64_t k, int64_t kp, uint32_t* dst,
-                   int64_t dst_row_words, int threads) {
-  const int64_t rows = kp / kGroup;
+                   int64_t dst_row_words, int threads, int64_t row_begin, int64_t row_end) {
+  const int64_t rows = row_end < 0 ? kp / kGroup : row_end;
+  if (row_begin < 0 || row_begin > rows || rows > kp / kGroup) throw InvalidInput("row range outside the packed weight");
   std::vector<PartTask> tasks;
   std::vector<int64_t> word_off;
   int64_t off = 0;
@@ -120,7 +121,7 @@ void repack_weight(const std::vector<WeightPart>& parts, int64_t k, int64_t kp, 
     word_off.push_back(off);
     off += 2 * parts[p].np;
     for (int64_t c = 0; c < parts[p].np / kTileN; ++c)
-      for (int64_t r = 0; r < rows; r += kRowsPerTask) tasks.push_back({p, c, r, std::min(rows, r + kRowsPerTask)});
+      for (int64_t r = row_begin; r < rows; r += kRowsPerTask) tasks.push_back({p, c, r, std::min(rows, r + kRowsPerTask)});
   }
   if (off > dst_row_words) throw InvalidInput("output row too narrow");
   const int64_t row_bytes = k / 2;
@@ -131,7 +132,7 @@ void repack_weight(const std::vector<WeightPart>& parts, int64_t k, int64_t kp, 
     const PartTask& t = tasks[ti];
     const WeightPart& part = parts[t.part];
     for (int64_t r = t.begin; r < t.end; ++r) {
-      uint32_t* out = dst + r * dst_row_words + word_off[t.part] + t.chunk * kWordsPerChunk;
+      uint32_t* out = dst + (r - row_begin) * dst_row_words + word_off[t.part] + t.chunk * kWordsPerChunk;
       if (r * kGroup >= k) {
         std::memset(out, 0, kWordsPerChunk * 4);
         continue;
@@ -224,18 +225,11 @@ ScaleStats scan_scales(const uint8_t* data, int64_t count, int threads) {
 int64_t count_lost_scales(const int64_t histogram[256], Layout layout, float sf) {
   int64_t lost = 0;
   for (int b = 0; b < 0x80; ++b)
-    if (e4m3_to_float((uint8_t)b) > 0.0f && encode_scale((uint8_t)b, layout, sf) == 0) lost += histogram[b];
+    if (scale_is_lost((uint8_t)b, layout, sf)) lost += histogram[b];
   return lost;
 }
 
-float scale_factor(uint8_t max_byte, Layout layout, ActDtype dt) {
-  if (layout != Layout::V2 || dt != ActDtype::BF16) return 1.0f;
-  const float mx = e4m3_to_float(max_byte);
-  if (!(mx > 0.0f)) return 1.0f;  // all-zero scales: nothing to rescale
-  float sf = 1.0f;
-  while (mx * sf * 2.0f <= 448.0f) sf *= 2.0f;
-  return sf;
-}
+float scale_factor(uint8_t max_byte, Layout layout, ActDtype dt) { return scale_factor_for(max_byte, layout, dt); }
 
 namespace {
 
@@ -257,6 +251,10 @@ ScaleMap build_scale_map(int64_t np, Layout layout) {
   return m;
 }
 
+constexpr int64_t kUnitsPerScaleTask = 128;
+
+}  // namespace
+
 void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout layout) {
   check_weight_shapes(n, np, k, kp);
   if (layout == Layout::V1) {
@@ -265,14 +263,12 @@ void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout lay
   }
 }
 
-constexpr int64_t kUnitsPerScaleTask = 128;
-
-}  // namespace
-
 void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, Layout layout, float sf,
-                    uint8_t* dst, int threads) {
+                    uint8_t* dst, int threads, int64_t unit_begin, int64_t unit_end) {
   const int64_t g = k / kGroup, gp = kp / kGroup;
-  const int64_t u = layout == Layout::V1 ? 2 : 1, units = gp / u, span = u * kTileN;
+  const int64_t u = layout == Layout::V1 ? 2 : 1, span = u * kTileN;
+  const int64_t units = unit_end < 0 ? gp / u : unit_end;
+  if (unit_begin < 0 || unit_begin > units || units > gp / u) throw InvalidInput("row range outside the processed scales");
   uint8_t lut[256];
   for (int b = 0; b < 256; ++b) lut[b] = encode_scale((uint8_t)b, layout, sf);
   // The permutation repeats every 64 columns: one chunk's map serves every chunk.
@@ -291,7 +287,7 @@ void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, 
     col_off.push_back(total_np);
     total_np += parts[p].np;
     for (int64_t c = 0; c < parts[p].np / kTileN; ++c)
-      for (int64_t h = 0; h < units; h += kUnitsPerScaleTask) tasks.push_back({p, c, h, std::min(units, h + kUnitsPerScaleTask)});
+      for (int64_t h = unit_begin; h < units; h += kUnitsPerScaleTask) tasks.push_back({p, c, h, std::min(units, h + kUnitsPerScaleTask)});
   }
   const std::vector<uint8_t> zero_row(g, 0);
   parallel_for((int64_t)tasks.size(), threads, [&](int64_t ti) {
@@ -303,7 +299,7 @@ void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, 
       rows[i] = n < part.n ? part.data + n * g : zero_row.data();
     }
     for (int64_t h = t.begin; h < t.end; ++h) {
-      uint8_t* out = dst + h * u * total_np + u * (col_off[t.part] + t.chunk * kTileN);
+      uint8_t* out = dst + (h - unit_begin) * u * total_np + u * (col_off[t.part] + t.chunk * kTileN);
       const int64_t g0 = h * u;
       if (g0 + u <= g) {
         for (int64_t i = 0; i < span; ++i) out[i] = lut[rows[nl[i]][g0 + dg[i]]];

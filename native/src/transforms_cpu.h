@@ -36,10 +36,16 @@ struct ScaleStats {
 // (Np, Kp) of layout v2 for an N x K weight (FORMAT.md section 4).
 void pad_shape_v2(int64_t n, int64_t k, int64_t& np, int64_t& kp);
 
+// Shape rules shared by every backend; throw InvalidInput with the reason.
+void check_weight_shapes(int64_t n, int64_t np, int64_t k, int64_t kp);
+void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout layout);
+
 // Writes Marlin words for parts concatenated along N into dst: kp/16 rows of
 // 2*sum(np) words each, rows `dst_row_words` apart.
+// With a row range, only output rows [row_begin, row_end) are written, the first at dst: a
+// big tensor can be produced in slices small enough to stay in cache until they are written.
 void repack_weight(const std::vector<WeightPart>& parts, int64_t k, int64_t kp, uint32_t* dst,
-                   int64_t dst_row_words, int threads);
+                   int64_t dst_row_words, int threads, int64_t row_begin = 0, int64_t row_end = -1);
 
 // Inverse of repack_weight for one part that starts at column word offset 0 of src.
 // Returns the number of non-zero codes found in the padding (should be 0).
@@ -55,8 +61,9 @@ int64_t count_lost_scales(const int64_t histogram[256], Layout layout, float sf)
 float scale_factor(uint8_t max_byte, Layout layout, ActDtype dt);
 
 // Processed scales of parts concatenated along N: (kp/16) rows of sum(np) bytes.
+// Likewise for units (rows under v2, row pairs under v1) [unit_begin, unit_end).
 void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, Layout layout, float sf,
-                    uint8_t* dst, int threads);
+                    uint8_t* dst, int threads, int64_t unit_begin = 0, int64_t unit_end = -1);
 
 // Inverse: recovers E4M3 [n, k/16] of one part starting at column 0 of src whose full
 // width is total_np. Bytes that no E4M3 value encodes to decode as 0x7F (NaN) so that a

@@ -143,10 +143,11 @@ export function readTensor(ckpt: Checkpoint, name: string): Promise<Buffer> {
   });
 }
 
-/** Reads part of one tensor's bytes (for streaming copies of big tensors). */
-export function readTensorRange(ckpt: Checkpoint, name: string, offset: number, length: number): Promise<Buffer> {
-  const ref = ckpt.tensors.get(name)!;
-  return ckpt.readers.get(ref.shard)!.readRange(name, offset, length).catch((e) => {
+/** Fills `target` with bytes of one tensor from `offset` (streaming copies, reused buffers). */
+export function readTensorInto(ckpt: Checkpoint, name: string, offset: number, target: Uint8Array): Promise<Uint8Array> {
+  const ref = ckpt.tensors.get(name);
+  if (!ref) throw new InputError(`${ckpt.dir}: tensor ${name}: missing`);
+  return ckpt.readers.get(ref.shard)!.readRangeInto(name, offset, target).catch((e) => {
     if (e instanceof SafetensorsError) throw new InputError(e.message);
     throw e;
   });

@@ -4,13 +4,14 @@ import { join, resolve } from 'node:path';
 import { openCheckpoint } from '../checkpoint/model-dir.js';
 import { requireNvfp4 } from '../checkpoint/flavour.js';
 import { activationDtype, planConversion, tensorBytes } from '../plan/plan.js';
-import { SafetensorsWriter } from '../safetensors/index.js';
 import { setThreads, type ActDtype, type LayoutVersion } from '../transform/marlin.js';
 import { BufferPool } from './buffer-pool.js';
 import { layerRecords, type LayerRecord } from './metadata.js';
 import { stageOutput } from './output-dir.js';
-import { produce } from './produce.js';
+import { forEachLimited, writeShard } from './write-shard.js';
 import { copyOtherFiles, writeConfig, writeIndex, writeManifest } from './write-files.js';
+
+const SHARDS_AT_ONCE = Number(process.env.MARLIN_FP4_SHARDS_AT_ONCE ?? 2);
 
 export interface ConvertOptions {
   model: string;
@@ -78,36 +79,22 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       const layers = [...records.values()];
       const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
       let bytesDone = 0;
-      let bytesOut = 0;
       const pool = new BufferPool();
-      for (const shard of plan.shards) {
-        const shardLayers = shard.tensors.map((t) => records.get(t.name)).filter((r): r is LayerRecord => !!r);
-        const metadata = {
-          format: 'pt',
-          marlin_fp4: JSON.stringify({ format_version: 1, layout: plan.layout, activation_dtype: dtype, layers: shardLayers }),
-        };
-        const writer = await SafetensorsWriter.create(join(staged.tmp, shard.file), shard.tensors, metadata);
-        try {
-          for (const t of shard.tensors) {
-            const ctx = {
-              ckpt,
-              layout: plan.layout,
-              dtype,
-              pool,
-              onInput: (n: number) => {
-                bytesDone += n;
-                opts.onProgress?.({ bytesDone, bytesTotal, tensor: t.name });
-              },
-            };
-            await produce(ctx, t, (chunk) => writer.write(t.name, chunk));
-            bytesOut += tensorBytes(t);
-          }
-          await writer.close();
-        } catch (e) {
-          await writer.abort();
-          throw e;
-        }
-      }
+      await forEachLimited(plan.shards, SHARDS_AT_ONCE, (shard) =>
+        writeShard({
+          ckpt,
+          plan,
+          shard,
+          dir: staged.tmp,
+          pool,
+          records,
+          onInput: (n, tensor) => {
+            bytesDone += n;
+            opts.onProgress?.({ bytesDone, bytesTotal, tensor });
+          },
+        }),
+      );
+      const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
       await writeConfig(ckpt, plan, flavour, staged.tmp);
       const files = ['config.json', ...plan.shards.map((s) => s.file)];
       if (ckpt.sharded || plan.shards.length > 1) {

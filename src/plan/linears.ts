@@ -43,13 +43,17 @@ const NAMES = {
 const EXPERT = /^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)$/;
 const ROLE: Record<string, ExpertRole> = { gate_proj: 'gate', w1: 'gate', up_proj: 'up', w3: 'up', down_proj: 'down', w2: 'down' };
 
-export function where(ckpt: Checkpoint, tensor: string): string {
-  const ref = ckpt.tensors.get(tensor);
+/**
+ * "<shard file>: tensor <name>" for messages. A missing tensor is placed in the shard of a
+ * sibling (`near`) that exists, which is where a user would look for it.
+ */
+export function where(ckpt: Checkpoint, tensor: string, near?: string): string {
+  const ref = ckpt.tensors.get(tensor) ?? (near ? ckpt.tensors.get(near) : undefined);
   return ref ? `${join(ckpt.dir, ref.shard)}: tensor ${tensor}` : `${ckpt.dir}: tensor ${tensor}`;
 }
 
-function expect(ckpt: Checkpoint, ref: TensorRef | undefined, name: string, what: string, ok: boolean, reason: string): TensorRef {
-  if (!ref) throw new InputError(`${where(ckpt, name)}: missing (${what})`);
+function expect(ckpt: Checkpoint, ref: TensorRef | undefined, name: string, what: string, ok: boolean, reason: string, near: string): TensorRef {
+  if (!ref) throw new InputError(`${where(ckpt, name, near)}: missing (${what})`);
   if (!ok) throw new InputError(`${where(ckpt, name)}: ${reason}`);
   return ref;
 }
@@ -81,14 +85,14 @@ export function findLinears(ckpt: Checkpoint, flavour: Flavour): FoundLinears {
       ignored.push(p);
       continue;
     }
-    const w = expect(ckpt, t.get(weight), weight, `the packed FP4 weight of ${p}`, t.get(weight)?.entry.dtype === 'U8',
-      `dtype ${t.get(weight)?.entry.dtype} is not U8 (packed FP4)`);
+    const near = [weight, scale, global].find((n) => t.has(n))!;
+    expect(ckpt, t.get(weight), weight, `the packed FP4 weight of ${p}`, t.get(weight)?.entry.dtype === 'U8',
+      `dtype ${t.get(weight)?.entry.dtype} is not U8 (packed FP4)`, near);
     expect(ckpt, t.get(scale), scale, `the block scales of ${p}`, t.get(scale)?.entry.dtype === 'F8_E4M3',
-      `dtype ${t.get(scale)?.entry.dtype} is not F8_E4M3`);
+      `dtype ${t.get(scale)?.entry.dtype} is not F8_E4M3`, near);
     const g = t.get(global);
     expect(ckpt, g, global, `the global scale of ${p}`, g?.entry.dtype === 'F32' && (g.entry.shape.length === 0 || (g.entry.shape.length === 1 && g.entry.shape[0] === 1)),
-      `global scale must be an F32 scalar, got ${g?.entry.dtype} [${g?.entry.shape.join(', ')}]`);
-    void w;
+      `global scale must be an F32 scalar, got ${g?.entry.dtype} [${g?.entry.shape.join(', ')}]`, near);
     const input = `${p}.${names.input}`;
     const lin: LinearSource = {
       prefix: p,

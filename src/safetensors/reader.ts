@@ -66,6 +66,25 @@ export class SafetensorsReader {
     return this.readAt(e, byteOffset, length);
   }
 
+  /**
+   * Fills `target` with `target.length` bytes of tensor `name` from `byteOffset`: lets callers
+   * reuse buffers, since fresh memory's page faults cost more than reading from the page cache.
+   */
+  async readRangeInto(name: string, byteOffset: number, target: Uint8Array): Promise<Uint8Array> {
+    const e = this.entry(name);
+    const size = e.end - e.begin;
+    if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || byteOffset + target.length > size) {
+      throw new SafetensorsError(
+        this.header.path,
+        name,
+        `byte range offset ${byteOffset} length ${target.length} is outside the tensor's ${size} bytes`,
+      );
+    }
+    if (this.closed) throw new Error(`${this.header.path}: reader is closed`);
+    await readExactly(this.handle, target, this.header.dataStart + e.begin + byteOffset, this.header.path, e.name);
+    return target;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

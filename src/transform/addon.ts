@@ -11,11 +11,14 @@ export interface NativePart {
 }
 
 export interface NativeAddon {
-  repackWeightStack(experts: NativePart[][], opts: { k: number; kp?: number; out?: Uint8Array }): Promise<Buffer>;
+  repackWeightStack(
+    experts: NativePart[][],
+    opts: { k: number; kp?: number; out?: Uint8Array; rowBegin?: number; rowEnd?: number },
+  ): Promise<Buffer>;
   processScalesStack(
     experts: NativePart[][],
-    opts: { k: number; kp?: number; layout: string; dtype: string; sf?: number; out?: Uint8Array },
-  ): Promise<{ scales: Buffer; sf: number; zeroed: number }>;
+    opts: { k: number; kp?: number; layout: string; dtype: string; sf?: number; out?: Uint8Array; rowBegin?: number; rowEnd?: number },
+  ): Promise<{ scales: Buffer; sf: number; zeroed: number | null }>;
   unpackWeight(
     data: Uint8Array,
     opts: { n: number; np?: number; k: number; kp?: number; rowWords?: number; wordOffset?: number },
@@ -29,7 +32,47 @@ export interface NativeAddon {
   processGlobalScale(ws2: number, opts: { layout: string; dtype: string; sf?: number }): Buffer;
   padShapeV2(n: number, k: number): { np: number; kp: number };
   setThreads(n: number): number;
+  /** "cpu", or "cpu,cuda" when the addon was built with the CUDA backend. */
   backends: string;
+  /**
+   * GPU twins of the four heavy calls: same arguments, same bytes and results. They reject
+   * with "CUDA unavailable: <reason>" without a usable device, and with "built without CUDA
+   * support" when the addon was built CPU-only (see `backends`).
+   */
+  gpuRepackWeightStack: NativeAddon['repackWeightStack'];
+  gpuProcessScalesStack: NativeAddon['processScalesStack'];
+  gpuUnpackWeight: NativeAddon['unpackWeight'];
+  gpuDecodeScales: NativeAddon['decodeScales'];
+  cudaStatus(): CudaStatus;
+  /** Benchmark only (synchronous): kernel times for one N x K linear, layout v2, bfloat16. */
+  gpuBenchKernels(n: number, k: number, reps?: number): GpuKernelBench;
+  /** Testing hook: device allocations above `bytes` count as out of memory (0 = no limit). */
+  gpuSetMemoryLimit(bytes: number): void;
+}
+
+/** What the addon knows about CUDA. Without a usable device, `reason` says why. */
+export interface CudaStatus {
+  available: boolean;
+  reason?: string;
+  /** Visible CUDA devices (when a driver answered). */
+  devices?: number;
+  /** Name and compute capability ("9.0") of the device used (MARLIN_FP4_CUDA_DEVICE, default 0). */
+  name?: string;
+  capability?: string;
+  /** e.g. "sm_80,sm_86,sm_89,sm_90"; "" in a build without CUDA. */
+  compiledArchs: string;
+}
+
+/** Kernel-only timings of gpuBenchKernels: ms per iteration on device-resident data. */
+export interface GpuKernelBench {
+  repackMs: number;
+  scanMs: number;
+  scalesMs: number;
+  copyMs: number;
+  weightBytes: number;
+  scaleBytes: number;
+  packedBytes: number;
+  processedBytes: number;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

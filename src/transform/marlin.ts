@@ -72,13 +72,13 @@ export function moePaddedIntermediate(intermediate: number, hidden: number, layo
 }
 
 /** Bytes of the Marlin weight of one linear (or one expert of a stack with `parts` parts). */
-export function packedWeightBytes(s: LinearShape, parts = 1): number {
-  return (s.kp / 16) * 2 * s.np * parts * 4;
+export function packedWeightBytes(s: LinearShape, parts = 1, rows = s.kp / 16): number {
+  return rows * 2 * s.np * parts * 4;
 }
 
 /** Bytes of the processed scales of one linear (or one expert with `parts` parts). */
-export function processedScaleBytes(s: LinearShape, parts = 1): number {
-  return (s.kp / 16) * s.np * parts;
+export function processedScaleBytes(s: LinearShape, parts = 1, rows = s.kp / 16): number {
+  return rows * s.np * parts;
 }
 
 /**
@@ -100,8 +100,19 @@ export function repackWeightStack(
   experts: Uint8Array[][],
   part: LinearShape,
   out?: Uint8Array,
+  rows?: RowSlice,
 ): Promise<Buffer> {
-  return named(tensor, () => addon().repackWeightStack(toParts(experts, part), { k: part.k, kp: part.kp, out }));
+  return named(tensor, () => addon().repackWeightStack(toParts(experts, part), { k: part.k, kp: part.kp, out, ...rows }));
+}
+
+/**
+ * Output rows [rowBegin, rowEnd) (rows of K/16; even under v1 for scales) of one tensor:
+ * producing a big tensor in slices that are written while still in cache is several times
+ * faster than writing it whole from memory.
+ */
+export interface RowSlice {
+  rowBegin: number;
+  rowEnd: number;
 }
 
 export interface ScaleOptions {
@@ -111,13 +122,15 @@ export interface ScaleOptions {
   sf?: number;
   /** Receives the result when given (see repackWeight). */
   out?: Uint8Array;
+  /** Only these rows (needs sf; the result's zeroed is then null). */
+  rows?: RowSlice;
 }
 
 export interface ProcessedScales {
   scales: Buffer;
   sf: number;
-  /** Non-zero block scales that v2's clamp turned into 0 (data lost). */
-  zeroed: number;
+  /** Non-zero block scales that v2's clamp turned into 0 (data lost); null for a row slice. */
+  zeroed: number | null;
 }
 
 export function processScales(
@@ -135,8 +148,9 @@ export function processScalesStack(
   part: LinearShape,
   opts: ScaleOptions,
 ): Promise<ProcessedScales> {
+  const { rows, ...rest } = opts;
   return named(tensor, () =>
-    addon().processScalesStack(toParts(experts, part), { k: part.k, kp: part.kp, ...opts }),
+    addon().processScalesStack(toParts(experts, part), { k: part.k, kp: part.kp, ...rest, ...rows }),
   );
 }
 

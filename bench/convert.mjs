@@ -1,0 +1,77 @@
+// Convert vs copy: time `marlin-fp4 convert` of a generated NVFP4 checkpoint against `cp -r`
+// of the same directory, in the same run, both with a warm page cache.
+// Usage: npm run build && node bench/convert.mjs [--preset llama-8b] [--shards 4] [--reps 3] [--device cpu]
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir, availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { generateModel } from '../fixtures/generate.mjs';
+
+const { values } = parseArgs({
+  options: {
+    preset: { type: 'string', default: 'llama-8b' },
+    shards: { type: 'string', default: '4' },
+    reps: { type: 'string', default: '3' },
+    dir: { type: 'string' },
+    extra: { type: 'string', default: '' },
+    keep: { type: 'boolean', default: false },
+  },
+});
+const bin = fileURLToPath(new URL('../bin/marlin-fp4.js', import.meta.url));
+const work = values.dir ?? mkdtempSync(join(tmpdir(), 'marlin-fp4-bench-'));
+const model = join(work, 'model');
+const size = (d) => readdirSync(d).reduce((a, f) => a + statSync(join(d, f)).size, 0);
+
+if (!existsSync(model)) {
+  const t0 = performance.now();
+  await generateModel(model, { preset: values.preset, flavour: 'modelopt', shards: Number(values.shards) });
+  console.log(`generated ${values.preset} (${(size(model) / 1e9).toFixed(2)} GB) in ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
+}
+// Every command starts from the same state: no earlier outputs (their pages freed), nothing
+// dirty (sync), and the input in the page cache. The cache is not dropped: on a VM that
+// returns freed memory to its host, dropping it makes the next writes fault on the host and
+// measures the VM, not the program.
+function resetState(outputs) {
+  for (const o of outputs) rmSync(o, { recursive: true, force: true });
+  execFileSync('sync');
+  for (const f of readdirSync(model)) execFileSync('cat', [join(model, f)], { stdio: ['ignore', 'ignore', 'inherit'] });
+}
+
+// Each command starts with no dirty pages of the other's pending (sync first), and is timed
+// both as it returns and until its data reached the disk (sync included): writeback of
+// several GB dominates on a slow disk, and it must not leak into the next command's time.
+function timed(cmd, args) {
+  execFileSync('sync');
+  const t0 = performance.now();
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status})`);
+  const t1 = performance.now();
+  execFileSync('sync');
+  return [(t1 - t0) / 1e3, (performance.now() - t0) / 1e3];
+}
+
+const reps = Number(values.reps);
+const cpTimes = [];
+const convTimes = [];
+const extra = values.extra ? values.extra.split(' ') : [];
+const a = join(work, 'copy');
+const b = join(work, 'converted');
+for (let i = 0; i < reps; i++) {
+  resetState([a, b]);
+  cpTimes.push(timed('cp', ['-r', model, a]));
+  resetState([a, b]);
+  convTimes.push(timed(process.execPath, [bin, 'convert', model, '-o', b, '-q', ...extra]));
+}
+resetState([a, b]);
+const best = (xs, i) => Math.min(...xs.map((x) => x[i]));
+const gb = size(model) / 1e9;
+const row = (label, xs) =>
+  `${label.padEnd(28)} ${best(xs, 0).toFixed(2).padStart(7)} s ${(gb / best(xs, 0)).toFixed(2).padStart(6)} GB/s ${best(xs, 1).toFixed(2).padStart(9)} s   ${xs.map((x) => x[0].toFixed(2)).join(' ')}`;
+console.log(`input ${gb.toFixed(2)} GB (${values.preset}, ${values.shards} shards), ${availableParallelism()} cores, node ${process.version}, best of ${reps}, warm page cache`);
+console.log(`${'command'.padEnd(28)} ${'time'.padStart(9)} ${'rate'.padStart(11)} ${'with sync'.padStart(11)}   runs`);
+console.log(row('cp -r', cpTimes));
+console.log(row(`convert${extra.length ? ` ${extra.join(' ')}` : ''}`, convTimes));
+console.log(`convert / cp = ${(best(convTimes, 0) / best(cpTimes, 0)).toFixed(2)} (with sync: ${(best(convTimes, 1) / best(cpTimes, 1)).toFixed(2)})`);
+if (!values.keep && !values.dir) rmSync(work, { recursive: true, force: true });

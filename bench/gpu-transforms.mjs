@@ -1,0 +1,99 @@
+// Micro-benchmark of the CUDA transforms (layout v2, bfloat16).
+// Usage: node bench/gpu-transforms.mjs [--sizes 8192x8192,28672x8192] [--reps 5] [--kernel-reps 50]
+//  1. kernel-only: repack + scale scan + scale processing on device-resident random data
+//     (cudaEvent timing, gpuBenchKernels), against a device-to-device cudaMemcpy of the same
+//     input bytes; GB/s count the bytes read plus the bytes written.
+//  2. end to end from host buffers: gpuRepackWeightStack + gpuProcessScalesStack (copies to and
+//     from the device included), against the CPU path on every core.
+// Exits cleanly, saying why, where there is no usable CUDA device.
+import { createRequire } from 'node:module';
+import { randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+
+const require = createRequire(import.meta.url);
+const addonPath = new URL('../native/build/Release/marlin_fp4.node', import.meta.url).pathname;
+let native;
+try {
+  native = require(addonPath);
+} catch (e) {
+  console.log(`native addon not loadable (${addonPath}): ${e.message}`);
+  process.exit(0);
+}
+
+const { values } = parseArgs({
+  options: {
+    sizes: { type: 'string', default: '8192x8192,28672x8192' },
+    reps: { type: 'string', default: '5' },
+    'kernel-reps': { type: 'string', default: '50' },
+  },
+});
+const reps = Number(values.reps);
+const kernelReps = Number(values['kernel-reps']);
+const sizes = values.sizes.split(',').map((s) => s.split('x').map(Number));
+
+const status = native.cudaStatus();
+if (!status.available) {
+  console.log(`no GPU benchmark: ${status.reason} (backends: ${native.backends})`);
+  process.exit(0);
+}
+console.log(
+  `${status.name} (compute capability ${status.capability}), ${status.devices} device(s); addon built for ${status.compiledArchs}`,
+);
+
+const gbps = (bytes, ms) => bytes / 1e6 / ms; // bytes per ms / 1e6 = GB/s
+const pad = (s, n) => String(s).padStart(n);
+
+console.log('\nkernel-only, device-resident data (ms per iteration, mean of back-to-back launches; GB/s = read + written)');
+console.log(
+  'shape          repack ms  GB/s   scan ms  scales ms  GB/s   all ms   GB/s | memcpy ms  GB/s | all/memcpy',
+);
+for (const [n, k] of sizes) {
+  const b = native.gpuBenchKernels(n, k, kernelReps);
+  const wBytes = b.weightBytes + b.packedBytes;
+  const sBytes = b.scaleBytes + b.processedBytes;
+  const all = b.repackMs + b.scanMs + b.scalesMs;
+  const copyBytes = 2 * (b.weightBytes + b.scaleBytes);
+  console.log(
+    `${`${n}x${k}`.padEnd(14)} ${pad(b.repackMs.toFixed(3), 9)} ${pad(gbps(wBytes, b.repackMs).toFixed(0), 5)} ` +
+      `${pad(b.scanMs.toFixed(3), 9)} ${pad(b.scalesMs.toFixed(3), 10)} ${pad(gbps(sBytes + b.scaleBytes, b.scanMs + b.scalesMs).toFixed(0), 5)} ` +
+      `${pad(all.toFixed(3), 8)} ${pad(gbps(wBytes + sBytes, all).toFixed(0), 6)} | ${pad(b.copyMs.toFixed(3), 9)} ${pad(gbps(copyBytes, b.copyMs).toFixed(0), 5)} | ` +
+      `${pad((all / b.copyMs).toFixed(2), 10)}`,
+  );
+}
+console.log('(scales GB/s counts the scan\'s read too; memcpy copies the input bytes once)');
+
+async function best(fn) {
+  let min = Infinity;
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    await fn();
+    min = Math.min(min, performance.now() - t0);
+  }
+  return min;
+}
+
+console.log(`\nend to end from host buffers (best of ${reps}; MB/s of input bytes; the CPU on ${availableParallelism()} cores)`);
+console.log('shape          output   gpu repack  gpu scales  gpu MB/s | cpu repack  cpu scales  cpu MB/s');
+for (const [n, k] of sizes) {
+  const weight = randomBytes((n * k) / 2);
+  const scales = Buffer.from(randomBytes((n * k) / 16).map((b) => 0x20 + (b % 0x50)));
+  const { np, kp } = native.padShapeV2(n, k);
+  const outW = Buffer.alloc((kp / 16) * 2 * np * 4);
+  const outS = Buffer.alloc((kp / 16) * np);
+  const w = [[{ data: weight, n, np }]];
+  const s = [[{ data: scales, n, np }]];
+  const sopts = { k, kp, layout: 'v2', dtype: 'bfloat16' };
+  for (const reuse of [false, true]) {
+    const o = (buf) => (reuse ? { out: buf } : {});
+    const gw = await best(() => native.gpuRepackWeightStack(w, { k, kp, ...o(outW) }));
+    const gs = await best(() => native.gpuProcessScalesStack(s, { ...sopts, ...o(outS) }));
+    const cw = await best(() => native.repackWeightStack(w, { k, kp, ...o(outW) }));
+    const cs = await best(() => native.processScalesStack(s, { ...sopts, ...o(outS) }));
+    const inMB = (weight.length + scales.length) / 1e6;
+    console.log(
+      `${`${n}x${k}`.padEnd(14)} ${(reuse ? 'reused' : 'fresh').padEnd(6)} ${pad(gw.toFixed(1), 10)}ms ${pad(gs.toFixed(1), 9)}ms ${pad((inMB / ((gw + gs) / 1e3)).toFixed(0), 9)} | ` +
+        `${pad(cw.toFixed(1), 9)}ms ${pad(cs.toFixed(1), 9)}ms ${pad((inMB / ((cw + cs) / 1e3)).toFixed(0), 9)}`,
+    );
+  }
+}

@@ -1,0 +1,105 @@
+// Host-level entry points of the CUDA backend (FORMAT.md sections 2-3), for the addon:
+// host buffers in, host buffers out, the GPU in between. Plain C++ (no CUDA headers), so
+// addon.cc compiles with the host compiler alone. The device-pointer API, for callers that
+// keep their data on the GPU, is in transforms_cuda.cuh.
+//
+// Every function produces the same bytes as its CPU twin in transforms_cpu.h (both derive
+// them from layout.h) and throws InvalidInput for the same shape errors. CUDA failures
+// throw CudaError ("CUDA error: ..." / "CUDA out of memory allocating X MB for ...").
+// A tensor too large for the free device memory is processed in slices of K rows (every
+// output row depends only on its own K-block), and MoE stacks in groups of experts.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "layout.h"
+
+namespace mfp4 {
+namespace cuda {
+
+struct CudaError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Whether a usable CUDA device is present. Never throws; without a driver (libcuda is
+// loaded lazily by the static runtime) it returns false with why = "no CUDA driver ...".
+// The answer is computed once per process.
+bool cuda_available(std::string& why);
+
+struct DeviceInfo {
+  int devices = 0;       // visible CUDA devices
+  int ordinal = 0;       // the one used (MARLIN_FP4_CUDA_DEVICE, default 0)
+  std::string name;      // its name
+  int major = 0, minor = 0;
+  int64_t total_memory = 0;
+};
+// Fills info when cuda_available() is true.
+bool device_info(DeviceInfo& info);
+
+// The architectures this build carries code for, e.g. "sm_80,sm_86,sm_89,sm_90".
+const char* compiled_archs();
+
+// Testing hook: when > 0, device allocations larger than this many bytes are treated as
+// out of memory, which exercises the sliced path on small tensors. 0 = no limit.
+void set_memory_limit(int64_t bytes);
+
+struct HostPart {
+  const uint8_t* data;  // weight U8 [n, k/2] or block scales F8_E4M3 [n, k/16]
+  int64_t n;
+  int64_t np;  // padded rows, a multiple of 64
+};
+// experts[e][p]: part p of expert e; every expert has the same parts (shapes checked by the caller).
+using HostStack = std::vector<std::vector<HostPart>>;
+
+// Marlin words of every expert: I32 [E, kp/16, 2*sum(np)] written to dst (host). With a row
+// range, only output rows [row_begin, row_end) of every expert, the first at dst (as the CPU's
+// repack_weight row range).
+void run_repack_stack(const HostStack& experts, int64_t k, int64_t kp, uint32_t* dst, int64_t row_begin = 0,
+                      int64_t row_end = -1);
+
+struct ScaleRunResult {
+  float sf = 1.0f;
+  int64_t zeroed = 0;  // non-zero block scales that v2's clamp turned into 0
+  uint8_t max_byte = 0;
+  // First negative or NaN block scale in (expert, part, row, group) order; nothing is
+  // written to dst when one is found.
+  int64_t bad_expert = -1, bad_part = -1, bad_index = -1;  // bad_index = row * (k/16) + group within the part
+  uint8_t bad_byte = 0;
+};
+
+// Processed scales of every expert: [E, kp/16, sum(np)] bytes written to dst (host). Without
+// has_sf, v2's scale factor is computed on the device over the whole stack. With a row range
+// (rows of K/16, multiples of 2 under v1), only output rows [row_begin, row_end), the first at
+// dst; scan = false skips the validation and counting pass (zeroed is then 0), as the CPU path
+// does for a slice of a tensor whose caller has scanned it and passes sf.
+ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp, Layout layout, ActDtype dt,
+                                bool has_sf, float sf, uint8_t* dst, int64_t row_begin = 0, int64_t row_end = -1,
+                                bool scan = true);
+
+// Inverse of the repack for one part: src points at the part's first word of row 0, rows
+// are src_row_words apart. dst: U8 [n, k/2]. Returns the non-zero 8-byte padding blocks
+// (same count as mfp4::unpack_weight).
+int64_t run_unpack_weight(const uint32_t* src, int64_t src_row_words, int64_t n, int64_t np, int64_t k, int64_t kp,
+                          uint8_t* dst);
+
+// Inverse of the scale processing for one part: src points at the part's first byte of unit 0
+// (unit = one row under v2, a row pair under v1) of processed scales total_np columns wide.
+// dst: E4M3 [n, k/16]. Returns the non-zero padding bytes (same as mfp4::decode_scales).
+int64_t run_decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t np, int64_t k, int64_t kp,
+                          Layout layout, float sf, uint8_t* dst);
+
+struct BenchResult {
+  double repack_ms = 0;     // weight repack kernel
+  double scan_ms = 0;       // scale histogram + finalize (sf, LUT) kernels
+  double scales_ms = 0;     // scale processing kernel
+  double copy_ms = 0;       // cudaMemcpy device-to-device of the same input bytes
+  int64_t weight_bytes = 0, scale_bytes = 0;  // input bytes (the outputs are the same size)
+};
+// Times the kernels on random device-resident data for one N x K linear (layout v2,
+// bfloat16): milliseconds per iteration, the best of `reps`.
+BenchResult bench_kernels(int64_t n, int64_t k, int reps);
+
+}  // namespace cuda
+}  // namespace mfp4

@@ -1,0 +1,74 @@
+// Writes one output shard: header from the plan, then every tensor's bytes in order, with one
+// write in flight while the next chunk is read and transformed.
+import { join } from 'node:path';
+import type { Checkpoint } from '../checkpoint/model-dir.js';
+import type { OutputShard, Plan } from '../plan/plan.js';
+import { SafetensorsWriter } from '../safetensors/index.js';
+import type { BufferPool } from './buffer-pool.js';
+import type { LayerRecord } from './metadata.js';
+import { produce } from './produce.js';
+
+export interface ShardJob {
+  ckpt: Checkpoint;
+  plan: Plan;
+  shard: OutputShard;
+  dir: string;
+  pool: BufferPool;
+  records: Map<string, LayerRecord>;
+  onInput(bytes: number, tensor: string): void;
+}
+
+export async function writeShard(job: ShardJob): Promise<void> {
+  const { plan, shard } = job;
+  const layers = shard.tensors.map((t) => job.records.get(t.name)).filter((r): r is LayerRecord => !!r);
+  const metadata = {
+    format: 'pt',
+    marlin_fp4: JSON.stringify({ format_version: 1, layout: plan.layout, activation_dtype: plan.dtype, layers }),
+  };
+  const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, metadata);
+  let pending: Promise<void> = Promise.resolve();
+  try {
+    for (const t of shard.tensors) {
+      const ctx = {
+        ckpt: job.ckpt,
+        layout: plan.layout,
+        dtype: plan.dtype,
+        pool: job.pool,
+        onInput: (n: number) => job.onInput(n, t.name),
+      };
+      await produce(ctx, t, async (chunk, release) => {
+        await pending;
+        pending = writer.write(t.name, chunk).then(release);
+        pending.catch(() => {}); // surfaced by the next await of `pending`
+      });
+    }
+    await pending;
+    await writer.close();
+  } catch (e) {
+    await pending.catch(() => {});
+    await writer.abort();
+    throw e;
+  }
+}
+
+/**
+ * Runs `fn` over items with at most `limit` at a time. Writes to one file serialize in the
+ * kernel, so shards written side by side keep the disk and the cores busier than one.
+ * After a failure no new item starts; the first error is thrown once the running ones end.
+ */
+export async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const lane = async () => {
+    while (!failure && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+  if (failure) throw failure.error;
+}
