@@ -1,6 +1,7 @@
 // Convert vs copy: time `marlin-fp4 convert` of a generated NVFP4 checkpoint against `cp -r`
 // of the same directory, in the same run, both with a warm page cache.
-// Usage: npm run build && node bench/convert.mjs [--preset llama-8b] [--shards 4] [--reps 3] [--device cpu]
+// Usage: npm run build && node bench/convert.mjs [--preset llama-8b] [--shards 4] [--reps 3]
+//        [--variants="--device cpu;--device cuda"]   (convert options per variant, ";"-separated)
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir, availableParallelism } from 'node:os';
@@ -15,7 +16,7 @@ const { values } = parseArgs({
     shards: { type: 'string', default: '4' },
     reps: { type: 'string', default: '3' },
     dir: { type: 'string' },
-    extra: { type: 'string', default: '' },
+    variants: { type: 'string', default: '' },
     keep: { type: 'boolean', default: false },
   },
 });
@@ -53,16 +54,18 @@ function timed(cmd, args) {
 }
 
 const reps = Number(values.reps);
-const cpTimes = [];
-const convTimes = [];
-const extra = values.extra ? values.extra.split(' ') : [];
+const variants = (values.variants || '').split(';').map((v) => v.trim().split(/\s+/).filter(Boolean));
 const a = join(work, 'copy');
 const b = join(work, 'converted');
+const cpTimes = [];
+const convTimes = variants.map(() => []);
 for (let i = 0; i < reps; i++) {
   resetState([a, b]);
   cpTimes.push(timed('cp', ['-r', model, a]));
-  resetState([a, b]);
-  convTimes.push(timed(process.execPath, [bin, 'convert', model, '-o', b, '-q', ...extra]));
+  for (const [v, extra] of variants.entries()) {
+    resetState([a, b]);
+    convTimes[v].push(timed(process.execPath, [bin, 'convert', model, '-o', b, '-q', ...extra]));
+  }
 }
 resetState([a, b]);
 const best = (xs, i) => Math.min(...xs.map((x) => x[i]));
@@ -72,6 +75,9 @@ const row = (label, xs) =>
 console.log(`input ${gb.toFixed(2)} GB (${values.preset}, ${values.shards} shards), ${availableParallelism()} cores, node ${process.version}, best of ${reps}, warm page cache`);
 console.log(`${'command'.padEnd(28)} ${'time'.padStart(9)} ${'rate'.padStart(11)} ${'with sync'.padStart(11)}   runs`);
 console.log(row('cp -r', cpTimes));
-console.log(row(`convert${extra.length ? ` ${extra.join(' ')}` : ''}`, convTimes));
-console.log(`convert / cp = ${(best(convTimes, 0) / best(cpTimes, 0)).toFixed(2)} (with sync: ${(best(convTimes, 1) / best(cpTimes, 1)).toFixed(2)})`);
+for (const [v, extra] of variants.entries()) {
+  const label = `convert${extra.length ? ` ${extra.join(' ')}` : ''}`;
+  console.log(row(label, convTimes[v]));
+  console.log(`  ${label} / cp = ${(best(convTimes[v], 0) / best(cpTimes, 0)).toFixed(2)} (with sync: ${(best(convTimes[v], 1) / best(cpTimes, 1)).toFixed(2)})`);
+}
 if (!values.keep && !values.dir) rmSync(work, { recursive: true, force: true });

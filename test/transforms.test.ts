@@ -258,7 +258,7 @@ describe('row slices', () => {
       const parts: Buffer[] = [];
       const sparts: Buffer[] = [];
       for (const [a, b] of [[0, 6], [6, 40], [40, 64]] as const) {
-        parts.push(await repackWeightStack('t', [[w]], s, undefined, { rowBegin: a, rowEnd: b }));
+        parts.push(await repackWeightStack('t', [[w]], s, { rows: { rowBegin: a, rowEnd: b } }));
         const r = await processScales('t', sc, s, { layout, dtype: 'bfloat16', sf: scales.sf, rows: { rowBegin: a, rowEnd: b } });
         expect(r.zeroed).toBeNull();
         sparts.push(r.scales);
@@ -271,7 +271,7 @@ describe('row slices', () => {
   it('rejects ranges that are not slices', async () => {
     const s = shapeOf('t', 'v1', 64, 64);
     const sc = scaleBytes(64 * 4, 1);
-    await expect(repackWeightStack('t', [[randomBytes(64 * 32)]], s, undefined, { rowBegin: 2, rowEnd: 9 })).rejects.toThrow(
+    await expect(repackWeightStack('t', [[randomBytes(64 * 32)]], s, { rows: { rowBegin: 2, rowEnd: 9 } })).rejects.toThrow(
       't: rows [2, 9) are not a slice of the 4 rows',
     );
     await expect(processScales('t', sc, s, { layout: 'v1', dtype: 'float16', sf: 1, rows: { rowBegin: 1, rowEnd: 2 } })).rejects.toThrow(

@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { convert, defaultOutputDir, type ConvertReport } from '../convert/convert.js';
-import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
+import type { ActDtype, DeviceChoice, LayoutVersion } from '../transform/marlin.js';
 import { bytes, seconds } from './format.js';
 import { ProgressLine } from './progress.js';
 import { parseThreads, type Output } from './output.js';
@@ -11,6 +11,7 @@ interface ConvertFlags {
   dtype?: ActDtype;
   force?: boolean;
   threads?: number;
+  device: DeviceChoice;
   json?: boolean;
   quiet?: boolean;
 }
@@ -20,7 +21,7 @@ function summary(r: ConvertReport): string[] {
   const stacks = r.layers.filter((l) => l.kind !== 'linear').length;
   const rate = r.seconds > 0 ? `, ${bytes(r.bytes_in / r.seconds)}/s` : '';
   return [
-    `converted ${dense} linear layers and ${stacks} MoE stacks (${r.flavour} NVFP4 -> Marlin FP4 ${r.layout}, ${r.activation_dtype}); copied ${r.copied_tensors} tensors unchanged`,
+    `converted ${dense} linear layers and ${stacks / 2} MoE expert layers (${r.flavour} NVFP4 -> Marlin FP4 ${r.layout}, ${r.activation_dtype}, on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}); copied ${r.copied_tensors} tensors unchanged`,
     `wrote ${r.output}: ${r.shards} shard${r.shards === 1 ? '' : 's'}, ${r.tensors} tensors, ${bytes(r.bytes_out)} in ${seconds(r.seconds)}${rate}`,
   ];
 }
@@ -40,6 +41,11 @@ export function convertCommand(out: Output): Command {
     .addOption(new Option('--layout <version>', 'Marlin layout: v2 = current vLLM, v1 = older fp4_marlin_process_*').choices(['v1', 'v2']).default('v2'))
     .addOption(new Option('--dtype <dtype>', "activation dtype (default: config.json's torch_dtype)").choices(['float16', 'bfloat16']))
     .option('--force', 'replace the output directory if it exists')
+    .addOption(
+      new Option('--device <device>', 'where the transforms run: auto = CUDA when a GPU is usable, else CPU (same bytes either way)')
+        .choices(['auto', 'cuda', 'cpu'])
+        .default('auto'),
+    )
     .option('--threads <n>', 'CPU threads for the transforms (default: all cores)', parseThreads)
     .option('--json', 'print one machine-readable JSON report on stdout')
     .option('-q, --quiet', 'print nothing but warnings and errors')
@@ -59,6 +65,7 @@ export function convertCommand(out: Output): Command {
         dtype: flags.dtype,
         force: flags.force,
         threads: flags.threads,
+        device: flags.device,
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.tensor),
       }).finally(() => progress.clear());
       for (const w of report.warnings) out.warn(w);

@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { openCheckpoint } from '../checkpoint/model-dir.js';
 import { requireNvfp4 } from '../checkpoint/flavour.js';
 import { activationDtype, planConversion, tensorBytes } from '../plan/plan.js';
-import { setThreads, type ActDtype, type LayoutVersion } from '../transform/marlin.js';
+import { resolveBackend, setThreads, type ActDtype, type Backend, type DeviceChoice, type LayoutVersion } from '../transform/marlin.js';
 import { BufferPool } from './buffer-pool.js';
 import { layerRecords, type LayerRecord } from './metadata.js';
 import { stageOutput } from './output-dir.js';
@@ -20,6 +20,8 @@ export interface ConvertOptions {
   dtype?: ActDtype;
   force?: boolean;
   threads?: number;
+  /** Where the transforms run (default auto: CUDA when a device is usable). */
+  device?: DeviceChoice;
   onProgress?(p: ConvertProgress): void;
 }
 
@@ -35,6 +37,7 @@ export interface ConvertReport {
   flavour: string;
   layout: LayoutVersion;
   activation_dtype: ActDtype;
+  device: Backend;
   shards: number;
   tensors: number;
   converted_layers: number;
@@ -68,6 +71,7 @@ function warningsFor(layers: LayerRecord[], layout: LayoutVersion, dtype: ActDty
 export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
   const started = performance.now();
   if (opts.threads !== undefined) setThreads(opts.threads);
+  const backend = resolveBackend(opts.device ?? 'auto');
   const ckpt = await openCheckpoint(opts.model);
   try {
     const flavour = requireNvfp4(ckpt);
@@ -87,6 +91,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           shard,
           dir: staged.tmp,
           pool,
+          backend,
           records,
           onInput: (n, tensor) => {
             bytesDone += n;
@@ -110,6 +115,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         flavour: flavour.kind,
         layout: plan.layout,
         activation_dtype: dtype,
+        device: backend,
         shards: plan.shards.length,
         tensors: plan.shards.reduce((a, s) => a + s.tensors.length, 0),
         converted_layers: layers.length,

@@ -13,6 +13,7 @@ import {
   repackWeightStack,
   TransformError,
   type ActDtype,
+  type Backend,
   type LayoutVersion,
   type LinearShape,
   type RowSlice,
@@ -36,6 +37,7 @@ export interface ProduceContext {
   ckpt: Checkpoint;
   layout: LayoutVersion;
   dtype: ActDtype;
+  backend: Backend;
   pool: BufferPool;
   /** Input bytes consumed, for progress. */
   onInput(bytes: number): void;
@@ -163,19 +165,40 @@ function relabelSync<T>(ctx: ProduceContext, run: () => T): T {
 
 /** Repacks one linear (or one expert's parts, concatenated) slice by slice. */
 async function emitWeight(ctx: ProduceContext, name: string, parts: Buffer[], shape: LinearShape, emit: Emit): Promise<void> {
-  for (const rows of slices(shape.kp / 16, packedWeightBytes(shape, parts.length, 1), 1)) {
+  const backend = ctx.backend;
+  for (const rows of slicesFor(ctx, shape.kp / 16, packedWeightBytes(shape, parts.length, 1), 1)) {
     const out = ctx.pool.take(packedWeightBytes(shape, parts.length, rows.rowEnd - rows.rowBegin));
-    await relabel(ctx, () => repackWeightStack(name, [parts], shape, out, rows));
-    await emit(out, () => ctx.pool.give(out));
+    await relabel(ctx, () => repackWeightStack(name, [parts], shape, { out, rows, backend }));
+    await emitInChunks(out, emit, () => ctx.pool.give(out));
   }
+}
+
+/**
+ * The CPU produces cache-sized slices that are written at once; the GPU gets the whole
+ * tensor in one call (one transfer each way) and its result is written in chunks.
+ */
+function slicesFor(ctx: ProduceContext, rows: number, bytesPerRow: number, step: number): RowSlice[] {
+  return ctx.backend === 'cuda' ? [{ rowBegin: 0, rowEnd: rows }] : slices(rows, bytesPerRow, step);
+}
+
+async function emitInChunks(buf: Buffer, emit: Emit, release: () => void): Promise<void> {
+  if (buf.length <= SLICE_BYTES) return emit(buf, release);
+  let left = Math.ceil(buf.length / SLICE_BYTES);
+  const done = () => {
+    if (--left === 0) release();
+  };
+  for (let off = 0; off < buf.length; off += SLICE_BYTES) await emit(buf.subarray(off, off + SLICE_BYTES), done);
 }
 
 /** Processes one linear's (or one expert's) block scales slice by slice. */
 async function emitScales(ctx: ProduceContext, name: string, parts: Buffer[], shape: LinearShape, sf: number, emit: Emit): Promise<void> {
   const step = ctx.layout === 'v1' ? 2 : 1;
-  for (const rows of slices(shape.kp / 16, processedScaleBytes(shape, parts.length, 1), step)) {
+  const backend = ctx.backend;
+  for (const rows of slicesFor(ctx, shape.kp / 16, processedScaleBytes(shape, parts.length, 1), step)) {
     const out = ctx.pool.take(processedScaleBytes(shape, parts.length, rows.rowEnd - rows.rowBegin));
-    await relabel(ctx, () => processScalesStack(name, [parts], shape, { layout: ctx.layout, dtype: ctx.dtype, sf, out, rows }));
-    await emit(out, () => ctx.pool.give(out));
+    await relabel(ctx, () =>
+      processScalesStack(name, [parts], shape, { layout: ctx.layout, dtype: ctx.dtype, sf, out, rows, backend }),
+    );
+    await emitInChunks(out, emit, () => ctx.pool.give(out));
   }
 }

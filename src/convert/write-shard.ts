@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import type { OutputShard, Plan } from '../plan/plan.js';
 import { SafetensorsWriter } from '../safetensors/index.js';
+import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { LayerRecord } from './metadata.js';
 import { produce } from './produce.js';
@@ -14,6 +15,7 @@ export interface ShardJob {
   shard: OutputShard;
   dir: string;
   pool: BufferPool;
+  backend: Backend;
   records: Map<string, LayerRecord>;
   onInput(bytes: number, tensor: string): void;
 }
@@ -33,6 +35,7 @@ export async function writeShard(job: ShardJob): Promise<void> {
         ckpt: job.ckpt,
         layout: plan.layout,
         dtype: plan.dtype,
+        backend: job.backend,
         pool: job.pool,
         onInput: (n: number) => job.onInput(n, t.name),
       };

@@ -1,9 +1,33 @@
 // The Marlin FP4 transforms of FORMAT.md, tensor by tensor, with shape rules checked and
 // every error naming the tensor at fault. The arithmetic lives in the native addon.
-import { addon, type NativePart } from './addon.js';
+import { EnvironmentError } from '../errors.js';
+import { addon, type NativeAddon, type NativePart } from './addon.js';
 
 export type LayoutVersion = 'v1' | 'v2';
 export type ActDtype = 'float16' | 'bfloat16';
+/** Where the heavy transforms run; both give the same bytes. */
+export type Backend = 'cpu' | 'cuda';
+export type DeviceChoice = Backend | 'auto';
+
+/** The addon's heavy calls for one backend. */
+function heavy(backend: Backend = 'cpu') {
+  const a: NativeAddon = addon();
+  return backend === 'cuda'
+    ? { repack: a.gpuRepackWeightStack, scales: a.gpuProcessScalesStack, unpack: a.gpuUnpackWeight, decode: a.gpuDecodeScales }
+    : { repack: a.repackWeightStack, scales: a.processScalesStack, unpack: a.unpackWeight, decode: a.decodeScales };
+}
+
+/**
+ * --device: `auto` takes CUDA when the addon has it and a device answers; asking for `cuda`
+ * where there is none is the environment's fault (exit code 3), with the reason.
+ */
+export function resolveBackend(choice: DeviceChoice): Backend {
+  if (choice === 'cpu') return 'cpu';
+  const st = addon().cudaStatus();
+  if (st.available) return 'cuda';
+  if (choice === 'cuda') throw new EnvironmentError(`--device cuda: no usable CUDA device (${st.reason ?? 'unknown reason'})`);
+  return 'cpu';
+}
 
 export class TransformError extends Error {
   constructor(
@@ -85,10 +109,16 @@ export function processedScaleBytes(s: LinearShape, parts = 1, rows = s.kp / 16)
  * Marlin weight (I32 [Kp/16, 2·Np] as bytes) of one linear. `out`, when given, receives the
  * result: reusing one buffer across tensors avoids the page faults of fresh memory.
  */
-export function repackWeight(tensor: string, weight: Uint8Array, s: LinearShape, out?: Uint8Array): Promise<Buffer> {
-  return named(tensor, () =>
-    addon().repackWeightStack([[{ data: weight, n: s.n, np: s.np }]], { k: s.k, kp: s.kp, out }),
-  );
+export function repackWeight(tensor: string, weight: Uint8Array, s: LinearShape, out?: Uint8Array, backend?: Backend): Promise<Buffer> {
+  return repackWeightStack(tensor, [[weight]], s, { out, backend });
+}
+
+export interface RepackOptions {
+  /** Receives the result (see repackWeight). */
+  out?: Uint8Array;
+  /** Only these output rows. */
+  rows?: RowSlice;
+  backend?: Backend;
 }
 
 /**
@@ -99,10 +129,9 @@ export function repackWeightStack(
   tensor: string,
   experts: Uint8Array[][],
   part: LinearShape,
-  out?: Uint8Array,
-  rows?: RowSlice,
+  { out, rows, backend }: RepackOptions = {},
 ): Promise<Buffer> {
-  return named(tensor, () => addon().repackWeightStack(toParts(experts, part), { k: part.k, kp: part.kp, out, ...rows }));
+  return named(tensor, () => heavy(backend).repack(toParts(experts, part), { k: part.k, kp: part.kp, out, ...rows }));
 }
 
 /**
@@ -124,6 +153,7 @@ export interface ScaleOptions {
   out?: Uint8Array;
   /** Only these rows (needs sf; the result's zeroed is then null). */
   rows?: RowSlice;
+  backend?: Backend;
 }
 
 export interface ProcessedScales {
@@ -148,10 +178,8 @@ export function processScalesStack(
   part: LinearShape,
   opts: ScaleOptions,
 ): Promise<ProcessedScales> {
-  const { rows, ...rest } = opts;
-  return named(tensor, () =>
-    addon().processScalesStack(toParts(experts, part), { k: part.k, kp: part.kp, ...rest, ...rows }),
-  );
+  const { rows, backend, ...rest } = opts;
+  return named(tensor, () => heavy(backend).scales(toParts(experts, part), { k: part.k, kp: part.kp, ...rest, ...rows }));
 }
 
 /** Processed global scale: F16/BF16 [1] under v1, F32 [1] under v2. */
@@ -177,9 +205,10 @@ export function unpackWeight(
   packed: Uint8Array,
   s: LinearShape,
   where: PartLocation = { totalNp: s.np, colOffset: 0 },
+  backend?: Backend,
 ): Promise<{ weight: Buffer; paddingNonzero: number }> {
   return named(tensor, () =>
-    addon().unpackWeight(packed, {
+    heavy(backend).unpack(packed, {
       n: s.n,
       np: s.np,
       k: s.k,
@@ -197,9 +226,10 @@ export function decodeScales(
   s: LinearShape,
   opts: { layout: LayoutVersion; sf: number },
   where: PartLocation = { totalNp: s.np, colOffset: 0 },
+  backend?: Backend,
 ): Promise<{ scales: Buffer; paddingNonzero: number }> {
   return named(tensor, () =>
-    addon().decodeScales(processed, {
+    heavy(backend).decode(processed, {
       n: s.n,
       np: s.np,
       k: s.k,
