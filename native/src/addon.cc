@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "addon_gemm.h"
 #include "parallel.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
@@ -642,6 +643,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuSetMemoryLimit", Napi::Function::New(env, GpuSetMemoryLimit));
   exports.Set("cudaStatus", Napi::Function::New(env, CudaStatus));
   exports.Set("backends", Napi::String::New(env, kWithCuda ? "cpu,cuda" : "cpu"));
+  RegisterGemm(env, exports);
   return exports;
 }
 

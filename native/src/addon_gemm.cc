@@ -1,0 +1,235 @@
+// Node-API bindings of the verification GEMMs; the arithmetic is in gemm_cpu.cc / gemm_cuda.cu.
+//
+//   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?}, backend?)
+//     -> Promise<Float32Array [m, n]>: X @ W^T read from the converted Marlin tensors
+//        (weight I32 [kp/16, 2np], scales processed F8 [kp/16, np], global: its stored bytes,
+//        2 under v1 (F16/BF16), 4 under v2 (F32)).
+//   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?}, backend?)
+//     -> Promise<Float32Array [m, n]>: X @ W^T with W dequantized from the NVFP4 source
+//        (weight U8 [n, k/2], scale F8_E4M3 [n, k/16], ws2 = weight_scale_2).
+//   gpuGemmEngine() -> string: what gemmReference(…, 'cuda') multiplies with,
+//     "cublas (<library>)" or "cuda-kernel (<why not cuBLAS>)".
+// x is raw float16 / bfloat16 bits (dtype), m*k*2 bytes. backend: 'cpu' (default) or 'cuda'.
+#include "addon_gemm.h"
+
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gemm_cpu.h"
+#include "transforms_cpu.h"
+#if defined(MFP4_WITH_CUDA)
+#include "gemm_cuda.h"
+#endif
+
+using namespace mfp4;
+
+namespace {
+
+[[noreturn]] void type_error(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
+
+int64_t get_int(Napi::Env env, const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) type_error(env, std::string("expected a number for '") + key + "'");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (d != (double)(int64_t)d || d < 0) type_error(env, std::string("'") + key + "' must be a non-negative integer");
+  return (int64_t)d;
+}
+
+int64_t get_int_or(Napi::Env env, const Napi::Object& o, const char* key, int64_t dflt) {
+  return o.Has(key) && !o.Get(key).IsUndefined() ? get_int(env, o, key) : dflt;
+}
+
+struct Bytes {
+  const uint8_t* data;
+  size_t size;
+};
+
+Bytes get_bytes(Napi::Env env, const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsTypedArray()) type_error(env, std::string("'") + key + "' must be a Uint8Array or Buffer");
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  return {static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), ta.ByteLength()};
+}
+
+void expect_size(Napi::Env env, const Bytes& b, int64_t want, const char* what) {
+  if ((int64_t)b.size != want)
+    throw Napi::RangeError::New(env, std::string(what) + " holds " + std::to_string(b.size) + " bytes, expected " + std::to_string(want));
+}
+
+ActDtype get_dtype(Napi::Env env, const Napi::Object& o) {
+  const std::string s = o.Get("dtype").ToString();
+  if (s == "float16") return ActDtype::F16;
+  if (s == "bfloat16") return ActDtype::BF16;
+  type_error(env, "dtype must be 'float16' or 'bfloat16'");
+}
+
+bool cuda_backend(Napi::Env env, const Napi::CallbackInfo& info) {
+  if (info.Length() < 2 || info[1].IsUndefined()) return false;
+  const std::string s = info[1].ToString();
+  if (s == "cpu") return false;
+  if (s == "cuda") return true;
+  type_error(env, "backend must be 'cpu' or 'cuda'");
+}
+
+// Runs work off the main thread; keeps the JS inputs and the output alive until it settles.
+class GemmWorker : public Napi::AsyncWorker {
+ public:
+  GemmWorker(Napi::Env env, Napi::Object opts, Napi::Float32Array out, std::function<void()> work)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {
+    opts_ = Napi::Persistent(opts);
+    out_ = Napi::Persistent(out);
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      work_();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(out_.Value()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<void()> work_;
+  Napi::ObjectReference opts_;
+  Napi::Reference<Napi::Float32Array> out_;
+};
+
+[[maybe_unused]] Napi::Value rejected(Napi::Env env, const std::string& msg) {
+  Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+  d.Reject(Napi::Error::New(env, msg).Value());
+  return d.Promise();
+}
+
+// Activations copied into aligned storage (a Buffer may start at any byte).
+std::shared_ptr<std::vector<uint16_t>> act_copy(const Bytes& b) {
+  auto v = std::make_shared<std::vector<uint16_t>>(b.size / 2);
+  std::memcpy(v->data(), b.data, b.size);
+  return v;
+}
+
+Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global}, backend?)";
+  if (info.Length() < 1 || !info[0].IsObject()) type_error(env, usage);
+  Napi::Object o = info[0].As<Napi::Object>();
+  const bool cuda = cuda_backend(env, info);
+  MarlinGemmArgs a;
+  a.m = get_int(env, o, "m");
+  a.k = get_int(env, o, "k");
+  a.n = get_int(env, o, "n");
+  a.np = get_int_or(env, o, "np", a.n);
+  a.kp = get_int_or(env, o, "kp", a.k);
+  const std::string layout = o.Get("layout").ToString();
+  if (layout != "v1" && layout != "v2") type_error(env, "layout must be 'v1' or 'v2'");
+  a.layout = layout == "v1" ? Layout::V1 : Layout::V2;
+  a.dt = get_dtype(env, o);
+  const int threads = (int)get_int_or(env, o, "threads", 0);
+  try {
+    check_marlin_gemm(a);
+  } catch (const InvalidInput& e) {
+    throw Napi::RangeError::New(env, e.what());
+  }
+  const Bytes x = get_bytes(env, o, "x"), w = get_bytes(env, o, "weight"), s = get_bytes(env, o, "scales");
+  const Bytes g = get_bytes(env, o, "global");
+  expect_size(env, x, a.m * a.k * 2, "x");
+  expect_size(env, w, (a.kp / kGroup) * 2 * a.np * 4, "weight");
+  expect_size(env, s, (a.kp / kGroup) * a.np, "scales");
+  expect_size(env, g, a.layout == Layout::V1 ? 2 : 4, "global");
+  for (size_t i = 0; i < g.size; ++i) a.global_bits |= (uint32_t)g.data[i] << (8 * i);
+  auto xs = act_copy(x);
+  // The packed weight is read as 32-bit words: copy it only if the Buffer is misaligned.
+  std::shared_ptr<std::vector<uint32_t>> wcopy;
+  if (reinterpret_cast<uintptr_t>(w.data) % 4 != 0) {
+    wcopy = std::make_shared<std::vector<uint32_t>>(w.size / 4);
+    std::memcpy(wcopy->data(), w.data, w.size);
+  }
+  a.weight = wcopy ? wcopy->data() : reinterpret_cast<const uint32_t*>(w.data);
+  a.scales = s.data;
+  a.x = xs->data();
+  Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(a.m * a.n));
+  a.y = out.Data();
+#if !defined(MFP4_WITH_CUDA)
+  if (cuda) return rejected(env, "built without CUDA support");
+#endif
+  auto* worker = new GemmWorker(env, o, out, [a, xs, wcopy, cuda, threads]() {
+    if (cuda) {
+#if defined(MFP4_WITH_CUDA)
+      cuda::gemm_marlin(a);
+#endif
+      return;
+    }
+    gemm_marlin_cpu(a, threads);
+  });
+  Napi::Promise p = worker->Promise();
+  worker->Queue();
+  return p;
+}
+
+Napi::Value GemmReference(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "gemmReference({x, m, n, k, weight, scale, ws2, dtype}, backend?)";
+  if (info.Length() < 1 || !info[0].IsObject()) type_error(env, usage);
+  Napi::Object o = info[0].As<Napi::Object>();
+  const bool cuda = cuda_backend(env, info);
+  ReferenceGemmArgs a;
+  a.m = get_int(env, o, "m");
+  a.n = get_int(env, o, "n");
+  a.k = get_int(env, o, "k");
+  a.dt = get_dtype(env, o);
+  if (!o.Get("ws2").IsNumber()) type_error(env, "expected a number for 'ws2'");
+  a.ws2 = o.Get("ws2").As<Napi::Number>().FloatValue();
+  const int threads = (int)get_int_or(env, o, "threads", 0);
+  try {
+    check_reference_gemm(a);
+  } catch (const InvalidInput& e) {
+    throw Napi::RangeError::New(env, e.what());
+  }
+  const Bytes x = get_bytes(env, o, "x"), w = get_bytes(env, o, "weight"), s = get_bytes(env, o, "scale");
+  expect_size(env, x, a.m * a.k * 2, "x");
+  expect_size(env, w, a.n * a.k / 2, "weight");
+  expect_size(env, s, a.n * (a.k / kGroup), "scale");
+  auto xs = act_copy(x);
+  a.x = xs->data();
+  a.weight = w.data;
+  a.scale = s.data;
+  Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(a.m * a.n));
+  a.y = out.Data();
+#if !defined(MFP4_WITH_CUDA)
+  if (cuda) return rejected(env, "built without CUDA support");
+#endif
+  auto* worker = new GemmWorker(env, o, out, [a, xs, cuda, threads]() {
+    if (cuda) {
+#if defined(MFP4_WITH_CUDA)
+      cuda::gemm_reference(a);
+#endif
+      return;
+    }
+    gemm_reference_cpu(a, threads);
+  });
+  Napi::Promise p = worker->Promise();
+  worker->Queue();
+  return p;
+}
+
+Napi::Value GpuGemmEngine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+#if defined(MFP4_WITH_CUDA)
+  return Napi::String::New(env, cuda::reference_engine());
+#else
+  throw Napi::Error::New(env, "built without CUDA support");
+#endif
+}
+
+}  // namespace
+
+void RegisterGemm(Napi::Env env, Napi::Object exports) {
+  exports.Set("gemmMarlin", Napi::Function::New(env, GemmMarlin));
+  exports.Set("gemmReference", Napi::Function::New(env, GemmReference));
+  exports.Set("gpuGemmEngine", Napi::Function::New(env, GpuGemmEngine));
+}

@@ -1,0 +1,290 @@
+// GEMMs on the CUDA device for `verify`: Y[M, N] = X[M, K] @ W^T in fp32 accumulation.
+//
+// gemm_marlin: a correctness-first kernel that reads the converted Marlin FP4 tensors as they
+// are (packed I32 weight, processed S0E5M3 scales, processed global scale) and decodes every
+// element with the same index math as the CPU (gemm_layout.h: marlin_nibble_source,
+// marlin_scale_value, marlin_global_value; layout.h: scale_source). It uses plain fp32 FMAs on
+// CUDA cores, not mma.sync: one 256-thread block per (32-row M tile, 64-column Marlin chunk of N)
+// walks K in steps of 64 (four K/16 rows of the packed weight), dequantizes the chunk's 512 words
+// and 256 scale bytes into shared memory, and each thread accumulates 8 outputs. It is meant to
+// be obviously right, not fast.
+//
+// gemm_reference: the NVFP4 source (FORMAT.md section 1) dequantized on the device into float32
+// W [N, K] and multiplied with cuBLAS's SGEMM (default math mode: no TF32). libcublas is loaded
+// with dlopen at first use, so the addon loads without it; when none can be loaded, a plain
+// shared-memory SGEMM kernel stands in (reference_engine() says which and why).
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "gemm_cuda.h"
+#include "gemm_layout.h"
+#include "transforms_cpu.h"
+#include "transforms_cuda.h"
+
+namespace mfp4 {
+namespace cuda {
+namespace {
+
+void check(cudaError_t e, const std::string& what) {
+  if (e == cudaSuccess) return;
+  (void)cudaGetLastError();
+  if (e == cudaErrorMemoryAllocation) throw CudaError("CUDA out of memory " + what);
+  throw CudaError("CUDA error: " + std::string(cudaGetErrorString(e)) + " (" + cudaGetErrorName(e) + ") while " + what);
+}
+
+void require_device() {
+  std::string why;
+  if (!cuda_available(why)) throw CudaError("CUDA unavailable: " + why);
+  DeviceInfo d;
+  device_info(d);
+  check(cudaSetDevice(d.ordinal), "selecting CUDA device " + std::to_string(d.ordinal));
+}
+
+// A device allocation freed on scope exit.
+template <typename T>
+struct DevBuf {
+  T* p = nullptr;
+  DevBuf(size_t count, const char* what) {
+    check(cudaMalloc(&p, count * sizeof(T) + 16), std::string("allocating ") + std::to_string((count * sizeof(T)) >> 20) + " MB for " + what);
+  }
+  ~DevBuf() {
+    if (p) cudaFree(p);
+  }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+};
+
+std::vector<float> activations(const uint16_t* x, int64_t m, int64_t k, ActDtype dt) {
+  std::vector<float> xf((size_t)(m * k));
+  for (int64_t i = 0; i < m * k; ++i) xf[i] = act_value(x[i], dt);
+  return xf;
+}
+
+constexpr int kBM = 32;       // rows of X per block
+constexpr int kBG = 4;        // K/16 rows of the packed weight per step (64 k)
+constexpr int kBK = kBG * 16;
+constexpr int kThreads = 256;
+
+__global__ void __launch_bounds__(kThreads) marlin_gemm_kernel(const float* __restrict__ x, int64_t m, int64_t k, int64_t n,
+                                                               int64_t np, const uint32_t* __restrict__ weight,
+                                                               const uint8_t* __restrict__ scales, Layout layout, float gval,
+                                                               float* __restrict__ y) {
+  __shared__ float ws[kBK][kTileN];
+  __shared__ float xs[kBM][kBK + 1];
+  __shared__ float sc[kBG][kTileN];
+  const int tid = threadIdx.x;
+  const int64_t c = blockIdx.x, m0 = (int64_t)blockIdx.y * kBM;
+  const int64_t groups = k / kGroup, row_words = 2 * np;
+  const int nn = tid % kTileN, mg = tid / kTileN;  // this thread's column and 8-row group
+  float acc[8] = {};
+  for (int64_t g0 = 0; g0 < groups; g0 += kBG) {
+    // 256 scale bytes cover the step: four rows (v2) or two row pairs (v1) of this chunk.
+    {
+      int64_t dg, col;
+      float v = 0.0f;
+      int g;
+      if (layout == Layout::V2) {
+        const int unit = tid / kTileN, i = tid % kTileN;
+        scale_source(i, kTileN, layout, dg, col);
+        g = unit;
+        if (g0 + unit < groups) v = marlin_scale_value(scales[(g0 + unit) * np + kTileN * c + i]) * gval;
+      } else {
+        const int unit = tid / (2 * kTileN), i = tid % (2 * kTileN);
+        scale_source(i, kTileN, layout, dg, col);
+        g = 2 * unit + (int)dg;
+        const int64_t h = g0 / 2 + unit;
+        if (2 * h < groups) v = marlin_scale_value(scales[h * 2 * np + 2 * kTileN * c + i]) * gval;
+      }
+      sc[g][col] = v;
+    }
+    __syncthreads();
+    // 512 words: four rows of the chunk's 128 words, two per thread, eight codes each.
+    for (int t = tid; t < kBG * (int)kWordsPerChunk; t += kThreads) {
+      const int r = t / (int)kWordsPerChunk, wi = t % (int)kWordsPerChunk;
+      const uint32_t w = g0 + r < groups ? weight[(g0 + r) * row_words + kWordsPerChunk * c + wi] : 0u;
+      for (int i = 0; i < 8; ++i) {
+        int dn, dk;
+        marlin_nibble_source(wi, i, dn, dk);
+        ws[r * 16 + dk][dn] = e2m1_to_float((w >> (4 * i)) & 0xF) * sc[r][dn];
+      }
+    }
+    for (int t = tid; t < kBM * kBK; t += kThreads) {
+      const int mm = t / kBK, kk = t % kBK;
+      const int64_t gm = m0 + mm, gk = g0 * kGroup + kk;
+      xs[mm][kk] = gm < m && gk < k ? x[gm * k + gk] : 0.0f;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kBK; ++kk) {
+      const float w = ws[kk][nn];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] = fmaf(xs[mg * 8 + j][kk], w, acc[j]);
+    }
+    __syncthreads();
+  }
+  const int64_t col = c * kTileN + nn;
+  for (int j = 0; j < 8; ++j) {
+    const int64_t gm = m0 + mg * 8 + j;
+    if (gm < m && col < n) y[gm * n + col] = acc[j];
+  }
+}
+
+// W[n, k] (float32) from the NVFP4 source: one thread per weight byte (two codes).
+__global__ void dequant_source_kernel(const uint8_t* __restrict__ w, const uint8_t* __restrict__ s, int64_t n, int64_t k,
+                                      float ws2, float* __restrict__ out) {
+  const int64_t half = k / 2, total = n * half;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / half, kb = i % half;
+    const float scale = e4m3_to_float(s[row * (k / kGroup) + (2 * kb) / kGroup]) * ws2;
+    const uint8_t b = w[i];
+    out[row * k + 2 * kb] = e2m1_to_float(b & 0xF) * scale;
+    out[row * k + 2 * kb + 1] = e2m1_to_float(b >> 4) * scale;
+  }
+}
+
+// The stand-in for cuBLAS: Y[m, n] = X[m, k] @ W[n, k]^T with 16x16 shared-memory tiles.
+__global__ void sgemm_nt_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t m, int64_t n, int64_t k,
+                                float* __restrict__ y) {
+  __shared__ float xs[16][17], wt[16][17];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t row = blockIdx.y * 16 + ty, col = blockIdx.x * 16 + tx;
+  const int64_t wrow = blockIdx.x * 16 + ty;
+  float acc = 0.0f;
+  for (int64_t k0 = 0; k0 < k; k0 += 16) {
+    xs[ty][tx] = row < m && k0 + tx < k ? x[row * k + k0 + tx] : 0.0f;
+    wt[ty][tx] = wrow < n && k0 + tx < k ? w[wrow * k + k0 + tx] : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 16; ++kk) acc = fmaf(xs[ty][kk], wt[tx][kk], acc);
+    __syncthreads();
+  }
+  if (row < m && col < n) y[row * n + col] = acc;
+}
+
+// cuBLAS through dlopen: only the four entry points used, declared here so that nothing
+// links against it.
+using cublas_create_t = int (*)(void**);
+using cublas_destroy_t = int (*)(void*);
+using cublas_sgemm_t = int (*)(void*, int, int, int, int, int, const float*, const float*, int, const float*, int,
+                               const float*, float*, int);
+constexpr int kCublasOpN = 0, kCublasOpT = 1;
+
+struct Cublas {
+  std::once_flag once;
+  std::mutex lock;  // one handle, used by one thread at a time
+  void* lib = nullptr;
+  void* handle = nullptr;
+  cublas_sgemm_t sgemm = nullptr;
+  std::string library, why;
+};
+
+Cublas& cublas() {
+  static Cublas c;
+  std::call_once(c.once, [] {
+    Cublas& cb = c;
+    std::vector<std::string> names;
+    if (const char* env = std::getenv("MARLIN_FP4_CUBLAS"); env && *env) names.push_back(env);
+    for (const char* n : {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so",
+                          "/usr/local/cuda/lib64/libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.12",
+                          "/usr/local/cuda/lib64/libcublas.so"})
+      names.push_back(n);
+    std::string errors;
+    for (const std::string& n : names) {
+      void* lib = dlopen(n.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!lib) {
+        if (errors.empty()) errors = dlerror();
+        continue;
+      }
+      auto create = reinterpret_cast<cublas_create_t>(dlsym(lib, "cublasCreate_v2"));
+      auto sgemm = reinterpret_cast<cublas_sgemm_t>(dlsym(lib, "cublasSgemm_v2"));
+      if (!create || !sgemm) {
+        errors = n + " lacks cublasCreate_v2/cublasSgemm_v2";
+        dlclose(lib);
+        continue;
+      }
+      void* handle = nullptr;
+      const int st = create(&handle);
+      if (st != 0) {
+        errors = n + ": cublasCreate failed with status " + std::to_string(st);
+        dlclose(lib);
+        continue;
+      }
+      cb.lib = lib;
+      cb.handle = handle;
+      cb.sgemm = sgemm;
+      cb.library = n;
+      return;
+    }
+    cb.why = "no libcublas could be loaded (" + errors + ")";
+  });
+  return c;
+}
+
+}  // namespace
+
+void gemm_marlin(const MarlinGemmArgs& a) {
+  check_marlin_gemm(a);
+  require_device();
+  const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
+  const int64_t groups = a.k / kGroup;
+  const size_t wwords = (size_t)(groups * 2 * a.np), sbytes = (size_t)(groups * a.np);
+  DevBuf<float> dx(xf.size(), "activations"), dy((size_t)(a.m * a.n), "the output");
+  DevBuf<uint32_t> dw(wwords, "the packed weight");
+  DevBuf<uint8_t> ds(sbytes, "the processed scales");
+  check(cudaMemcpy(dx.p, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice), "copying activations to the device");
+  check(cudaMemcpy(dw.p, a.weight, wwords * 4, cudaMemcpyHostToDevice), "copying the packed weight to the device");
+  check(cudaMemcpy(ds.p, a.scales, sbytes, cudaMemcpyHostToDevice), "copying the processed scales to the device");
+  const dim3 grid((unsigned)(a.np / kTileN), (unsigned)((a.m + kBM - 1) / kBM));
+  if ((a.m + kBM - 1) / kBM > 65535) throw CudaError("M too large for one launch");
+  marlin_gemm_kernel<<<grid, kThreads>>>(dx.p, a.m, a.k, a.n, a.np, dw.p, ds.p, a.layout,
+                                         marlin_global_value(a.global_bits, a.layout, a.dt), dy.p);
+  check(cudaGetLastError(), "launching the Marlin GEMM kernel");
+  check(cudaMemcpy(a.y, dy.p, (size_t)(a.m * a.n) * 4, cudaMemcpyDeviceToHost), "running the Marlin GEMM kernel");
+}
+
+std::string reference_engine() {
+  Cublas& cb = cublas();
+  return cb.handle ? "cublas (" + cb.library + ")" : "cuda-kernel (" + cb.why + ")";
+}
+
+std::string gemm_reference(const ReferenceGemmArgs& a) {
+  check_reference_gemm(a);
+  require_device();
+  const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
+  const size_t wbytes = (size_t)(a.n * a.k / 2), sbytes = (size_t)(a.n * (a.k / kGroup));
+  DevBuf<float> dx(xf.size(), "activations"), dy((size_t)(a.m * a.n), "the output");
+  DevBuf<float> dwf((size_t)(a.n * a.k), "the dequantized weight");
+  DevBuf<uint8_t> dw(wbytes, "the source weight"), ds(sbytes, "the source scales");
+  check(cudaMemcpy(dx.p, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice), "copying activations to the device");
+  check(cudaMemcpy(dw.p, a.weight, wbytes, cudaMemcpyHostToDevice), "copying the source weight to the device");
+  check(cudaMemcpy(ds.p, a.scale, sbytes, cudaMemcpyHostToDevice), "copying the source scales to the device");
+  dequant_source_kernel<<<1024, 256>>>(dw.p, ds.p, a.n, a.k, a.ws2, dwf.p);
+  check(cudaGetLastError(), "launching the dequantization kernel");
+  check(cudaDeviceSynchronize(), "dequantizing the source weight");
+  Cublas& cb = cublas();
+  std::string engine;
+  if (cb.handle && a.n < (1ll << 31) && a.k < (1ll << 31) && a.m < (1ll << 31)) {
+    std::lock_guard<std::mutex> hold(cb.lock);
+    const float one = 1.0f, zero = 0.0f;
+    // Column-major view: Y^T [n, m] = (W as a k x n matrix)^T @ (X as a k x m matrix).
+    const int st = cb.sgemm(cb.handle, kCublasOpT, kCublasOpN, (int)a.n, (int)a.m, (int)a.k, &one, dwf.p, (int)a.k, dx.p,
+                            (int)a.k, &zero, dy.p, (int)a.n);
+    if (st != 0) throw CudaError("cuBLAS SGEMM failed with status " + std::to_string(st));
+    check(cudaDeviceSynchronize(), "running cuBLAS SGEMM");
+    engine = "cublas";
+  } else {
+    const dim3 grid((unsigned)((a.n + 15) / 16), (unsigned)((a.m + 15) / 16));
+    sgemm_nt_kernel<<<grid, dim3(16, 16)>>>(dx.p, dwf.p, a.m, a.n, a.k, dy.p);
+    check(cudaGetLastError(), "launching the reference GEMM kernel");
+    engine = "cuda-kernel";
+  }
+  check(cudaMemcpy(a.y, dy.p, (size_t)(a.m * a.n) * 4, cudaMemcpyDeviceToHost), "copying the reference GEMM's output");
+  return engine;
+}
+
+}  // namespace cuda
+}  // namespace mfp4

@@ -1,0 +1,25 @@
+// GEMMs on the CUDA device for `verify` (host buffers in, float32 out), twins of gemm_cpu.h.
+// Plain C++ so that the bindings compile with the host compiler. Failures throw
+// cuda::CudaError ("CUDA unavailable: ...", "CUDA error: ...").
+#pragma once
+#include <string>
+
+#include "gemm_cpu.h"
+
+namespace mfp4 {
+namespace cuda {
+
+// Y = X @ W^T reading the Marlin layout on the device (same arguments as gemm_marlin_cpu).
+void gemm_marlin(const MarlinGemmArgs& a);
+
+// The reference: the NVFP4 source dequantized on the device into float32 W [n, k], then
+// cuBLAS's SGEMM (libcublas loaded with dlopen at first use), or, when no libcublas can be
+// loaded, a plain CUDA kernel. Returns which one ran: "cublas" or "cuda-kernel".
+std::string gemm_reference(const ReferenceGemmArgs& a);
+
+// What the reference GEMM uses on this machine: "cublas (<library>)" or
+// "cuda-kernel (<why cuBLAS could not be loaded>)". Tries to load cuBLAS once.
+std::string reference_engine();
+
+}  // namespace cuda
+}  // namespace mfp4

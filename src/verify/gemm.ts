@@ -1,0 +1,182 @@
+// The verification GEMMs of the native addon (native/src/gemm_cpu.cc, gemm_cuda.cu), typed, and
+// what is needed around them: deterministic activations, the v2 clamp applied to source block
+// scales, and the error measures. Y = X @ W^T, fp32 accumulation, float32 out.
+import { addon, type NativeAddon } from '../transform/addon.js';
+import type { ActDtype, Backend, LayoutVersion } from '../transform/marlin.js';
+
+export interface MarlinGemmInput {
+  /** Activations [m, k] as raw float16 / bfloat16 bits. */
+  x: Uint8Array;
+  m: number;
+  /** Real input features (rows of the packed weight at or beyond k/16 are padding). */
+  k: number;
+  /** Output columns wanted: the first n of np. */
+  n: number;
+  np: number;
+  kp: number;
+  layout: LayoutVersion;
+  dtype: ActDtype;
+  /** I32 [kp/16, 2·np] as bytes. */
+  weight: Uint8Array;
+  /** Processed F8 [kp/16, np]. */
+  scales: Uint8Array;
+  /** The stored global scale: 2 bytes (F16/BF16) under v1, 4 (F32) under v2. */
+  global: Uint8Array;
+  threads?: number;
+}
+
+export interface ReferenceGemmInput {
+  x: Uint8Array;
+  m: number;
+  n: number;
+  k: number;
+  /** NVFP4 source: U8 [n, k/2]. */
+  weight: Uint8Array;
+  /** F8_E4M3 [n, k/16]. */
+  scale: Uint8Array;
+  /** weight_scale_2. */
+  ws2: number;
+  dtype: ActDtype;
+  threads?: number;
+}
+
+interface GemmAddon {
+  gemmMarlin(input: MarlinGemmInput, backend?: Backend): Promise<Float32Array>;
+  gemmReference(input: ReferenceGemmInput, backend?: Backend): Promise<Float32Array>;
+  gpuGemmEngine(): string;
+}
+
+function native(): NativeAddon & GemmAddon {
+  return addon() as NativeAddon & GemmAddon;
+}
+
+/** X @ W^T read from the converted Marlin tensors: Float32Array [m, n]. */
+export function gemmMarlin(input: MarlinGemmInput, backend: Backend = 'cpu'): Promise<Float32Array> {
+  return native().gemmMarlin(input, backend);
+}
+
+/**
+ * X @ W^T with W dequantized from the NVFP4 source (FORMAT.md section 1). On CUDA the product is
+ * cuBLAS's SGEMM when libcublas loads, else a plain kernel (see referenceEngine).
+ */
+export function gemmReference(input: ReferenceGemmInput, backend: Backend = 'cpu'): Promise<Float32Array> {
+  return native().gemmReference(input, backend);
+}
+
+/** What the reference GEMM multiplies with on a backend, e.g. "cublas (libcublas.so.13)". */
+export function referenceEngine(backend: Backend): string {
+  return backend === 'cuda' ? native().gpuGemmEngine() : 'cpu';
+}
+
+function f32Bits(v: number): number {
+  const f = new Float32Array([v]);
+  return new Uint32Array(f.buffer)[0]!;
+}
+
+/** float16 bits of a value that float16 holds exactly (a normal number or 0). */
+function halfBitsExact(v: number): number {
+  if (v === 0) return 0;
+  const x = f32Bits(v);
+  return ((x >>> 16) & 0x8000) | ((((x >>> 23) & 0xff) - 112) << 10) | ((x & 0x7fffff) >>> 13);
+}
+
+/**
+ * Deterministic activations [m, k] for a seed: multiples of 1/64 in (-4, 4) with a roughly
+ * bell-shaped spread (sum of two uniforms), exact in both float16 and bfloat16, so the same
+ * values feed both dtypes.
+ */
+export function randomActivations(m: number, k: number, dtype: ActDtype, seed: number): Buffer {
+  const out = Buffer.alloc(m * k * 2);
+  let s = (Math.imul(seed + 1, 2654435761) >>> 0) || 1;
+  const next = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s;
+  };
+  for (let i = 0; i < m * k; i++) {
+    const v = ((next() % 128) + (next() % 128) - 127) / 64;
+    const bits = dtype === 'bfloat16' ? f32Bits(v) >>> 16 : halfBitsExact(v);
+    out.writeUInt16LE(bits, 2 * i);
+  }
+  return out;
+}
+
+function e4m3(b: number): number {
+  const e = (b >> 3) & 0xf;
+  const m = b & 7;
+  return e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7);
+}
+
+/** Whether v2's clamp turns this non-negative, non-zero E4M3 block scale into 0 (FORMAT.md §3). */
+export function scaleIsLost(b: number, layout: LayoutVersion, sf: number): boolean {
+  return layout === 'v2' && b > 0 && b < 0x7f && e4m3(b) * sf * 128 < 2;
+}
+
+/**
+ * The source's block scales as a correct conversion keeps them: v2's lost scales set to 0.
+ * Returns the input itself when nothing is lost.
+ */
+export function clampedScales(scales: Uint8Array, layout: LayoutVersion, sf: number): { scales: Uint8Array; lost: number } {
+  if (layout !== 'v2') return { scales, lost: 0 };
+  const lostByte = new Uint8Array(256);
+  let any = false;
+  for (let b = 1; b < 0x7f; b++) {
+    if (!scaleIsLost(b, layout, sf)) continue;
+    lostByte[b] = 1;
+    any = true;
+  }
+  if (!any) return { scales, lost: 0 };
+  let lost = 0;
+  let out: Uint8Array | undefined;
+  for (let i = 0; i < scales.length; i++) {
+    if (!lostByte[scales[i]!]) continue;
+    out ??= Uint8Array.from(scales);
+    out[i] = 0;
+    lost++;
+  }
+  return { scales: out ?? scales, lost };
+}
+
+export interface GemmError {
+  /** ||y - ref|| / ||ref|| (Frobenius); 0 when both are 0, Infinity when only ref is. */
+  rel: number;
+  /** max |y - ref|. */
+  maxAbs: number;
+  /** Elements of y that are NaN or infinite. */
+  nonFinite: number;
+}
+
+/** Compares y with ref (both [m, n]); y may be wider (cols), taking columns [col0, col0+n). */
+export function gemmError(y: Float32Array, ref: Float32Array, shape?: { m: number; n: number; cols: number; col0: number }): GemmError {
+  const m = shape?.m ?? 1;
+  const n = shape?.n ?? ref.length;
+  const cols = shape?.cols ?? n;
+  const col0 = shape?.col0 ?? 0;
+  let d2 = 0;
+  let r2 = 0;
+  let maxAbs = 0;
+  let nonFinite = 0;
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      const a = y[i * cols + col0 + j]!;
+      const b = ref[i * n + j]!;
+      if (!Number.isFinite(a)) {
+        nonFinite++;
+        continue;
+      }
+      const d = a - b;
+      d2 += d * d;
+      r2 += b * b;
+      if (Math.abs(d) > maxAbs) maxAbs = Math.abs(d);
+    }
+  }
+  const rel = nonFinite > 0 ? Infinity : r2 > 0 ? Math.sqrt(d2 / r2) : d2 > 0 ? Infinity : 0;
+  return { rel, maxAbs: nonFinite > 0 ? Infinity : maxAbs, nonFinite };
+}
+
+/** Default tolerances on the relative Frobenius error (fixtures/golden/README.md). */
+export function defaultTolerance(dtype: ActDtype): number {
+  return dtype === 'float16' ? 2e-3 : 1e-2;
+}
