@@ -32,7 +32,7 @@ describe.skipIf(cuda.available)(`--device cuda without a GPU (runs only where CU
   });
 });
 
-describe.skipIf(!cuda.available)(`convert on the GPU (skipped: ${cuda.available ? '' : `no usable CUDA device: ${cuda.reason}`})`, () => {
+describe.skipIf(!cuda.available)(cuda.available ? `convert on the GPU (${cuda.name})` : `convert on the GPU (skipped: no usable CUDA device: ${cuda.reason})`, () => {
   for (const fixture of ['llama-tiny-modelopt', 'llama-tiny-ct', 'qwen3-moe-tiny-modelopt', 'qwen3-moe-tiny-ct']) {
     for (const layout of ['v1', 'v2']) {
       for (const dtype of ['float16', 'bfloat16']) {
