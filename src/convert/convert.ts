@@ -46,6 +46,8 @@ export interface ConvertReport {
   bytes_in: number;
   bytes_out: number;
   seconds: number;
+  /** Peak resident memory of the process (bytes), for CI logs and memory budgets. */
+  peak_rss_bytes: number;
   warnings: string[];
   layers: LayerRecord[];
 }
@@ -90,6 +92,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           plan,
           shard,
           dir: staged.tmp,
+          finalDir: staged.dir,
           pool,
           backend,
           records,
@@ -124,6 +127,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         bytes_in: bytesTotal,
         bytes_out: bytesOut,
         seconds: (performance.now() - started) / 1000,
+        peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
         warnings: warningsFor(layers, plan.layout, dtype),
         layers,
       };

@@ -3,6 +3,7 @@
 import { join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import type { OutputShard, Plan } from '../plan/plan.js';
+import { EnvironmentError } from '../errors.js';
 import { SafetensorsWriter } from '../safetensors/index.js';
 import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
@@ -13,7 +14,10 @@ export interface ShardJob {
   ckpt: Checkpoint;
   plan: Plan;
   shard: OutputShard;
+  /** Where the shard is written (the staging directory) … */
   dir: string;
+  /** … and where it will appear, for messages. */
+  finalDir: string;
   pool: BufferPool;
   backend: Backend;
   records: Map<string, LayerRecord>;
@@ -50,8 +54,25 @@ export async function writeShard(job: ShardJob): Promise<void> {
   } catch (e) {
     await pending.catch(() => {});
     await writer.abort();
-    throw e;
+    throw describeIoError(e, join(job.finalDir, shard.file));
   }
+}
+
+const IO_REASONS: Record<string, string> = {
+  ENOSPC: 'no space left on the device',
+  EFBIG: 'file too large for this file system or process limit',
+  EDQUOT: 'disk quota exceeded',
+  EACCES: 'permission denied',
+  EROFS: 'read-only file system',
+  EIO: 'input/output error',
+};
+
+/** A failed write is the environment's: say which file and why, in one line (exit code 3). */
+function describeIoError(e: unknown, path: string): unknown {
+  const err = (e as { cause?: unknown }).cause ?? e;
+  const code = (err as NodeJS.ErrnoException).code;
+  if (!code || !(err as NodeJS.ErrnoException).syscall) return e;
+  return new EnvironmentError(`${path}: cannot write: ${IO_REASONS[code] ?? (err as Error).message} (${code})`);
 }
 
 /**
