@@ -16,4 +16,12 @@ export class EnvironmentError extends Error {
   }
 }
 
+/** A verification ran and found problems (exit code 1); its report has been printed. */
+export class VerificationFailed extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VerificationFailed';
+  }
+}
+
 export const EXIT = { ok: 0, verifyFailed: 1, input: 2, environment: 3, internal: 4 } as const;

@@ -2,11 +2,12 @@
 // stderr and a documented exit code (0 ok, 1 verification failed, 2 bad input, 3 environment,
 // 4 internal error).
 import { Command, CommanderError } from 'commander';
-import { EnvironmentError, EXIT, InputError } from '../errors.js';
+import { EnvironmentError, EXIT, InputError, VerificationFailed } from '../errors.js';
 import { liveStagedOutputs } from '../convert/output-dir.js';
 import { VERSION } from '../version.js';
 import { convertCommand } from './convert-command.js';
 import { consoleOutput, type Output } from './output.js';
+import { verifyCommand } from './verify-command.js';
 
 export function buildProgram(out: Output): Command {
   const program = new Command('marlin-fp4')
@@ -19,6 +20,7 @@ export function buildProgram(out: Output): Command {
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s, write) => write(s) });
   program.addCommand(convertCommand(out).exitOverride());
+  program.addCommand(verifyCommand(out).exitOverride());
   return program;
 }
 
@@ -54,6 +56,10 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok;
       return EXIT.input; // commander already printed the message
+    }
+    if (e instanceof VerificationFailed) {
+      out.error(e.message);
+      return EXIT.verifyFailed;
     }
     if (e instanceof InputError) {
       out.error(e.message);
