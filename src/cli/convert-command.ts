@@ -12,6 +12,7 @@ interface ConvertFlags {
   force?: boolean;
   threads?: number;
   device: DeviceChoice;
+  checksums: boolean;
   json?: boolean;
   quiet?: boolean;
 }
@@ -47,6 +48,7 @@ export function convertCommand(out: Output): Command {
         .default('auto'),
     )
     .option('--threads <n>', 'CPU threads for the transforms (default: all cores)', parseThreads)
+    .option('--no-checksums', 'skip the sha256 of every output file and source shard in marlin_fp4_manifest.json')
     .option('--json', 'print one machine-readable JSON report on stdout')
     .option('-q, --quiet', 'print nothing but warnings and errors')
     .addHelpText(
@@ -66,6 +68,7 @@ export function convertCommand(out: Output): Command {
         force: flags.force,
         threads: flags.threads,
         device: flags.device,
+        checksums: flags.checksums,
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.tensor),
       }).finally(() => progress.clear());
       for (const w of report.warnings) out.warn(w);

@@ -9,7 +9,9 @@ import { BufferPool } from './buffer-pool.js';
 import { layerRecords, type LayerRecord } from './metadata.js';
 import { stageOutput } from './output-dir.js';
 import { forEachLimited, writeShard } from './write-shard.js';
-import { copyOtherFiles, writeConfig, writeIndex, writeManifest } from './write-files.js';
+import { copyOtherFiles, writeConfig, writeIndex, writeManifest, type ManifestFile } from './write-files.js';
+import { HashQueue, type FileDigest } from '../integrity/sha256.js';
+import { stat } from 'node:fs/promises';
 
 const SHARDS_AT_ONCE = Number(process.env.MARLIN_FP4_SHARDS_AT_ONCE ?? 2);
 
@@ -22,6 +24,8 @@ export interface ConvertOptions {
   threads?: number;
   /** Where the transforms run (default auto: CUDA when a device is usable). */
   device?: DeviceChoice;
+  /** sha256 of every output file and source shard in the manifest (default true). */
+  checksums?: boolean;
   onProgress?(p: ConvertProgress): void;
 }
 
@@ -86,31 +90,54 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
       let bytesDone = 0;
       const pool = new BufferPool();
-      await forEachLimited(plan.shards, SHARDS_AT_ONCE, (shard) =>
-        writeShard({
+      const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
+      // Checksums run on worker threads beside the conversion: the source shards from now on,
+      // each output shard as soon as it is complete.
+      const hashes = opts.checksums === false ? undefined : new HashQueue();
+      try {
+        for (const shard of ckpt.shards) hashes?.add(join(ckpt.dir, shard));
+        await forEachLimited(plan.shards, SHARDS_AT_ONCE, (shard) =>
+          writeShard({
+            ckpt,
+            plan,
+            shard,
+            dir: staged.tmp,
+            finalDir: staged.dir,
+            pool,
+            backend,
+            records,
+            onInput: (n, tensor) => {
+              bytesDone += n;
+              opts.onProgress?.({ bytesDone, bytesTotal, tensor });
+            },
+            onWritten: (path) => hashes?.add(path),
+          }),
+        );
+        await writeConfig(ckpt, plan, flavour, staged.tmp);
+        const files = ['config.json', ...plan.shards.map((s) => s.file)];
+        if (ckpt.sharded || plan.shards.length > 1) {
+          await writeIndex(plan, staged.tmp);
+          files.push('model.safetensors.index.json');
+        }
+        files.push(...(await copyOtherFiles(ckpt, staged.tmp)));
+        for (const f of files) hashes?.add(join(staged.tmp, f));
+        const digests = (await hashes?.done()) ?? new Map<string, FileDigest>();
+        const entry = async (dir: string, name: string): Promise<ManifestFile> => {
+          const d = digests.get(join(dir, name));
+          return d ? { name, bytes: d.bytes, sha256: d.sha256 } : { name, bytes: (await stat(join(dir, name))).size };
+        };
+        await writeManifest(
           ckpt,
           plan,
-          shard,
-          dir: staged.tmp,
-          finalDir: staged.dir,
-          pool,
-          backend,
-          records,
-          onInput: (n, tensor) => {
-            bytesDone += n;
-            opts.onProgress?.({ bytesDone, bytesTotal, tensor });
-          },
-        }),
-      );
-      const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
-      await writeConfig(ckpt, plan, flavour, staged.tmp);
-      const files = ['config.json', ...plan.shards.map((s) => s.file)];
-      if (ckpt.sharded || plan.shards.length > 1) {
-        await writeIndex(plan, staged.tmp);
-        files.push('model.safetensors.index.json');
+          flavour,
+          layers,
+          await Promise.all(files.map((f) => entry(staged.tmp, f))),
+          await Promise.all(ckpt.shards.map((f) => entry(ckpt.dir, f))),
+          staged.tmp,
+        );
+      } finally {
+        await hashes?.close();
       }
-      files.push(...(await copyOtherFiles(ckpt, staged.tmp)));
-      await writeManifest(ckpt, plan, flavour, layers, files, staged.tmp);
       await staged.commit();
       return {
         input: ckpt.dir,

@@ -58,15 +58,23 @@ export async function writeIndex(plan: Plan, outDir: string): Promise<void> {
   await writeFile(join(outDir, INDEX_FILE), json({ metadata: { total_size: total }, weight_map: weightMap }));
 }
 
+export interface ManifestFile {
+  name: string;
+  bytes: number;
+  /** Absent when convert ran with --no-checksums. */
+  sha256?: string;
+}
+
 export interface Manifest {
   format_version: 1;
   tool: { name: 'marlin-fp4'; version: string };
-  source: { path: string; format: string; shards: string[] };
+  source: { path: string; format: string; shards: ManifestFile[] };
   layout: string;
   activation_dtype: string;
   layers: LayerRecord[];
   ignored_modules: string[];
-  files: string[];
+  /** Every file of the output but this manifest. */
+  files: ManifestFile[];
 }
 
 export async function writeManifest(
@@ -74,18 +82,20 @@ export async function writeManifest(
   plan: Plan,
   flavour: Flavour,
   layers: LayerRecord[],
-  files: string[],
+  files: ManifestFile[],
+  sourceShards: ManifestFile[],
   outDir: string,
 ): Promise<Manifest> {
+  const byName = (a: ManifestFile, b: ManifestFile) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   const manifest: Manifest = {
     format_version: 1,
     tool: { name: 'marlin-fp4', version: VERSION },
-    source: { path: ckpt.dir, format: flavour.kind, shards: ckpt.shards },
+    source: { path: ckpt.dir, format: flavour.kind, shards: [...sourceShards].sort(byName) },
     layout: plan.layout,
     activation_dtype: plan.dtype,
     layers,
     ignored_modules: plan.ignored,
-    files: [...files].sort(),
+    files: [...files].sort(byName),
   };
   await writeFile(join(outDir, MANIFEST_FILE), json(manifest));
   return manifest;

@@ -22,6 +22,8 @@ export interface ShardJob {
   backend: Backend;
   records: Map<string, LayerRecord>;
   onInput(bytes: number, tensor: string): void;
+  /** Called with the shard's path once it is complete (e.g. to start its checksum). */
+  onWritten?(path: string): void;
 }
 
 export async function writeShard(job: ShardJob): Promise<void> {
@@ -51,6 +53,7 @@ export async function writeShard(job: ShardJob): Promise<void> {
     }
     await pending;
     await writer.close();
+    job.onWritten?.(writer.path);
   } catch (e) {
     await pending.catch(() => {});
     await writer.abort();

@@ -1,0 +1,94 @@
+// SHA-256 of whole files on worker threads, so hashing runs beside the conversion instead of
+// after it on the main thread.
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+
+// The worker streams a file through node:crypto; inline source keeps it valid from src/ and dist/.
+const WORKER = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const { createReadStream } = require('node:fs');
+parentPort.on('message', ({ path }) => {
+  const h = createHash('sha256');
+  let bytes = 0;
+  createReadStream(path, { highWaterMark: 4 << 20 })
+    .on('data', (c) => { h.update(c); bytes += c.length; })
+    .on('error', (e) => parentPort.postMessage({ error: e.message }))
+    .on('end', () => parentPort.postMessage({ sha256: h.digest('hex'), bytes }));
+});
+`;
+
+export interface FileDigest {
+  sha256: string;
+  bytes: number;
+}
+
+/**
+ * Hashes files on worker threads as they are added: source shards while the conversion runs,
+ * each output shard as soon as it is closed. done() resolves once every added file is hashed.
+ */
+export class HashQueue {
+  private readonly queue: { path: string; resolve: (d: FileDigest) => void; reject: (e: Error) => void }[] = [];
+  private readonly results = new Map<string, Promise<FileDigest>>();
+  private readonly idle: Worker[] = [];
+  private readonly all: Worker[] = [];
+  private readonly max: number;
+
+  constructor(workers = Math.min(4, Math.max(1, availableParallelism() - 1))) {
+    this.max = workers;
+  }
+
+  add(path: string): void {
+    if (this.results.has(path)) return;
+    const p = new Promise<FileDigest>((resolve, reject) => this.queue.push({ path, resolve, reject }));
+    p.catch(() => {}); // surfaced by done()
+    this.results.set(path, p);
+    this.pump();
+  }
+
+  async done(): Promise<Map<string, FileDigest>> {
+    const out = new Map<string, FileDigest>();
+    try {
+      for (const [path, p] of this.results) out.set(path, await p);
+    } finally {
+      await this.close();
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.all.map((w) => w.terminate()));
+    this.all.length = 0;
+    this.idle.length = 0;
+  }
+
+  private pump(): void {
+    while (this.queue.length > 0) {
+      let w = this.idle.pop();
+      if (!w && this.all.length < this.max) {
+        w = new Worker(WORKER, { eval: true });
+        w.unref(); // never keeps the process alive by itself
+        this.all.push(w);
+      }
+      if (!w) return;
+      const job = this.queue.shift()!;
+      const worker = w;
+      const onMessage = (m: { sha256?: string; bytes?: number; error?: string }) => {
+        worker.off('message', onMessage);
+        if (m.error) job.reject(new Error(`${job.path}: cannot read for its checksum: ${m.error}`));
+        else job.resolve({ sha256: m.sha256!, bytes: m.bytes! });
+        this.idle.push(worker);
+        this.pump();
+      };
+      worker.on('message', onMessage);
+      worker.postMessage({ path: job.path });
+    }
+  }
+}
+
+/** SHA-256 of a few files, e.g. for verify's manifest check. */
+export async function sha256Files(paths: string[]): Promise<Map<string, FileDigest>> {
+  const q = new HashQueue();
+  for (const p of paths) q.add(p);
+  return q.done();
+}
