@@ -284,7 +284,8 @@ function units(found: { dense: LinearSource[]; groups: ExpertGroup[] }): Unit[] 
       });
     }
   }
-  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  // Natural order: layers.2 before layers.10.
+  return out.sort((a, b) => a.name.localeCompare(b.name, 'en', { numeric: true }));
 }
 
 interface Loaded {
