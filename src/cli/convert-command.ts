@@ -4,6 +4,8 @@ import type { ActDtype, DeviceChoice, LayoutVersion } from '../transform/marlin.
 import { bytes, seconds } from './format.js';
 import { ProgressLine } from './progress.js';
 import { parseThreads, type Output } from './output.js';
+import { verifyCheckpoint } from '../verify/verify.js';
+import { verificationFailed, verifySummary } from './verify-command.js';
 
 interface ConvertFlags {
   output?: string;
@@ -13,6 +15,7 @@ interface ConvertFlags {
   threads?: number;
   device: DeviceChoice;
   checksums: boolean;
+  verify?: boolean;
   json?: boolean;
   quiet?: boolean;
 }
@@ -49,6 +52,7 @@ export function convertCommand(out: Output): Command {
     )
     .option('--threads <n>', 'CPU threads for the transforms (default: all cores)', parseThreads)
     .option('--no-checksums', 'skip the sha256 of every output file and source shard in marlin_fp4_manifest.json')
+    .option('--verify', 'then run `marlin-fp4 verify` on the output (all layers, M = 1,16,128); exit code 1 if it fails')
     .option('--json', 'print one machine-readable JSON report on stdout')
     .option('-q, --quiet', 'print nothing but warnings and errors')
     .addHelpText(
@@ -56,7 +60,7 @@ export function convertCommand(out: Output): Command {
       '\nExamples:\n' +
         '  $ marlin-fp4 convert ./Llama-3.1-8B-Instruct-FP4            # writes ./Llama-3.1-8B-Instruct-FP4-marlin\n' +
         '  $ marlin-fp4 convert model/ -o out/ --layout v2 --dtype bfloat16 --json\n\n' +
-        'Exit codes: 0 ok, 2 bad input or usage, 3 environment, 4 internal error.',
+        'Exit codes: 0 ok, 1 verification failed (--verify), 2 bad input or usage, 3 environment, 4 internal error.',
     )
     .action(async (model: string, flags: ConvertFlags) => {
       const progress = new ProgressLine('converting', out.progressAllowed(flags));
@@ -72,7 +76,16 @@ export function convertCommand(out: Output): Command {
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.tensor),
       }).finally(() => progress.clear());
       for (const w of report.warnings) out.warn(w);
-      if (flags.json) out.json(report);
-      else if (!flags.quiet) for (const line of summary(report)) out.line(line);
+      if (!flags.json && !flags.quiet) for (const line of summary(report)) out.line(line);
+      if (!flags.verify) {
+        if (flags.json) out.json(report);
+        return;
+      }
+      const verified = await verifyCheckpoint({ dir: report.output, source: report.input, device: flags.device, threads: flags.threads });
+      if (!flags.json) for (const w of verified.warnings) out.warn(w);
+      if (flags.json) out.json({ ...report, verify: verified });
+      else if (flags.quiet) verifySummary(verified).filter((l) => l.startsWith('  ') || l.startsWith('FAIL')).forEach((l) => out.line(l));
+      else for (const line of ['', ...verifySummary(verified)]) out.line(line);
+      if (!verified.passed) throw verificationFailed(verified);
     });
 }

@@ -65,7 +65,7 @@ function table(r: VerifyReport, rows: LayerReport[]): string[] {
   return [fmt(head), ...body.map(fmt)];
 }
 
-function summary(r: VerifyReport): string[] {
+export function verifySummary(r: VerifyReport): string[] {
   const shown = r.layers.filter((l) => l.gemm !== undefined || !l.pass);
   const lines = shown.length ? table(r, shown) : [];
   const structOk = r.layers.filter((l) => l.errors.length === 0).length;
@@ -145,13 +145,15 @@ export function verifyCommand(out: Output): Command {
       });
       for (const w of report.warnings) if (!flags.json) out.warn(w);
       if (flags.json) out.json(report);
-      else if (flags.quiet) summary(report).filter((l) => l.startsWith('  ') || l.startsWith('PASS') || l.startsWith('FAIL')).forEach((l) => out.line(l));
-      else for (const line of summary(report)) out.line(line);
-      if (!report.passed) {
-        const n = report.failed_layers.length;
-        throw new VerificationFailed(
-          n ? `verification failed: ${n} layer${n === 1 ? '' : 's'} (${report.failed_layers.slice(0, 3).join(', ')}${n > 3 ? ', …' : ''})` : `verification failed: ${report.errors[0]}`,
-        );
-      }
+      else if (flags.quiet) verifySummary(report).filter((l) => l.startsWith('  ') || l.startsWith('PASS') || l.startsWith('FAIL')).forEach((l) => out.line(l));
+      else for (const line of verifySummary(report)) out.line(line);
+      if (!report.passed) throw verificationFailed(report);
     });
+}
+
+export function verificationFailed(report: VerifyReport): VerificationFailed {
+  const n = report.failed_layers.length;
+  return new VerificationFailed(
+    n ? `verification failed: ${n} layer${n === 1 ? '' : 's'} (${report.failed_layers.slice(0, 3).join(', ')}${n > 3 ? ', …' : ''})` : `verification failed: ${report.errors[0]}`,
+  );
 }

@@ -13,6 +13,9 @@
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { InputError } from '../errors.js';
+import type { Manifest } from '../convert/write-files.js';
+import { checkManifest } from '../integrity/manifest-check.js';
+import { sha256Files } from '../integrity/sha256.js';
 import { openCheckpoint, readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import { detectFormat, requireNvfp4 } from '../checkpoint/flavour.js';
 import { findLinears, type ExpertGroup, type LinearSource } from '../plan/linears.js';
@@ -332,6 +335,25 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
     const all = units(found);
     const errors: string[] = [];
     const warnings: string[] = [];
+    // Integrity first: a file changed after conversion, or a source that is not the one
+    // converted, is reported before anything is recomputed.
+    const integrity = await checkManifest(dir, manifest as unknown as Manifest).catch((e: Error) => {
+      errors.push(`${MANIFEST_FILE}: ${e.message}`);
+      return undefined;
+    });
+    for (const p of integrity?.problems ?? []) errors.push(`integrity: ${p.file}: ${p.reason}`);
+    if (integrity && !integrity.hasChecksums) warnings.push(`${MANIFEST_FILE} holds no checksums (converted with --no-checksums): files were not checked for changes`);
+    const recordedSource = (manifest as unknown as Manifest).source?.shards ?? [];
+    if (recordedSource.some((f) => f.sha256)) {
+      const digests = await sha256Files(recordedSource.map((f) => join(sourceDir, f.name))).catch((e: Error) => {
+        errors.push(`integrity: ${e.message}`);
+        return new Map<string, { sha256: string }>();
+      });
+      for (const f of recordedSource) {
+        const d = digests.get(join(sourceDir, f.name));
+        if (f.sha256 && d && d.sha256 !== f.sha256) errors.push(`integrity: source ${f.name}: sha256 differs from the shard that was converted (a different or modified source)`);
+      }
+    }
     if (manifest.layout !== layout) errors.push(`${MANIFEST_FILE} says layout ${manifest.layout}, config.json says ${layout}`);
     if (manifest.activation_dtype !== dtype) errors.push(`${MANIFEST_FILE} says activation dtype ${manifest.activation_dtype}, config.json says ${dtype}`);
     const manifestRecords = new Map((manifest.layers ?? []).map((r) => [r.name, r]));
