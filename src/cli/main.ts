@@ -6,6 +6,7 @@ import { EnvironmentError, EXIT, InputError, VerificationFailed } from '../error
 import { liveStagedOutputs } from '../convert/output-dir.js';
 import { VERSION } from '../version.js';
 import { convertCommand } from './convert-command.js';
+import { inspectCommand } from './inspect-command.js';
 import { consoleOutput, type Output } from './output.js';
 import { verifyCommand } from './verify-command.js';
 
@@ -21,6 +22,7 @@ export function buildProgram(out: Output): Command {
     .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s, write) => write(s) });
   program.addCommand(convertCommand(out).exitOverride());
   program.addCommand(verifyCommand(out).exitOverride());
+  program.addCommand(inspectCommand(out).exitOverride());
   return program;
 }
 

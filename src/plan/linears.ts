@@ -58,7 +58,12 @@ function expect(ckpt: Checkpoint, ref: TensorRef | undefined, name: string, what
   return ref;
 }
 
-export function findLinears(ckpt: Checkpoint, flavour: Flavour): FoundLinears {
+/**
+ * The quantized linears of a checkpoint. A missing or malformed piece is an InputError; with
+ * `problems` given (inspect), its message is collected instead and that linear (or expert
+ * group) is left out, so that every problem is seen in one run.
+ */
+export function findLinears(ckpt: Checkpoint, flavour: Flavour, problems?: string[]): FoundLinears {
   const names = NAMES[flavour.kind];
   const t = ckpt.tensors;
   // A prefix is a quantized linear if it has a block scale next to a packed weight or a global
@@ -78,55 +83,60 @@ export function findLinears(ckpt: Checkpoint, flavour: Flavour): FoundLinears {
   const ignored: string[] = [];
   const grouped = new Map<string, Map<number, Partial<Record<ExpertRole, LinearSource>>>>();
   for (const p of [...prefixes].sort()) {
-    const weight = `${p}.${names.weight}`;
-    const scale = `${p}.weight_scale`;
-    const global = `${p}.${names.global}`;
-    if (isIgnored(flavour, p)) {
-      ignored.push(p);
-      continue;
-    }
-    const near = [weight, scale, global].find((n) => t.has(n))!;
-    expect(ckpt, t.get(weight), weight, `the packed FP4 weight of ${p}`, t.get(weight)?.entry.dtype === 'U8',
-      `dtype ${t.get(weight)?.entry.dtype} is not U8 (packed FP4)`, near);
-    expect(ckpt, t.get(scale), scale, `the block scales of ${p}`, t.get(scale)?.entry.dtype === 'F8_E4M3',
-      `dtype ${t.get(scale)?.entry.dtype} is not F8_E4M3`, near);
-    const g = t.get(global);
-    expect(ckpt, g, global, `the global scale of ${p}`, g?.entry.dtype === 'F32' && (g.entry.shape.length === 0 || (g.entry.shape.length === 1 && g.entry.shape[0] === 1)),
-      `global scale must be an F32 scalar, got ${g?.entry.dtype} [${g?.entry.shape.join(', ')}]`, near);
-    const input = `${p}.${names.input}`;
-    const lin: LinearSource = {
-      prefix: p,
-      weight,
-      scale,
-      global,
-      globalReciprocal: flavour.kind === 'compressed-tensors',
-      inputReciprocal: flavour.kind === 'compressed-tensors',
-      members: [weight, scale, global],
-    };
-    if (t.has(input)) {
-      const ie = t.get(input)!.entry;
-      if (ie.dtype !== 'F32' || ie.shape.reduce((a, b) => a * b, 1) !== 1) {
-        throw new InputError(`${where(ckpt, input)}: input scale must be an F32 scalar, got ${ie.dtype} [${ie.shape.join(', ')}]`);
+    try {
+      const weight = `${p}.${names.weight}`;
+      const scale = `${p}.weight_scale`;
+      const global = `${p}.${names.global}`;
+      if (isIgnored(flavour, p)) {
+        ignored.push(p);
+        continue;
       }
-      lin.inputScale = input;
-      lin.members.push(input);
-    }
-    if (t.has(`${p}.bias`)) {
-      lin.bias = `${p}.bias`;
-      lin.members.push(lin.bias);
-    }
-    const m = EXPERT.exec(p);
-    if (m) {
-      const experts = grouped.get(m[1]!) ?? new Map();
-      grouped.set(m[1]!, experts);
-      const e = Number(m[2]);
-      const slot = experts.get(e) ?? {};
-      experts.set(e, slot);
-      const role = ROLE[m[3]!]!;
-      if (slot[role]) throw new InputError(`${where(ckpt, weight)}: expert ${e} of ${m[1]} has two ${role} projections (${slot[role]!.prefix} and ${p})`);
-      slot[role] = lin;
-    } else {
-      dense.push(lin);
+      const near = [weight, scale, global].find((n) => t.has(n))!;
+      expect(ckpt, t.get(weight), weight, `the packed FP4 weight of ${p}`, t.get(weight)?.entry.dtype === 'U8',
+        `dtype ${t.get(weight)?.entry.dtype} is not U8 (packed FP4)`, near);
+      expect(ckpt, t.get(scale), scale, `the block scales of ${p}`, t.get(scale)?.entry.dtype === 'F8_E4M3',
+        `dtype ${t.get(scale)?.entry.dtype} is not F8_E4M3`, near);
+      const g = t.get(global);
+      expect(ckpt, g, global, `the global scale of ${p}`, g?.entry.dtype === 'F32' && (g.entry.shape.length === 0 || (g.entry.shape.length === 1 && g.entry.shape[0] === 1)),
+        `global scale must be an F32 scalar, got ${g?.entry.dtype} [${g?.entry.shape.join(', ')}]`, near);
+      const input = `${p}.${names.input}`;
+      const lin: LinearSource = {
+        prefix: p,
+        weight,
+        scale,
+        global,
+        globalReciprocal: flavour.kind === 'compressed-tensors',
+        inputReciprocal: flavour.kind === 'compressed-tensors',
+        members: [weight, scale, global],
+      };
+      if (t.has(input)) {
+        const ie = t.get(input)!.entry;
+        if (ie.dtype !== 'F32' || ie.shape.reduce((a, b) => a * b, 1) !== 1) {
+          throw new InputError(`${where(ckpt, input)}: input scale must be an F32 scalar, got ${ie.dtype} [${ie.shape.join(', ')}]`);
+        }
+        lin.inputScale = input;
+        lin.members.push(input);
+      }
+      if (t.has(`${p}.bias`)) {
+        lin.bias = `${p}.bias`;
+        lin.members.push(lin.bias);
+      }
+      const m = EXPERT.exec(p);
+      if (m) {
+        const experts = grouped.get(m[1]!) ?? new Map();
+        grouped.set(m[1]!, experts);
+        const e = Number(m[2]);
+        const slot = experts.get(e) ?? {};
+        experts.set(e, slot);
+        const role = ROLE[m[3]!]!;
+        if (slot[role]) throw new InputError(`${where(ckpt, weight)}: expert ${e} of ${m[1]} has two ${role} projections (${slot[role]!.prefix} and ${p})`);
+        slot[role] = lin;
+      } else {
+        dense.push(lin);
+      }
+    } catch (e) {
+      if (problems && e instanceof InputError) problems.push(e.message);
+      else throw e;
     }
   }
 
@@ -134,12 +144,20 @@ export function findLinears(ckpt: Checkpoint, flavour: Flavour): FoundLinears {
   for (const [prefix, experts] of [...grouped].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
     const count = Math.max(...experts.keys()) + 1;
     const list: Record<ExpertRole, LinearSource>[] = [];
-    for (let e = 0; e < count; e++) {
-      const slot = experts.get(e);
-      for (const role of ['gate', 'up', 'down'] as const) {
-        if (!slot?.[role]) throw new InputError(`${ckpt.dir}: ${prefix}: expert ${e} has no quantized ${role} projection (experts must be numbered 0..${count - 1}, each with gate, up and down)`);
+    try {
+      for (let e = 0; e < count; e++) {
+        const slot = experts.get(e);
+        for (const role of ['gate', 'up', 'down'] as const) {
+          if (!slot?.[role]) throw new InputError(`${ckpt.dir}: ${prefix}: expert ${e} has no quantized ${role} projection (experts must be numbered 0..${count - 1}, each with gate, up and down)`);
+        }
+        list.push(slot as Record<ExpertRole, LinearSource>);
       }
-      list.push(slot as Record<ExpertRole, LinearSource>);
+    } catch (e) {
+      if (problems && e instanceof InputError) {
+        problems.push(e.message);
+        continue;
+      }
+      throw e;
     }
     groups.push({ prefix, experts: list });
   }

@@ -72,7 +72,15 @@ export interface Plan {
 export interface PlanOptions {
   layout: LayoutVersion;
   dtype: ActDtype;
+  /**
+   * Read every block-scale tensor for v2's scale factors and the layout's losses (default
+   * true). false (inspect's size estimate) reads no block scale: every ScaleOutcome is then
+   * the placeholder { sf: 1, lost: 0, subnormal: 0 }, and the plan must not be written.
+   */
+  scanScales?: boolean;
 }
+
+const UNSCANNED: ScaleOutcome = { sf: 1, lost: 0, subnormal: 0 };
 
 const FUSED = [
   ['q_proj', 'k_proj', 'v_proj'],
@@ -102,7 +110,8 @@ function globalScaleName(ws: number[], names: string[]): string {
   return names.map((n, i) => `${n} ${ws[i]}`).join(', ');
 }
 
-async function planDense(ckpt: Checkpoint, lin: LinearSource, { layout, dtype }: PlanOptions): Promise<DenseLinear> {
+/** A dense linear's shape under the layout, with its bias checked (an InputError otherwise). */
+export function denseShape(ckpt: Checkpoint, lin: LinearSource, layout: LayoutVersion): LinearShape {
   const w = ckpt.tensors.get(lin.weight)!.entry;
   const s = ckpt.tensors.get(lin.scale)!.entry;
   let shape: LinearShape;
@@ -117,34 +126,48 @@ async function planDense(ckpt: Checkpoint, lin: LinearSource, { layout, dtype }:
     if (b.shape.length !== 1 || b.shape[0] !== shape.n) throw new InputError(`${where(ckpt, lin.bias)}: bias shape [${b.shape.join(', ')}] is not [${shape.n}]`);
     if (!['F16', 'BF16', 'F32'].includes(b.dtype)) throw new InputError(`${where(ckpt, lin.bias)}: bias dtype ${b.dtype} is not a float type`);
   }
+  return shape;
+}
+
+async function planDense(ckpt: Checkpoint, lin: LinearSource, { layout, dtype, scanScales }: PlanOptions): Promise<DenseLinear> {
+  const shape = denseShape(ckpt, lin, layout);
   return {
     source: lin,
     shape,
     ws2: await readGlobalScale(ckpt, lin),
     inputScale: await readInputScale(ckpt, lin),
-    scales: await planScales(ckpt, [lin], layout, dtype),
+    scales: scanScales === false ? UNSCANNED : await planScales(ckpt, [lin], layout, dtype),
   };
 }
 
-function checkFusedGlobals(dense: DenseLinear[]): void {
+/** One message per fused group (q/k/v, gate/up) whose parts' global scales differ. */
+export function fusedGlobalMismatches(dense: { source: { prefix: string }; ws2: number }[]): string[] {
+  const out: string[] = [];
   const byPrefix = new Map(dense.map((d) => [d.source.prefix, d]));
   const parents = new Set(dense.map((d) => d.source.prefix.slice(0, d.source.prefix.lastIndexOf('.'))));
   for (const parent of parents) {
     for (const names of FUSED) {
-      const members = names.map((n) => byPrefix.get(`${parent}.${n}`)).filter((d): d is DenseLinear => !!d);
+      const members = names.map((n) => byPrefix.get(`${parent}.${n}`)).filter((d) => !!d);
       if (members.length < 2) continue;
       const ws = members.map((m) => m.ws2);
       if (ws.some((w) => w !== ws[0])) {
-        throw new InputError(
+        out.push(
           `${parent}: fused ${members.map((m) => m.source.prefix.slice(parent.length + 1)).join('/')} have different global scales ` +
             `(${globalScaleName(ws, members.map((m) => m.source.prefix.slice(parent.length + 1)))}); vLLM keeps one value for the fused layer, which would corrupt the others`,
         );
       }
     }
   }
+  return out;
 }
 
-async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype }: PlanOptions): Promise<MoeStack[]> {
+function checkFusedGlobals(dense: DenseLinear[]): void {
+  const [first] = fusedGlobalMismatches(dense);
+  if (first) throw new InputError(first);
+}
+
+/** An expert group's sizes, checked against the layout (an InputError otherwise); ip = padded intermediate. */
+export function stackShape(ckpt: Checkpoint, group: ExpertGroup, layout: LayoutVersion): { hidden: number; intermediate: number; ip: number } {
   const first = group.experts[0]!;
   const gw = ckpt.tensors.get(first.gate.weight)!.entry;
   const dw = ckpt.tensors.get(first.down.weight)!.entry;
@@ -171,7 +194,11 @@ async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype 
   if (layout === 'v1' && intermediate % 64 !== 0) {
     throw new InputError(`${where(ckpt, first.gate.weight)}: intermediate size ${intermediate} is not a multiple of 64: layout v1 cannot pad it (use --layout v2)`);
   }
-  const ip = moePaddedIntermediate(intermediate, hidden, layout);
+  return { hidden, intermediate, ip: moePaddedIntermediate(intermediate, hidden, layout) };
+}
+
+async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype, scanScales }: PlanOptions): Promise<MoeStack[]> {
+  const { hidden, intermediate, ip } = stackShape(ckpt, group, layout);
   const w13: number[] = [];
   const w2: number[] = [];
   for (const [e, ex] of group.experts.entries()) {
@@ -193,7 +220,7 @@ async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype 
       part: { n: intermediate, k: hidden, np: ip, kp: hidden },
       parts: ['gate', 'up'],
       ws2: w13,
-      scales: await planScales(ckpt, gateUp, layout, dtype),
+      scales: scanScales === false ? UNSCANNED : await planScales(ckpt, gateUp, layout, dtype),
     },
     {
       group,
@@ -201,7 +228,7 @@ async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype 
       part: { n: hidden, k: intermediate, np: hidden, kp: ip },
       parts: ['down'],
       ws2: w2,
-      scales: await planScales(ckpt, down, layout, dtype),
+      scales: scanScales === false ? UNSCANNED : await planScales(ckpt, down, layout, dtype),
     },
   ];
 }

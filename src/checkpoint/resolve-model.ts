@@ -1,0 +1,233 @@
+// A model argument is a local directory or, when no such path exists and it looks like
+// `org/name`, a Hugging Face Hub repo id: then only the files a conversion needs (configs,
+// index, shards, tokenizer and generation files) are downloaded into the standard HF cache
+// (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub; token from HF_TOKEN;
+// endpoint from HF_ENDPOINT; HF_HUB_OFFLINE=1 uses the cache only), and the cached snapshot
+// directory is used as the model directory.
+import { stat, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { EnvironmentError, InputError } from '../errors.js';
+import { INDEX_FILE } from './model-dir.js';
+
+export interface HubSource {
+  repo: string;
+  revision: string;
+  /** The commit the revision pointed at. */
+  commit: string;
+  /** Files of the snapshot used (downloaded now or found in the cache). */
+  files: string[];
+  bytes: number;
+  /** Bytes fetched by this run (0 when everything was cached). */
+  downloaded_bytes: number;
+}
+
+export interface ResolvedModel {
+  /** The local model directory (for a repo id: the cached snapshot). */
+  dir: string;
+  /** Where `convert` writes by default: `<model>-marlin` beside a local model, `./<name>-marlin` for a repo id. */
+  defaultOutput: string;
+  hub?: HubSource;
+}
+
+export interface DownloadProgress {
+  bytesDone: number;
+  bytesTotal: number;
+  file: string;
+}
+
+export interface ResolveOptions {
+  /** Branch, tag or commit (repo ids only; default main). */
+  revision?: string;
+  onProgress?(p: DownloadProgress): void;
+  /** Defaults: env HF_ENDPOINT, else https://huggingface.co. */
+  hubUrl?: string;
+  /** Defaults to the library's HF cache path (HF_HUB_CACHE / HF_HOME / ~/.cache/huggingface/hub). */
+  cacheDir?: string;
+}
+
+const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}\/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,95}$/;
+
+/** Whether a string has the shape of a Hub model id (`org/name`). */
+export function looksLikeRepoId(s: string): boolean {
+  return REPO_ID.test(s) && !s.includes('..') && !s.includes('--') && !s.endsWith('.') && !s.endsWith('-');
+}
+
+/** Top-level files of a repo that a Marlin conversion reads or carries over. */
+export function neededFile(path: string): boolean {
+  if (path.includes('/')) return false;
+  return (
+    path === 'config.json' ||
+    path === 'hf_quant_config.json' ||
+    path === 'generation_config.json' ||
+    path.endsWith('.safetensors') ||
+    path.endsWith('.safetensors.index.json') ||
+    /^tokenizer([._-].*)?$/.test(path) ||
+    ['special_tokens_map.json', 'added_tokens.json', 'vocab.json', 'vocab.txt', 'merges.txt', 'preprocessor_config.json'].includes(path) ||
+    /^chat_template\.(jinja|json)$/.test(path) ||
+    path.endsWith('.tiktoken')
+  );
+}
+
+export async function resolveModel(model: string, opts: ResolveOptions = {}): Promise<ResolvedModel> {
+  const local = await stat(model).catch(() => undefined);
+  if (local || !looksLikeRepoId(model)) {
+    if (opts.revision !== undefined) throw new InputError(`--revision ${opts.revision}: applies to a Hugging Face Hub repo id (org/name), but ${model} is a local path`);
+    return { dir: model, defaultOutput: `${resolve(model)}-marlin` };
+  }
+  const hub = await downloadRepo(model, opts);
+  return { dir: hub.dir, defaultOutput: resolve(`${basename(model)}-marlin`), hub: hub.source };
+}
+
+type Hub = typeof import('@huggingface/hub');
+
+interface Entry {
+  path: string;
+  size: number;
+}
+
+async function downloadRepo(repo: string, opts: ResolveOptions): Promise<{ dir: string; source: HubSource }> {
+  const hub: Hub = await import('@huggingface/hub');
+  const revision = opts.revision ?? 'main';
+  const hubUrl = (opts.hubUrl ?? (process.env.HF_ENDPOINT || undefined))?.replace(/\/+$/, '');
+  const accessToken = process.env.HF_TOKEN || undefined;
+  if (accessToken && !accessToken.startsWith('hf_')) throw new InputError('HF_TOKEN: not a Hugging Face access token (they start with hf_)');
+  const cacheDir = opts.cacheDir ?? hub.getHFHubCachePath();
+  const storage = join(cacheDir, hub.getRepoFolderName({ type: 'model', name: repo }));
+  const where = `${repo}${revision === 'main' ? '' : `@${revision}`}`;
+
+  if (process.env.HF_HUB_OFFLINE && !['0', 'false', ''].includes(process.env.HF_HUB_OFFLINE.toLowerCase())) {
+    return offlineSnapshot(repo, revision, storage, where);
+  }
+
+  // Downloads are counted as their bodies stream through this fetch (for the progress line).
+  let done = 0;
+  let total = 0;
+  let current = '';
+  let fetched = 0;
+  const countingFetch: typeof fetch = async (input, init) => {
+    const res = await fetch(input, init);
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    // File bodies only: not the API's JSON, not the size probes (Range: bytes=0-0). Xet-backed
+    // files arrive as compressed chunks: approximate until each file's end sets the exact count.
+    if (url.includes('/api/') || new Headers(init?.headers).get('range') === 'bytes=0-0' || !res.ok || !res.body) return res;
+    const counter = new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, ctl) {
+        done += chunk.byteLength;
+        fetched += chunk.byteLength;
+        opts.onProgress?.({ bytesDone: done, bytesTotal: total, file: current });
+        ctl.enqueue(chunk);
+      },
+    });
+    return new Response(res.body.pipeThrough(counter), { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+  const common = { repo, hubUrl, accessToken, fetch: countingFetch };
+
+  // The library logs each download on stdout (console.debug/info), which would break --json.
+  const { debug, info } = console;
+  console.debug = () => {};
+  console.info = () => {};
+  try {
+    const meta = await hub.modelInfo({ name: repo, revision, hubUrl, accessToken, fetch: countingFetch, additionalFields: ['sha'] });
+    const commit = String((meta as { sha?: unknown }).sha ?? '');
+    if (!/^[0-9a-f]{40}$/.test(commit)) throw new EnvironmentError(`${where}: the Hub returned no commit for this revision`);
+    if (revision !== commit) {
+      const ref = join(storage, 'refs', revision);
+      await mkdir(dirname(ref), { recursive: true });
+      await writeFile(ref, commit);
+    }
+
+    const entries: Entry[] = [];
+    for await (const e of hub.listFiles({ ...common, revision: commit })) {
+      if (e.type === 'file' && neededFile(e.path)) entries.push({ path: e.path, size: e.lfs?.size ?? e.size });
+    }
+    if (!entries.some((e) => e.path === 'config.json')) throw new InputError(`${where}: the repo has no config.json (not a transformers model)`);
+    const get = async (e: Entry): Promise<string> => {
+      current = e.path;
+      const before = done;
+      const path = await hub.downloadFileToCacheDir({ ...common, path: e.path, revision: commit, cacheDir });
+      done = before + e.size; // cached files count as done too
+      opts.onProgress?.({ bytesDone: done, bytesTotal: total, file: e.path });
+      return path;
+    };
+
+    // With an index, only the shards it names (repos often also hold e.g. a consolidated copy).
+    let wanted = entries;
+    const index = entries.find((e) => e.path === INDEX_FILE);
+    if (index) {
+      total = index.size;
+      const text = await readFile(await get(index), 'utf8');
+      let shards: Set<string>;
+      try {
+        shards = new Set(Object.values((JSON.parse(text) as { weight_map: Record<string, string> }).weight_map));
+      } catch {
+        throw new InputError(`${where}: ${INDEX_FILE} has no valid weight_map`);
+      }
+      wanted = entries.filter((e) => e === index || !e.path.endsWith('.safetensors') || shards.has(e.path));
+      for (const s of shards) {
+        if (!entries.some((e) => e.path === s)) throw new InputError(`${where}: ${INDEX_FILE} names shard ${s}, which the repo does not have`);
+      }
+    } else if (!entries.some((e) => e.path.endsWith('.safetensors'))) {
+      throw new InputError(`${where}: the repo has no *.safetensors files`);
+    }
+    total = wanted.reduce((a, e) => a + e.size, 0);
+    for (const e of wanted) if (e !== index) await get(e);
+    const dir = join(storage, 'snapshots', commit);
+    return {
+      dir,
+      source: {
+        repo,
+        revision,
+        commit,
+        files: wanted.map((e) => e.path).sort(),
+        bytes: total,
+        downloaded_bytes: fetched,
+      },
+    };
+  } catch (e) {
+    throw hubError(e, where, hubUrl ?? hub.HUB_URL, hub);
+  } finally {
+    console.debug = debug;
+    console.info = info;
+  }
+}
+
+async function offlineSnapshot(repo: string, revision: string, storage: string, where: string): Promise<{ dir: string; source: HubSource }> {
+  const commit = /^[0-9a-f]{40}$/.test(revision)
+    ? revision
+    : (await readFile(join(storage, 'refs', revision), 'utf8').catch(() => '')).trim();
+  const dir = commit ? join(storage, 'snapshots', commit) : '';
+  if (!commit || !(await stat(join(dir, 'config.json')).catch(() => undefined))) {
+    throw new EnvironmentError(`${where}: HF_HUB_OFFLINE is set and this revision is not in the Hugging Face cache (${storage})`);
+  }
+  return { dir, source: { repo, revision, commit, files: [], bytes: 0, downloaded_bytes: 0 } };
+}
+
+/** One line and the right exit code: 2 for a bad or unknown repo id, 3 for the network. */
+function hubError(e: unknown, where: string, hubUrl: string, hub: Hub): unknown {
+  if (e instanceof InputError || e instanceof EnvironmentError) return e;
+  if (e instanceof hub.HubApiError) {
+    const detail = (e.data as { error?: unknown } | undefined)?.error;
+    const said = typeof detail === 'string' && detail ? `: ${detail}` : '';
+    switch (e.statusCode) {
+      case 401:
+        return new InputError(`${where}: not found on the Hub, or private (HTTP 401${said}); for a private repo set HF_TOKEN`);
+      case 403:
+        return new InputError(`${where}: access denied (HTTP 403${said}); for a gated repo accept its terms on the Hub and set HF_TOKEN`);
+      case 404:
+        return new InputError(`${where}: not found on the Hub (HTTP 404${said})`);
+      default:
+        if (e.statusCode === 429 || e.statusCode >= 500) return new EnvironmentError(`${where}: the Hub at ${hubUrl} answered HTTP ${e.statusCode}${said}; try again later`);
+        return new InputError(`${where}: the Hub refused the request (HTTP ${e.statusCode}${said})`);
+    }
+  }
+  if (e instanceof hub.InvalidApiResponseFormatError) return new EnvironmentError(`${where}: unexpected answer from the Hub at ${hubUrl}: ${e.message}`);
+  const err = e as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
+  if (err?.code && err.syscall) return e; // the cache's disk: the CLI reports it (exit 3)
+  if (e instanceof TypeError && /repo|slash|namespace/i.test(e.message)) return new InputError(`${where}: not a valid Hub repo id (${e.message})`);
+  if (e instanceof TypeError || typeof e === 'string' || err?.name === 'AbortError') {
+    // fetch failed (DNS, refused, reset, TLS) or a body stream aborted mid-download.
+    const why = err?.cause?.code ?? err?.cause?.message ?? (typeof e === 'string' ? e : err?.message);
+    return new EnvironmentError(`${where}: cannot download from ${hubUrl}: ${why}`);
+  }
+  return e;
+}

@@ -1,0 +1,360 @@
+// `marlin-fp4 inspect`: what a checkpoint is and what `convert` would do with it, from the
+// headers and the scalar global scales only (block scales too with scanScales; never the
+// weights). Problems are collected, not thrown: an inspect that finds problems succeeded.
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { openCheckpoint, type Checkpoint } from '../checkpoint/model-dir.js';
+import { detectFormat, type Detected, type Flavour } from '../checkpoint/flavour.js';
+import { readJsonObject } from '../checkpoint/json-file.js';
+import { findLinears, type ExpertGroup, type FoundLinears, type LinearSource } from '../plan/linears.js';
+import { readGlobalScale } from '../plan/global-scales.js';
+import { activationDtype, denseShape, fusedGlobalMismatches, planConversion, stackShape, tensorBytes } from '../plan/plan.js';
+import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
+import { inspectMarlin, type MarlinLayers } from './marlin.js';
+import { scanBlockScales, type ScaleScan } from './scales.js';
+
+export interface InspectOptions {
+  /** A local model directory. */
+  model: string;
+  /** Activation dtype to judge for (default: config.json's torch_dtype). */
+  dtype?: ActDtype;
+  /** Also read every block-scale tensor (1/8 of the weights): negative/NaN scales, v2 losses, v1 bfloat16 subnormals. */
+  scanScales?: boolean;
+}
+
+export type ProblemKind =
+  | 'shape'
+  | 'missing'
+  | 'global-scale'
+  | 'fused-global-scale'
+  | 'block-scale'
+  | 'dtype'
+  | 'group-size'
+  | 'v1-bfloat16-subnormal'
+  | 'metadata';
+
+export interface Problem {
+  kind: ProblemKind;
+  /** Set when the problem concerns one layout only. */
+  layout?: LayoutVersion;
+  message: string;
+}
+
+export interface ShapeCount {
+  n: number;
+  k: number;
+  count: number;
+}
+
+export interface MoeShape {
+  experts: number;
+  hidden: number;
+  intermediate: number;
+  count: number;
+}
+
+export interface Quantized {
+  dense: number;
+  dense_shapes: ShapeCount[];
+  moe_layers: number;
+  moe_shapes: MoeShape[];
+  /** Quantized modules that the exclude/ignore list keeps as they are (copied). */
+  ignored: string[];
+}
+
+export interface LayoutEstimate {
+  layout: LayoutVersion;
+  /** Every quantized linear meets the layout's shape rules. */
+  shapes_ok: boolean;
+  /** Output tensor data (padding included, headers not), as convert would write it. */
+  tensor_bytes?: number;
+  tensors?: number;
+  /** Why no estimate could be made (the first problem convert would stop at). */
+  unavailable?: string;
+}
+
+export interface Conversion {
+  activation_dtype: ActDtype;
+  /** Where activation_dtype came from. */
+  activation_dtype_from: 'option' | 'config.json' | 'assumed';
+  converted: { tensors: number; bytes: number };
+  passed_through: { tensors: number; bytes: number };
+  layouts: LayoutEstimate[];
+}
+
+export interface InspectReport {
+  path: string;
+  format: Detected['format'];
+  flavour?: Flavour['kind'];
+  /** One line: ModelOpt NVFP4, compressed-tensors NVFP4, MXFP4, Marlin FP4 v2 (bfloat16), not quantized (…). */
+  description: string;
+  marlin?: { layout: string; activation_dtype: string };
+  architecture?: string;
+  model_type?: string;
+  torch_dtype?: string;
+  shards: { file: string; bytes: number; tensors: number }[];
+  total_bytes: number;
+  tensors: number;
+  other_files: string[];
+  quantized?: Quantized;
+  conversion?: Conversion;
+  /** With scanScales (NVFP4): what the block scales imply. */
+  scales?: ScaleScan;
+  /** Already-converted checkpoints: the converted layers and their scale counts. */
+  marlin_layers?: MarlinLayers;
+  problems: Problem[];
+  /** What convert would do, in one line. */
+  verdict: string;
+  /** convert (default layout v2) would accept this checkpoint. */
+  convertible: boolean;
+  seconds: number;
+}
+
+const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
+
+function describe(d: Detected): string {
+  switch (d.format) {
+    case 'nvfp4':
+      return `${d.kind === 'modelopt' ? 'ModelOpt' : 'compressed-tensors'} NVFP4`;
+    case 'mxfp4':
+      return 'MXFP4';
+    case 'marlin-fp4':
+      return `Marlin FP4 ${d.layout} (${d.dtype}), already converted`;
+    default:
+      return `not NVFP4 (${d.description})`;
+  }
+}
+
+function shapeCounts(items: { n: number; k: number }[]): ShapeCount[] {
+  const m = new Map<string, ShapeCount>();
+  for (const { n, k } of items) {
+    const key = `${n}x${k}`;
+    const c = m.get(key) ?? { n, k, count: 0 };
+    c.count++;
+    m.set(key, c);
+  }
+  return [...m.values()].sort((a, b) => b.count - a.count || a.n - b.n || a.k - b.k);
+}
+
+export function moeShapeCounts(items: { experts: number; hidden: number; intermediate: number }[]): MoeShape[] {
+  const m = new Map<string, MoeShape>();
+  for (const { experts, hidden, intermediate } of items) {
+    const key = `${experts}/${hidden}/${intermediate}`;
+    const c = m.get(key) ?? { experts, hidden, intermediate, count: 0 };
+    c.count++;
+    m.set(key, c);
+  }
+  return [...m.values()].sort((a, b) => b.count - a.count);
+}
+
+const bytesOf = (ckpt: Checkpoint, name: string) => {
+  const e = ckpt.tensors.get(name)!.entry;
+  return e.end - e.begin;
+};
+
+function moeSizes(ckpt: Checkpoint, g: ExpertGroup): { experts: number; hidden: number; intermediate: number } {
+  const w = ckpt.tensors.get(g.experts[0]!.gate.weight)!.entry.shape;
+  return { experts: g.experts.length, hidden: 2 * (w[1] ?? 0), intermediate: w[0] ?? 0 };
+}
+
+export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectReport> {
+  const started = performance.now();
+  const ckpt = await openCheckpoint(opts.model);
+  try {
+    const det = detectFormat(ckpt);
+    const arch = ckpt.config.architectures;
+    const report: InspectReport = {
+      path: ckpt.dir,
+      format: det.format,
+      flavour: det.format === 'nvfp4' ? det.kind : undefined,
+      description: describe(det),
+      marlin: det.format === 'marlin-fp4' ? { layout: det.layout, activation_dtype: det.dtype } : undefined,
+      architecture: Array.isArray(arch) ? arch.map(String).join(', ') : str(arch),
+      model_type: str(ckpt.config.model_type),
+      torch_dtype: str(ckpt.config.torch_dtype) ?? str(ckpt.config.dtype) ?? str((ckpt.config.text_config as Record<string, unknown> | undefined)?.torch_dtype),
+      shards: [],
+      total_bytes: 0,
+      tensors: ckpt.tensors.size,
+      other_files: ckpt.otherFiles,
+      // Optional sections, declared here so that the JSON keeps this order.
+      quantized: undefined,
+      conversion: undefined,
+      scales: undefined,
+      marlin_layers: undefined,
+      problems: [],
+      verdict: '',
+      convertible: false,
+      seconds: 0,
+    };
+    for (const shard of ckpt.shards) {
+      const bytes = (await stat(join(ckpt.dir, shard))).size;
+      report.shards.push({ file: shard, bytes, tensors: ckpt.readers.get(shard)!.header.tensors.size });
+      report.total_bytes += bytes;
+    }
+
+    if (det.format === 'nvfp4') {
+      await inspectNvfp4(ckpt, det, opts, report);
+    } else if (det.format === 'marlin-fp4') {
+      const manifest = await readJsonObject(join(ckpt.dir, 'marlin_fp4_manifest.json')).catch(() => undefined);
+      const m = await inspectMarlin(ckpt, det, manifest, opts.scanScales ?? false);
+      report.marlin_layers = m.layers;
+      report.quantized = {
+        dense: m.dense.length,
+        dense_shapes: shapeCounts(m.dense),
+        moe_layers: m.moe.length,
+        moe_shapes: moeShapeCounts(m.moe),
+        ignored: m.ignored,
+      };
+      report.problems.push(...m.problems);
+      report.verdict = 'already a Marlin FP4 checkpoint: nothing to convert';
+    } else if (det.format === 'mxfp4') {
+      report.verdict = 'an MXFP4 checkpoint: marlin-fp4 converts NVFP4 only';
+    } else {
+      report.verdict = `not an NVFP4 checkpoint (${det.description}): nothing to convert`;
+    }
+    report.seconds = (performance.now() - started) / 1000;
+    return report;
+  } finally {
+    await ckpt.close();
+  }
+}
+
+async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOptions, report: InspectReport): Promise<void> {
+  const problems = report.problems;
+  if (flavour.groupSize !== 16) problems.push({ kind: 'group-size', message: `${ckpt.dir}: NVFP4 group size ${flavour.groupSize} is not 16` });
+
+  const missing: string[] = [];
+  const found: FoundLinears = findLinears(ckpt, flavour, missing);
+  problems.push(...missing.map((message) => ({ kind: 'missing' as const, message })));
+  const moe = found.groups.map((g) => moeSizes(ckpt, g));
+  report.quantized = {
+    dense: found.dense.length,
+    dense_shapes: shapeCounts(
+      found.dense.map((l) => {
+        const s = ckpt.tensors.get(l.weight)!.entry.shape;
+        return { n: s[0] ?? 0, k: 2 * (s[1] ?? 0) };
+      }),
+    ),
+    moe_layers: found.groups.length,
+    moe_shapes: moeShapeCounts(moe),
+    ignored: found.ignored,
+  };
+
+  // Activation dtype: the option, config.json, or (for the estimate only) bfloat16.
+  let dtype: ActDtype;
+  let from: Conversion['activation_dtype_from'];
+  try {
+    dtype = activationDtype(ckpt, opts.dtype);
+    from = opts.dtype ? 'option' : 'config.json';
+  } catch (e) {
+    if (!(e instanceof InputError)) throw e;
+    problems.push({ kind: 'dtype', message: e.message });
+    dtype = 'bfloat16';
+    from = 'assumed';
+  }
+
+  // What is converted (every member of a quantized linear) and what is copied.
+  const consumed = new Set<string>();
+  const all: LinearSource[] = [...found.dense, ...found.groups.flatMap((g) => g.experts.flatMap((ex) => [ex.gate, ex.up, ex.down]))];
+  for (const lin of all) lin.members.forEach((m) => consumed.add(m));
+  let convertedBytes = 0;
+  for (const name of consumed) convertedBytes += bytesOf(ckpt, name);
+  let copiedBytes = 0;
+  for (const ref of ckpt.tensors.values()) if (!consumed.has(ref.name)) copiedBytes += ref.entry.end - ref.entry.begin;
+
+  // Global scales (scalars): positive finite, equal across fused shards.
+  const ws2 = new Map<LinearSource, number>();
+  for (const lin of all) {
+    try {
+      ws2.set(lin, await readGlobalScale(ckpt, lin));
+    } catch (e) {
+      if (!(e instanceof InputError)) throw e;
+      problems.push({ kind: 'global-scale', message: e.message });
+    }
+  }
+  const denseScales = found.dense.filter((l) => ws2.has(l)).map((l) => ({ source: l, ws2: ws2.get(l)! }));
+  problems.push(...fusedGlobalMismatches(denseScales).map((message) => ({ kind: 'fused-global-scale' as const, message })));
+  for (const g of found.groups) {
+    g.experts.forEach((ex, e) => {
+      const [a, b] = [ws2.get(ex.gate), ws2.get(ex.up)];
+      if (a !== undefined && b !== undefined && a !== b) {
+        problems.push({
+          kind: 'fused-global-scale',
+          message: `${g.prefix}.${e}: gate and up projections have different global scales (${a} vs ${b}); the fused w13 stack keeps one value per expert`,
+        });
+      }
+    });
+  }
+
+  // Shape rules and the output estimate, per layout (v2 first: convert's default).
+  const layouts: LayoutEstimate[] = [];
+  for (const layout of ['v2', 'v1'] as const) {
+    const before = problems.length;
+    for (const lin of found.dense) {
+      try {
+        denseShape(ckpt, lin, layout);
+      } catch (e) {
+        if (!(e instanceof InputError)) throw e;
+        problems.push({ kind: 'shape', layout, message: e.message });
+      }
+    }
+    for (const g of found.groups) {
+      try {
+        stackShape(ckpt, g, layout);
+      } catch (e) {
+        if (!(e instanceof InputError)) throw e;
+        problems.push({ kind: 'shape', layout, message: e.message });
+      }
+    }
+    const est: LayoutEstimate = { layout, shapes_ok: problems.length === before };
+    if (est.shapes_ok) {
+      try {
+        // The same plan convert makes (padding included), without reading the block scales.
+        const plan = await planConversion(ckpt, flavour, { layout, dtype, scanScales: false });
+        const tensors = plan.shards.flatMap((s) => s.tensors);
+        est.tensors = tensors.length;
+        est.tensor_bytes = tensors.reduce((a, t) => a + tensorBytes(t), 0);
+      } catch (e) {
+        if (!(e instanceof InputError)) throw e;
+        est.unavailable = e.message;
+      }
+    } else {
+      const n = problems.length - before;
+      est.unavailable = `${n} quantized layer${n === 1 ? ' breaks' : 's break'} layout ${layout}'s shape rules`;
+    }
+    layouts.push(est);
+  }
+  report.conversion = {
+    activation_dtype: dtype,
+    activation_dtype_from: from,
+    converted: { tensors: consumed.size, bytes: convertedBytes },
+    passed_through: { tensors: ckpt.tensors.size - consumed.size, bytes: copiedBytes },
+    layouts,
+  };
+
+  if (opts.scanScales) {
+    const scan = await scanBlockScales(ckpt, found, dtype);
+    report.scales = scan.scan;
+    problems.push(...scan.problems);
+  }
+
+  const general = problems.filter((p) => p.layout === undefined && p.kind !== 'v1-bfloat16-subnormal');
+  const v2 = layouts[0]!;
+  const v1 = layouts[1]!;
+  if (all.length === 0 && missing.length === 0) {
+    report.verdict = `no NVFP4-quantized linear found (its config says ${flavour.kind} NVFP4): convert would refuse it`;
+  } else if (general.length === 0 && v2.tensor_bytes !== undefined) {
+    report.convertible = true;
+    report.verdict = `convert would accept it with --layout v2${v1.tensor_bytes !== undefined ? ' (and v1)' : ' (not v1)'}`;
+  } else if (general.length === 0 && v1.tensor_bytes !== undefined) {
+    report.verdict = 'convert would accept it only with --layout v1';
+  } else {
+    const n = problems.filter((p) => p.layout !== 'v1').length;
+    report.verdict = `convert would refuse it: ${n} problem${n === 1 ? '' : 's'}`;
+  }
+  // A dtype convert can't guess is a problem with a one-flag fix: say so rather than refuse.
+  if (from === 'assumed' && general.every((p) => p.kind === 'dtype') && v2.tensor_bytes !== undefined) {
+    report.verdict = 'convert would accept it with --dtype float16 or --dtype bfloat16 (config.json gives no torch_dtype)';
+  }
+}
