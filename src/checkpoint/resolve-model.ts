@@ -202,6 +202,18 @@ async function offlineSnapshot(repo: string, revision: string, storage: string, 
   return { dir, source: { repo, revision, commit, files: [], bytes: 0, downloaded_bytes: 0 } };
 }
 
+const NETWORK: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  ENOTFOUND: 'host not found',
+  EAI_AGAIN: 'host not found (DNS lookup failed)',
+  ETIMEDOUT: 'timed out',
+  UND_ERR_CONNECT_TIMEOUT: 'timed out',
+  ECONNRESET: 'connection broken',
+  UND_ERR_SOCKET: 'connection broken',
+  EHOSTUNREACH: 'host unreachable',
+  ENETUNREACH: 'network unreachable',
+};
+
 /** One line and the right exit code: 2 for a bad or unknown repo id, 3 for the network. */
 function hubError(e: unknown, where: string, hubUrl: string, hub: Hub): unknown {
   if (e instanceof InputError || e instanceof EnvironmentError) return e;
@@ -226,7 +238,9 @@ function hubError(e: unknown, where: string, hubUrl: string, hub: Hub): unknown 
   if (e instanceof TypeError && /repo|slash|namespace/i.test(e.message)) return new InputError(`${where}: not a valid Hub repo id (${e.message})`);
   if (e instanceof TypeError || typeof e === 'string' || err?.name === 'AbortError') {
     // fetch failed (DNS, refused, reset, TLS) or a body stream aborted mid-download.
-    const why = err?.cause?.code ?? err?.cause?.message ?? (typeof e === 'string' ? e : err?.message);
+    const code = err?.cause?.code;
+    const what = code ? NETWORK[code] : undefined;
+    const why = what ? `${what} (${code})` : (code ?? err?.cause?.message ?? (typeof e === 'string' ? e : err?.message));
     return new EnvironmentError(`${where}: cannot download from ${hubUrl}: ${why}`);
   }
   return e;

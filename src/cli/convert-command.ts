@@ -1,14 +1,16 @@
 import { Command, Option } from 'commander';
-import { convert, defaultOutputDir, type ConvertReport } from '../convert/convert.js';
+import { convert, type ConvertReport } from '../convert/convert.js';
 import type { ActDtype, DeviceChoice, LayoutVersion } from '../transform/marlin.js';
 import { bytes, seconds } from './format.js';
 import { ProgressLine } from './progress.js';
 import { parseThreads, type Output } from './output.js';
+import { resolveModelArg } from './resolve.js';
 import { verifyCheckpoint } from '../verify/verify.js';
 import { verificationFailed, verifySummary } from './verify-command.js';
 
 interface ConvertFlags {
   output?: string;
+  revision?: string;
   layout: LayoutVersion;
   dtype?: ActDtype;
   force?: boolean;
@@ -40,8 +42,9 @@ export function convertCommand(out: Output): Command {
         'The output is written into a temporary sibling directory and renamed into place only when ' +
         'everything succeeded: on any error no output directory appears.',
     )
-    .argument('<model>', 'model directory (config.json + *.safetensors)')
-    .option('-o, --output <dir>', 'output directory (default: <model>-marlin beside the model)')
+    .argument('<model>', 'model directory (config.json + *.safetensors), or a Hugging Face Hub repo id (org/name)')
+    .option('-o, --output <dir>', 'output directory (default: <model>-marlin beside the model; ./<name>-marlin for a repo id)')
+    .option('--revision <rev>', 'branch, tag or commit of a Hub repo id (default: main)')
     .addOption(new Option('--layout <version>', 'Marlin layout: v2 = current vLLM, v1 = older fp4_marlin_process_*').choices(['v1', 'v2']).default('v2'))
     .addOption(new Option('--dtype <dtype>', "activation dtype (default: config.json's torch_dtype)").choices(['float16', 'bfloat16']))
     .option('--force', 'replace the output directory if it exists')
@@ -59,14 +62,16 @@ export function convertCommand(out: Output): Command {
       'after',
       '\nExamples:\n' +
         '  $ marlin-fp4 convert ./Llama-3.1-8B-Instruct-FP4            # writes ./Llama-3.1-8B-Instruct-FP4-marlin\n' +
-        '  $ marlin-fp4 convert model/ -o out/ --layout v2 --dtype bfloat16 --json\n\n' +
+        '  $ marlin-fp4 convert model/ -o out/ --layout v2 --dtype bfloat16 --json\n' +
+        '  $ marlin-fp4 convert nvidia/Llama-3.1-8B-Instruct-FP4       # downloads into the HF cache, writes ./Llama-3.1-8B-Instruct-FP4-marlin\n\n' +
         'Exit codes: 0 ok, 1 verification failed (--verify), 2 bad input or usage, 3 environment, 4 internal error.',
     )
     .action(async (model: string, flags: ConvertFlags) => {
+      const src = await resolveModelArg(out, model, flags);
       const progress = new ProgressLine('converting', out.progressAllowed(flags));
       const report = await convert({
-        model,
-        out: flags.output ?? defaultOutputDir(model),
+        model: src.dir,
+        out: flags.output ?? src.defaultOutput,
         layout: flags.layout,
         dtype: flags.dtype,
         force: flags.force,
@@ -81,7 +86,14 @@ export function convertCommand(out: Output): Command {
         if (flags.json) out.json(report);
         return;
       }
-      const verified = await verifyCheckpoint({ dir: report.output, source: report.input, device: flags.device, threads: flags.threads });
+      const vprogress = new ProgressLine('verifying', out.progressAllowed(flags));
+      const verified = await verifyCheckpoint({
+        dir: report.output,
+        source: report.input,
+        device: flags.device,
+        threads: flags.threads,
+        onProgress: (p) => vprogress.count(p.done, p.total, `${p.stage === 'gemm' ? 'GEMM' : 'structure'} ${p.layer}`),
+      }).finally(() => vprogress.clear());
       if (!flags.json) for (const w of verified.warnings) out.warn(w);
       if (flags.json) out.json({ ...report, verify: verified });
       else if (flags.quiet) verifySummary(verified).filter((l) => l.startsWith('  ') || l.startsWith('FAIL')).forEach((l) => out.line(l));

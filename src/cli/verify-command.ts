@@ -4,9 +4,12 @@ import type { DeviceChoice } from '../transform/marlin.js';
 import { verifyCheckpoint, type LayerReport, type VerifyReport } from '../verify/verify.js';
 import { seconds } from './format.js';
 import { parseThreads, type Output } from './output.js';
+import { ProgressLine } from './progress.js';
+import { resolveModelArg } from './resolve.js';
 
 interface VerifyFlags {
   source?: string;
+  revision?: string;
   m: number[];
   tolerance?: number;
   layers: string;
@@ -104,7 +107,8 @@ export function verifyCommand(out: Output): Command {
         'GEMM on the dequantized source, on deterministic random activations.',
     )
     .argument('[converted-dir]', 'the converted checkpoint (default: the current directory)')
-    .option('--source <nvfp4-dir>', 'the NVFP4 source (default: the path recorded in marlin_fp4_manifest.json)')
+    .option('--source <nvfp4-dir>', 'the NVFP4 source, a directory or a Hugging Face Hub repo id (default: the path recorded in marlin_fp4_manifest.json)')
+    .option('--revision <rev>', 'branch, tag or commit of a Hub repo id given as --source (default: main)')
     .addOption(new Option('--m <list>', 'GEMM row counts, comma-separated').argParser(parseMs).default([1, 16, 128], '1,16,128'))
     .addOption(new Option('--tolerance <x>', 'bound on the relative Frobenius error (default: 2e-3 float16, 1e-2 bfloat16)').argParser(parseTolerance))
     .addOption(
@@ -127,22 +131,19 @@ export function verifyCommand(out: Output): Command {
         'Exit codes: 0 verified, 1 a layer failed, 2 bad input or usage, 3 environment (e.g. --device cuda without a GPU), 4 internal error.',
     )
     .action(async (dir: string | undefined, flags: VerifyFlags) => {
-      const tty = process.stderr.isTTY === true && !flags.json && !flags.quiet;
+      const source = flags.source === undefined ? undefined : (await resolveModelArg(out, flags.source, flags)).dir;
+      const progress = new ProgressLine('verifying', out.progressAllowed(flags));
       const report = await verifyCheckpoint({
         dir,
-        source: flags.source,
+        source,
         m: flags.m,
         tolerance: flags.tolerance,
         layers: flags.layers,
         experts: flags.experts,
         device: flags.device,
         threads: flags.threads,
-        onProgress: tty
-          ? (p) => process.stderr.write(`\r\x1b[2Kverifying ${p.done + 1}/${p.total} ${p.stage === 'gemm' ? 'GEMM' : 'structure'} ${p.layer}`.slice(0, (process.stderr.columns ?? 100) - 1))
-          : undefined,
-      }).finally(() => {
-        if (tty) process.stderr.write('\r\x1b[2K');
-      });
+        onProgress: (p) => progress.count(p.done, p.total, `${p.stage === 'gemm' ? 'GEMM' : 'structure'} ${p.layer}`),
+      }).finally(() => progress.clear());
       for (const w of report.warnings) if (!flags.json) out.warn(w);
       if (flags.json) out.json(report);
       else if (flags.quiet) verifySummary(report).filter((l) => l.startsWith('  ') || l.startsWith('PASS') || l.startsWith('FAIL')).forEach((l) => out.line(l));
