@@ -24,7 +24,7 @@ function table(head: string[], rows: string[][], indent = '  '): string[] {
 function estimate(e: LayoutEstimate, inputBytes: number): string {
   if (e.tensor_bytes === undefined) return `not possible: ${e.unavailable}`;
   const pct = inputBytes > 0 ? ((e.tensor_bytes - inputBytes) / inputBytes) * 100 : 0;
-  const change = Math.abs(pct) < 0.05 ? ' (as much as the input)' : ` (${pct > 0 ? '+' : ''}${pct.toFixed(1)}% vs the input)`;
+  const change = Math.abs(pct) < 0.05 ? ' (the same as the input)' : ` (${pct > 0 ? '+' : ''}${pct.toFixed(1)}% vs the input)`;
   return `${bytes(e.tensor_bytes)} of tensors, ${e.tensors} tensors${change}`;
 }
 
