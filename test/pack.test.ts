@@ -1,6 +1,6 @@
 // The published package works: `npm pack` (its `prepare` builds dist/) on a copy of the
-// repository, then `npm install <tarball>` into an empty project — offline, from the npm cache
-// that `npm ci` filled — whose `install` script builds the addon from the shipped native/
+// repository, then an install of the tarball into an empty project — offline, from the npm
+// cache that `npm ci` filled — whose `install` script builds the addon from the shipped native/
 // sources (CPU-only here: MARLIN_FP4_CUDA=OFF), then `npx marlin-fp4 --help` and a conversion
 // with the installed package, byte-identical to the repository's own.
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
@@ -49,6 +49,31 @@ function cmakeSources(): string[] {
   return [...new Set([...text.matchAll(/(?:^|[\s(])((?:src|test)\/[\w./-]+\.(?:cc|cu|cpp|c|h|cuh|hpp))\b/gm)].map((m) => m[1]!))];
 }
 
+/**
+ * An empty project depending on the tarball, with a lockfile that pins the package's runtime
+ * dependencies (not the dev ones) exactly as the repository's package-lock.json does.
+ */
+async function pinnedProject(dir: string, spec: string): Promise<void> {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as Record<string, unknown>;
+  const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean; link?: boolean }> };
+  const name = 'marlin-fp4-pack-test';
+  const packages: Record<string, unknown> = {
+    '': { name, version: '1.0.0', dependencies: { 'marlin-fp4': spec } },
+    'node_modules/marlin-fp4': {
+      version: pkg.version,
+      resolved: spec,
+      hasInstallScript: true,
+      license: pkg.license,
+      dependencies: pkg.dependencies,
+      bin: pkg.bin,
+      engines: pkg.engines,
+    },
+  };
+  for (const [path, entry] of Object.entries(lock.packages)) if (path && !entry.dev && !entry.link) packages[path] = entry;
+  await writeFile(join(dir, 'package.json'), JSON.stringify({ name, version: '1.0.0', private: true, dependencies: { 'marlin-fp4': spec } }, null, 2));
+  await writeFile(join(dir, 'package-lock.json'), JSON.stringify({ name, version: '1.0.0', lockfileVersion: 3, requires: true, packages }, null, 2));
+}
+
 describe.skipIf(!hasNpm)(`npm pack, install from the tarball, run${skipWhy}`, () => {
   let work: string;
   let tarball: string;
@@ -90,13 +115,17 @@ describe.skipIf(!hasNpm)(`npm pack, install from the tarball, run${skipWhy}`, ()
   it('installs offline into an empty project, builds the addon, and runs', async (ctx) => {
     const proj = join(work, 'project');
     await mkdir(proj);
-    await writeFile(join(proj, 'package.json'), JSON.stringify({ name: 'marlin-fp4-pack-test', version: '1.0.0', private: true }));
     const env = npmEnv({ MARLIN_FP4_CUDA: 'OFF' });
-    const args = ['install', '--no-audit', '--no-fund', '--no-package-lock', tarball];
-    let r = run('npm', [...args, '--offline'], proj, env);
+    // `npm install --offline <tarball>` resolves the dependencies' version ranges, which needs
+    // registry metadata that `npm ci` never caches (it fetches only the locked tarballs). So the
+    // empty project gets a lockfile pinning the tarball's dependencies to the repository's
+    // locked versions, and `npm ci --offline` installs them from the tarballs `npm ci` cached.
+    await pinnedProject(proj, `file:../dest/${tarball.slice(tarball.lastIndexOf('/') + 1)}`);
+    let r = run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], proj, env);
     if (r.status !== 0 && /ENOTCACHED/.test(r.stderr + r.stdout)) {
       // The cache lacks something: the registry may fill the gap, if it is reachable.
-      r = run('npm', [...args, '--prefer-offline'], proj, env);
+      // (No retries and a short timeout: an unreachable registry must not hold the suite for minutes.)
+      r = run('npm', ['install', '--prefer-offline', '--fetch-retries=0', '--fetch-timeout=20000', '--no-audit', '--no-fund', '--no-package-lock', tarball], proj, env);
       if (r.status !== 0 && /ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ETIMEDOUT|ENETUNREACH|ECONNRESET|network/i.test(r.stderr + r.stdout)) {
         const why = 'skipped: the dependencies are not all in the npm cache and the registry is unreachable (run `npm ci` online once to fill the cache)';
         console.warn(`pack test ${why}`);
