@@ -223,6 +223,9 @@ describe('errors: one line; exit 2 for a bad or unknown repo, 3 for the network'
     const r = await run(['inspect', 'llama-tiny-ct', '--revision', 'main', '--json'], {}, MODELS);
     expect(r.code).toBe(2);
     expect(r.stderr).toBe('error: --revision main: applies to a Hugging Face Hub repo id (org/name), but llama-tiny-ct is a local path\n');
+    const v = await run(['verify', join(work, 'local-out'), '--revision', 'main']);
+    expect(v.code).toBe(2);
+    expect(v.stderr).toBe('error: --revision main: applies to a Hub repo id given as --source\n');
     // "models/llama-tiny-ct" exists under fixtures/: it is read from disk, the Hub is not asked.
     hub.requests.length = 0;
     const local = await run(['inspect', 'models/llama-tiny-ct', '--json'], {}, join(MODELS, '..'));

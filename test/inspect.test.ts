@@ -188,6 +188,20 @@ describe('inspect finds every problem in one run (exit 0)', () => {
     expect(conv.stderr).toContain('block scale [3, 5] is negative');
   });
 
+  it('a malformed tensor, and one problem for a bad ignore pattern that fails every linear alike', async () => {
+    const bad = join(work, 'malformed');
+    await mutateModel(LLAMA, bad, (n, t) => (n === `${Q0}.weight` ? { ...t, dtype: 'I8' } : t));
+    const a = inspectJson([bad]);
+    expect(a.problems).toEqual([{ kind: 'malformed', message: `${join(bad, 'model.safetensors')}: tensor ${Q0}.weight: dtype I8 is not U8 (packed FP4)` }]);
+    await editJson(join(bad, 'config.json'), (c) => {
+      (c.quantization_config as Record<string, unknown>) = { quant_method: 'modelopt', quant_algo: 'NVFP4', group_size: 16, ignore: ['re:(unclosed'] };
+    });
+    await rm(join(bad, 'hf_quant_config.json'));
+    const b = inspectJson([bad]);
+    expect(b.problems).toEqual([{ kind: 'malformed', message: 'quantization config: ignore pattern "re:(unclosed" is not a valid regular expression' }]);
+    expect(b.verdict).toBe('convert would refuse it: 1 problem');
+  });
+
   it('a missing torch_dtype is a problem with a one-flag fix', async () => {
     const nodt = join(work, 'no-dtype');
     await mutateModel(LLAMA, nodt, (_n, t) => t);

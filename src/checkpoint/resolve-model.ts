@@ -45,7 +45,7 @@ export interface ResolveOptions {
   cacheDir?: string;
 }
 
-const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}\/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,95}$/;
+const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}$/;
 
 /** Whether a string has the shape of a Hub model id (`org/name`). */
 export function looksLikeRepoId(s: string): boolean {

@@ -1,5 +1,5 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { VerificationFailed } from '../errors.js';
+import { InputError, VerificationFailed } from '../errors.js';
 import type { DeviceChoice } from '../transform/marlin.js';
 import { verifyCheckpoint, type LayerReport, type VerifyReport } from '../verify/verify.js';
 import { seconds } from './format.js';
@@ -131,6 +131,7 @@ export function verifyCommand(out: Output): Command {
         'Exit codes: 0 verified, 1 a layer failed, 2 bad input or usage, 3 environment (e.g. --device cuda without a GPU), 4 internal error.',
     )
     .action(async (dir: string | undefined, flags: VerifyFlags) => {
+      if (flags.revision !== undefined && flags.source === undefined) throw new InputError(`--revision ${flags.revision}: applies to a Hub repo id given as --source`);
       const source = flags.source === undefined ? undefined : (await resolveModelArg(out, flags.source, flags)).dir;
       const progress = new ProgressLine('verifying', out.progressAllowed(flags));
       const report = await verifyCheckpoint({

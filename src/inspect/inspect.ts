@@ -26,6 +26,7 @@ export interface InspectOptions {
 export type ProblemKind =
   | 'shape'
   | 'missing'
+  | 'malformed'
   | 'global-scale'
   | 'fused-global-scale'
   | 'block-scale'
@@ -226,7 +227,8 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
 
   const missing: string[] = [];
   const found: FoundLinears = findLinears(ckpt, flavour, missing);
-  problems.push(...missing.map((message) => ({ kind: 'missing' as const, message })));
+  // (One message per distinct problem: a bad ignore pattern, say, fails every linear alike.)
+  for (const message of new Set(missing)) problems.push({ kind: /: missing \(/.test(message) ? 'missing' : 'malformed', message });
   const moe = found.groups.map((g) => moeSizes(ckpt, g));
   report.quantized = {
     dense: found.dense.length,
