@@ -4,7 +4,8 @@
 //     (cudaEvent timing, gpuBenchKernels), against a device-to-device cudaMemcpy of the same
 //     input bytes; GB/s count the bytes read plus the bytes written.
 //  2. end to end from host buffers: gpuRepackWeightStack + gpuProcessScalesStack (copies to and
-//     from the device included), against the CPU path on every core.
+//     from the device included), against the CPU path on every core; with fresh output
+//     buffers, reused ones, and (pinned) inputs and outputs page-locked with gpuPinHost.
 // Exits cleanly, saying why, where there is no usable CUDA device.
 import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
@@ -81,18 +82,26 @@ for (const [n, k] of sizes) {
   const { np, kp } = native.padShapeV2(n, k);
   const outW = Buffer.alloc((kp / 16) * 2 * np * 4);
   const outS = Buffer.alloc((kp / 16) * np);
-  const w = [[{ data: weight, n, np }]];
-  const s = [[{ data: scales, n, np }]];
+  const pinned = (src) => {
+    const b = native.gpuHostBuffer(src.length);
+    src.copy(b);
+    if (!native.gpuPinHost(b)) console.log('(gpuPinHost refused a buffer: that row is pageable)');
+    return b;
+  };
+  const pin = { weight: pinned(weight), scales: pinned(scales), outW: pinned(outW), outS: pinned(outS) };
   const sopts = { k, kp, layout: 'v2', dtype: 'bfloat16' };
-  for (const reuse of [false, true]) {
-    const o = (buf) => (reuse ? { out: buf } : {});
+  for (const mode of ['fresh', 'reused', 'pinned']) {
+    const reuse = mode !== 'fresh';
+    const w = [[{ data: mode === 'pinned' ? pin.weight : weight, n, np }]];
+    const s = [[{ data: mode === 'pinned' ? pin.scales : scales, n, np }]];
+    const o = (buf) => (reuse ? { out: mode === 'pinned' ? (buf === outW ? pin.outW : pin.outS) : buf } : {});
     const gw = await best(() => native.gpuRepackWeightStack(w, { k, kp, ...o(outW) }));
     const gs = await best(() => native.gpuProcessScalesStack(s, { ...sopts, ...o(outS) }));
     const cw = await best(() => native.repackWeightStack(w, { k, kp, ...o(outW) }));
     const cs = await best(() => native.processScalesStack(s, { ...sopts, ...o(outS) }));
     const inMB = (weight.length + scales.length) / 1e6;
     console.log(
-      `${`${n}x${k}`.padEnd(14)} ${(reuse ? 'reused' : 'fresh').padEnd(6)} ${pad(gw.toFixed(1), 10)}ms ${pad(gs.toFixed(1), 9)}ms ${pad((inMB / ((gw + gs) / 1e3)).toFixed(0), 9)} | ` +
+      `${`${n}x${k}`.padEnd(14)} ${mode.padEnd(6)} ${pad(gw.toFixed(1), 10)}ms ${pad(gs.toFixed(1), 9)}ms ${pad((inMB / ((gw + gs) / 1e3)).toFixed(0), 9)} | ` +
         `${pad(cw.toFixed(1), 9)}ms ${pad(cs.toFixed(1), 9)}ms ${pad((inMB / ((cw + cs) / 1e3)).toFixed(0), 9)}`,
     );
   }

@@ -88,6 +88,23 @@ describe('cudaStatus', () => {
   });
 });
 
+describe('pinned host memory', () => {
+  it('gpuHostBuffer gives zero-filled memory of its own pages; gpuPinHost is false without a usable device', () => {
+    const b = native.gpuHostBuffer(3 * 4096 + 5);
+    expect(b.length).toBe(3 * 4096 + 5);
+    expect(b.every((x) => x === 0)).toBe(true);
+    b.fill(7);
+    expect(native.gpuHostBuffer(0).length).toBe(0);
+    if (!gpu) {
+      expect(native.gpuPinHost(b)).toBe(false);
+      expect(native.gpuUnpinHost(b)).toBe(false);
+    }
+    const p = native.gpuProfile();
+    for (const key of ['calls', 'h2dMs', 'kernelMs', 'd2hMs', 'wallMs', 'h2dBytes', 'd2hBytes', 'pageableBytes', 'pieces', 'pinned'])
+      expect(typeof p[key as keyof typeof p]).toBe('number');
+  });
+});
+
 // vitest collects tests before beforeAll runs, so the case lists are read at import time.
 const dense: Record<string, GoldenFile> = {
   'dense_small.safetensors': await openGolden('dense_small.safetensors'),
@@ -332,6 +349,55 @@ describe.skipIf(!gpu)(title, () => {
       native.gpuSetMemoryLimit(20_000); // the same answer from a scan in slices
       expect(await rejection(native.gpuProcessScalesStack(stack, opts))).toBe(cpu);
     });
+  });
+
+  it('pinned inputs and outputs: the same bytes, pipelined, and the profile counts every byte', async () => {
+    const n = 4096;
+    const k = 8192;
+    const { np, kp } = native.padShapeV2(n, k);
+    const src = bytes((n * k) / 2, 61);
+    const sc = scaleBytes((n * k) / 16, 62);
+    const host = (from: Buffer) => {
+      const b = native.gpuHostBuffer(from.length);
+      from.copy(b);
+      return b;
+    };
+    const w = host(src);
+    const s = host(sc);
+    const outW = native.gpuHostBuffer((kp / 16) * 2 * np * 4);
+    const outS = native.gpuHostBuffer((kp / 16) * np);
+    for (const b of [w, s, outW, outS]) expect(native.gpuPinHost(b)).toBe(true);
+    expect(native.gpuPinHost(w)).toBe(false); // already pinned
+    native.gpuProfile({ enable: true, reset: true });
+    try {
+      const q = await native.gpuRepackWeightStack([[{ data: w, n, np }]], { k, kp, out: outW });
+      expect(q).toBe(outW);
+      expectBytes(q, await native.repackWeightStack([[{ data: src, n, np }]], { k, kp }), 'pinned qweight');
+      let p = native.gpuProfile();
+      expect(p.calls).toBe(1);
+      expect(p.pieces).toBeGreaterThan(2);
+      expect(p.h2dBytes).toBe(src.length);
+      expect(p.d2hBytes).toBe(outW.length);
+      expect(p.pageableBytes).toBe(0);
+      expect(p.h2dMs).toBeGreaterThan(0);
+      expect(p.kernelMs).toBeGreaterThan(0);
+      expect(p.d2hMs).toBeGreaterThan(0);
+      const opts = { k, kp, layout: 'v2', dtype: 'bfloat16' };
+      const r = await native.gpuProcessScalesStack([[{ data: s, n, np }]], { ...opts, out: outS });
+      const cpu = await native.processScalesStack([[{ data: sc, n, np }]], opts);
+      expectBytes(r.scales, cpu.scales, 'pinned scales');
+      expect([r.sf, r.zeroed]).toEqual([cpu.sf, cpu.zeroed]);
+      p = native.gpuProfile();
+      expect(p.calls).toBe(2);
+      expect(p.pageableBytes).toBe(0);
+      // Pageable memory: the same bytes, counted as pageable.
+      expectBytes(await native.gpuRepackWeightStack([[{ data: src, n, np }]], { k, kp }), outW, 'pageable qweight');
+      expect(native.gpuProfile().pageableBytes).toBe(src.length + outW.length);
+    } finally {
+      native.gpuProfile({ enable: false, reset: true });
+    }
+    for (const b of [w, s, outW, outS]) expect(native.gpuUnpinHost(b)).toBe(true);
+    expect(native.gpuUnpinHost(w)).toBe(false);
   });
 
   it('shape errors are the CPU ones', async () => {

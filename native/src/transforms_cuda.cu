@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -425,6 +427,7 @@ struct Availability {
   bool ok = false;
   std::string why;
   DeviceInfo info;
+  double probe_ms = 0;  // how long the probe took (driver initialization included)
 };
 
 int min_compiled_arch() {
@@ -502,9 +505,16 @@ Availability probe() {
 }
 
 const Availability& availability() {
-  static const Availability a = probe();
+  static const Availability a = [] {
+    const auto t0 = std::chrono::steady_clock::now();
+    Availability r = probe();
+    r.probe_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }();
   return a;
 }
+
+std::atomic<double> g_context_ms{0};  // creation of the primary context (the first require_device)
 
 cudaMemPool_t g_pool = nullptr;  // the device's default pool, when it supports stream-ordered allocation
 
@@ -512,6 +522,15 @@ cudaMemPool_t g_pool = nullptr;  // the device's default pool, when it supports 
 void require_device() {
   const Availability& a = availability();
   if (!a.ok) throw CudaError("CUDA unavailable: " + a.why);
+  static std::once_flag context_once;
+  std::call_once(context_once, [&] {
+    // The first use creates the device's primary context, which takes a while (warm_up does
+    // it early, on a pool thread); other threads wait here rather than inside the driver.
+    const auto t0 = std::chrono::steady_clock::now();
+    if (cudaSetDevice(a.info.ordinal) == cudaSuccess) (void)cudaFree(nullptr);
+    (void)cudaGetLastError();
+    g_context_ms.store(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  });
   check(cudaSetDevice(a.info.ordinal), "selecting CUDA device " + std::to_string(a.info.ordinal));
   static std::once_flag once;
   static cudaError_t pool_error = cudaSuccess;
@@ -545,7 +564,8 @@ struct Stream {
 // One device allocation per call, handed out in 256-byte aligned pieces.
 class Arena {
  public:
-  explicit Arena(cudaStream_t s) : s_(s) {}
+  explicit Arena(cudaStream_t s = nullptr) : s_(s) {}
+  void bind(cudaStream_t s) { s_ = s; }
   ~Arena() { release(); }
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -639,6 +659,194 @@ void copy_rows(void* dst, int64_t dpitch, const void* src, int64_t spitch, int64
 }
 
 void sync(cudaStream_t s, const char* what) { check(cudaStreamSynchronize(s), what); }
+
+// ---------------------------------------------------------------------------------------
+// Pinned host memory and profiling
+// ---------------------------------------------------------------------------------------
+
+std::mutex g_pin_mutex;
+std::map<uintptr_t, size_t> g_pinned;  // base -> bytes of every live pin_host registration
+
+bool host_is_pinned(const void* p, int64_t bytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(g_pin_mutex);
+  auto it = g_pinned.upper_bound(a);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return a + (uintptr_t)bytes <= it->first + it->second;
+}
+
+std::atomic<bool> g_profiling{false};
+std::mutex g_profile_mutex;
+Profile g_profile;
+
+enum class Stage { H2D, Kernel, D2H };
+
+// Brackets the stages of one host-level call with CUDA events when profiling is on (nothing
+// otherwise), and adds their elapsed times to g_profile once the call's streams are idle.
+// begin() and end() pairs do not nest: each stage is issued whole before the next begins.
+class StageTimer {
+ public:
+  StageTimer() : on_(g_profiling.load(std::memory_order_relaxed)) {
+    if (on_) t0_ = std::chrono::steady_clock::now();
+  }
+  ~StageTimer() {
+    if (open_) cudaEventDestroy(open_);
+    for (const Mark& m : marks_) {
+      cudaEventDestroy(m.a);
+      cudaEventDestroy(m.b);
+    }
+  }
+  StageTimer(const StageTimer&) = delete;
+  StageTimer& operator=(const StageTimer&) = delete;
+
+  bool on() const { return on_; }
+  void begin(cudaStream_t s) {
+    if (!on_) return;
+    open_ = record(s);
+  }
+  // bytes: what the stage moved; pageable: how much of it from or to unpinned host memory.
+  void end(cudaStream_t s, Stage st, int64_t bytes = 0, int64_t pageable = 0) {
+    if (!on_) return;
+    marks_.push_back({open_, record(s), st});
+    open_ = nullptr;
+    if (st == Stage::H2D) delta_.h2d_bytes += bytes;
+    if (st == Stage::D2H) delta_.d2h_bytes += bytes;
+    delta_.pageable_bytes += pageable;
+  }
+  void add_pieces(int64_t n) { delta_.pieces += n; }
+  // After the streams are synchronized.
+  void finish() {
+    if (!on_) return;
+    for (const Mark& m : marks_) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, m.a, m.b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        continue;
+      }
+      (m.stage == Stage::H2D ? delta_.h2d_ms : m.stage == Stage::Kernel ? delta_.kernel_ms : delta_.d2h_ms) += ms;
+    }
+    delta_.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
+    std::lock_guard<std::mutex> lock(g_profile_mutex);
+    g_profile.calls += 1;
+    g_profile.h2d_ms += delta_.h2d_ms;
+    g_profile.kernel_ms += delta_.kernel_ms;
+    g_profile.d2h_ms += delta_.d2h_ms;
+    g_profile.wall_ms += delta_.wall_ms;
+    g_profile.h2d_bytes += delta_.h2d_bytes;
+    g_profile.d2h_bytes += delta_.d2h_bytes;
+    g_profile.pageable_bytes += delta_.pageable_bytes;
+    g_profile.pieces += delta_.pieces;
+  }
+
+ private:
+  struct Mark {
+    cudaEvent_t a, b;
+    Stage stage;
+  };
+  static cudaEvent_t record(cudaStream_t s) {
+    cudaEvent_t e = nullptr;
+    check(cudaEventCreate(&e), "creating a timing event");
+    const cudaError_t r = cudaEventRecord(e, s);
+    if (r != cudaSuccess) cudaEventDestroy(e);
+    check(r, "recording a timing event");
+    return e;
+  }
+  bool on_;
+  std::chrono::steady_clock::time_point t0_;
+  cudaEvent_t open_ = nullptr;
+  std::vector<Mark> marks_;
+  Profile delta_;
+};
+
+// Whether host range [p, p + bytes) is pageable (not pinned); only asked when profiling.
+bool pageable(const StageTimer& t, const void* p, int64_t bytes) {
+  return t.on() && bytes > 0 && !host_is_pinned(p, bytes);
+}
+
+// A software pipeline over three streams, so that the upload of one piece, the kernels of the
+// piece before it and the download of the one before that run at once (the GPU has a copy
+// engine for each direction). Piece i uses set i % slots of device buffers; its upload waits
+// until the download of the piece that used the set before it is done. The destructor waits
+// for everything issued before it frees the arena, so an exception midway frees nothing in use.
+class Pipeline {
+ public:
+  static constexpr int kMaxSlots = 3;
+  Pipeline() {
+    try {
+      for (cudaStream_t* s : {&in_, &run_, &out_})
+        check(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking), "creating a CUDA stream");
+      for (int i = 0; i < kMaxSlots; ++i)
+        for (cudaEvent_t* e : {&loaded_[i], &computed_[i], &drained_[i]})
+          check(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "creating a CUDA event");
+    } catch (...) {
+      destroy();
+      throw;
+    }
+    arena_.bind(in_);  // allocated and freed in the upload stream, which every piece starts from
+  }
+  ~Pipeline() { destroy(); }
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  Arena& arena() { return arena_; }
+  cudaStream_t in() const { return in_; }
+
+  // What a stage's copies moved, for the profile.
+  struct Moved {
+    int64_t bytes = 0, pageable = 0;
+  };
+  // Issues one piece: up(stream) enqueues its uploads, run(stream) its kernels, down(stream)
+  // its downloads, each on its own stream, ordered by events; up and down return a Moved.
+  template <typename Up, typename Run, typename Down>
+  void piece(int slot, StageTimer& t, Up&& up, Run&& run, Down&& down) {
+    if (used_[slot]) check(cudaStreamWaitEvent(in_, drained_[slot], 0), "ordering the pipeline");
+    used_[slot] = true;
+    t.begin(in_);
+    const Moved a = up(in_);
+    t.end(in_, Stage::H2D, a.bytes, a.pageable);
+    check(cudaEventRecord(loaded_[slot], in_), "ordering the pipeline");
+    check(cudaStreamWaitEvent(run_, loaded_[slot], 0), "ordering the pipeline");
+    t.begin(run_);
+    run(run_);
+    t.end(run_, Stage::Kernel);
+    check(cudaEventRecord(computed_[slot], run_), "ordering the pipeline");
+    check(cudaStreamWaitEvent(out_, computed_[slot], 0), "ordering the pipeline");
+    t.begin(out_);
+    const Moved b = down(out_);
+    t.end(out_, Stage::D2H, b.bytes, b.pageable);
+    check(cudaEventRecord(drained_[slot], out_), "ordering the pipeline");
+  }
+
+  void sync(const char* what) {
+    for (cudaStream_t s : {in_, run_, out_}) check(cudaStreamSynchronize(s), what);
+  }
+
+ private:
+  void destroy() {
+    for (cudaStream_t s : {in_, run_, out_})
+      if (s) cudaStreamSynchronize(s);
+    if (in_) {
+      arena_.release();
+      cudaStreamSynchronize(in_);
+    }
+    for (int i = 0; i < kMaxSlots; ++i)
+      for (cudaEvent_t* e : {&loaded_[i], &computed_[i], &drained_[i]})
+        if (*e) {
+          cudaEventDestroy(*e);
+          *e = nullptr;
+        }
+    for (cudaStream_t* s : {&in_, &run_, &out_})
+      if (*s) {
+        cudaStreamDestroy(*s);
+        *s = nullptr;
+      }
+  }
+  cudaStream_t in_ = nullptr, run_ = nullptr, out_ = nullptr;
+  cudaEvent_t loaded_[kMaxSlots] = {}, computed_[kMaxSlots] = {}, drained_[kMaxSlots] = {};
+  bool used_[kMaxSlots] = {};
+  Arena arena_;
+};
 
 dim3 tile_grid(int64_t chunks, int64_t tiles, int64_t experts) {
   if (chunks * tiles > kMaxGridX) throw CudaError("tensor too large for one launch");
@@ -765,6 +973,66 @@ const char* compiled_archs() {
 
 void set_memory_limit(int64_t bytes) { g_memory_limit.store(bytes < 0 ? 0 : bytes); }
 
+bool pin_host(void* data, size_t bytes) {
+  if (!data || bytes == 0 || !availability().ok) return false;
+  const auto t0 = std::chrono::steady_clock::now();
+  bool ok = false;
+  try {
+    require_device();
+    const cudaError_t e = cudaHostRegister(data, bytes, cudaHostRegisterPortable);
+    if (e == cudaSuccess) {
+      std::lock_guard<std::mutex> lock(g_pin_mutex);
+      g_pinned[reinterpret_cast<uintptr_t>(data)] = bytes;
+      ok = true;
+    } else {
+      (void)cudaGetLastError();
+    }
+  } catch (const CudaError&) {
+  }
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::lock_guard<std::mutex> lock(g_profile_mutex);
+  if (ok) {
+    g_profile.pinned += 1;
+    g_profile.pinned_bytes += (int64_t)bytes;
+  } else {
+    g_profile.pin_failures += 1;
+  }
+  g_profile.pin_ms += ms;
+  return ok;
+}
+
+bool unpin_host(void* data) {
+  {
+    std::lock_guard<std::mutex> lock(g_pin_mutex);
+    if (!g_pinned.erase(reinterpret_cast<uintptr_t>(data))) return false;
+  }
+  const cudaError_t e = cudaHostUnregister(data);
+  if (e != cudaSuccess) (void)cudaGetLastError();
+  return e == cudaSuccess;
+}
+
+void set_profiling(bool on, bool reset) {
+  std::lock_guard<std::mutex> lock(g_profile_mutex);
+  if (reset) g_profile = Profile{};
+  g_profiling.store(on);
+}
+
+bool profiling() { return g_profiling.load(); }
+
+Profile profile() {
+  std::lock_guard<std::mutex> lock(g_profile_mutex);
+  Profile p = g_profile;
+  p.probe_ms = availability().probe_ms;
+  p.context_ms = g_context_ms.load();
+  return p;
+}
+
+bool warm_up() {
+  if (!availability().ok) return false;
+  require_device();
+  return true;
+}
+
 namespace {
 
 // Per-part byte offsets of one expert's source slice: part p holds n_p rows of `row_bytes`.
@@ -822,38 +1090,128 @@ void run_repack_stack(const HostStack& experts, int64_t k, int64_t kp, uint32_t*
   resolve_rows(kp, 1, row_begin, row_end);
   if (row_begin == row_end) return;
   require_device();
+  StageTimer timer;
   const int64_t E = (int64_t)experts.size(), rows = row_end - row_begin, g = k / kGroup;
   std::vector<int64_t> word_off;
-  int64_t row_words = 0;
+  int64_t row_words = 0, max_np = 0;
   for (const HostPart& p : parts) {
     word_off.push_back(row_words);
     row_words += 2 * p.np;
+    max_np = std::max(max_np, p.np);
   }
   const int64_t slab = rows * row_words;  // words per expert in dst
-  Stream stream;
-  Arena arena(stream.s);
-  auto bytes = [&](int64_t ne, int64_t nr) {
-    return ne * source_layout(parts, 8 * std::min(nr, g)).expert_bytes + align_up(ne * nr * row_words * 4);
+
+  // Pieces: ne experts x nr output rows x (one part's) c columns. Output rows depend only on
+  // their own K-block columns of the source, and output columns only on the same source rows,
+  // so a piece reads rows [n0, n0 + c) of one part (contiguous when nr covers K) and writes a
+  // column block of the output rows. About kPieceBytes of output each, so that a big tensor
+  // becomes several pieces whose copies and kernels overlap; small experts are grouped.
+  constexpr int64_t kPieceBytes = 4 << 20;
+  const int64_t expert_out = rows * 8 * max_np;
+  const int64_t group = std::min<int64_t>(E, std::max<int64_t>(1, kPieceBytes / std::max<int64_t>(1, expert_out)));
+  auto count_pieces = [&](int64_t ne, int64_t nr, int64_t c) {
+    int64_t blocks = 0;
+    for (const HostPart& p : parts) blocks += ceil_div(p.np, c);
+    return ceil_div(E, ne) * ceil_div(rows, nr) * blocks;
   };
-  const Piece pc = plan_pieces(arena, stream.s, E, rows, kRepackRows, bytes, "the weight");
-  uint8_t* din = arena.take<uint8_t>(pc.experts * source_layout(parts, 8 * std::min(pc.rows, g)).expert_bytes);
-  uint32_t* dout = arena.take<uint32_t>(pc.experts * pc.rows * row_words * 4);
+  int max_slots = Pipeline::kMaxSlots;
+  auto slots = [&](int64_t ne, int64_t nr, int64_t c) {
+    return (int)std::min<int64_t>(max_slots, count_pieces(ne, nr, c));
+  };
+  auto in_bytes = [&](int64_t ne, int64_t nr, int64_t c) { return ne * align_up(c * 8 * std::min(nr, g)); };
+  auto out_bytes = [&](int64_t ne, int64_t nr, int64_t c) { return align_up(ne * nr * 8 * c); };
+
+  // The largest pieces whose buffers fit in one allocation: fewer experts first, then
+  // narrower column blocks (uploads stay contiguous), then fewer rows (in multiples of 16),
+  // and at last one set of buffers (no overlap).
+  Pipeline pl;
+  int64_t pe = group, pr = rows;
+  int64_t c = std::min(max_np, std::max<int64_t>(kTileN, kPieceBytes / (8 * pe * pr) / kTileN * kTileN));
+  for (bool trimmed = false;;) {
+    const int64_t b = slots(pe, pr, c) * (in_bytes(pe, pr, c) + out_bytes(pe, pr, c));
+    if (pl.arena().reserve(b)) break;
+    if (!trimmed && g_memory_limit.load() == 0) {
+      // Memory cached by the pool (freed by earlier calls) may be what is missing.
+      cudaStreamSynchronize(pl.in());
+      if (g_pool) cudaMemPoolTrimTo(g_pool, 0);
+      trimmed = true;
+    } else if (pe > 1) {
+      pe = (pe + 1) / 2;
+    } else if (c > kTileN) {
+      c = round_up((c + 1) / 2, kTileN);
+    } else if (pr > kRepackRows) {
+      pr = round_up((pr + 1) / 2, kRepackRows);
+    } else if (max_slots > 1) {
+      max_slots = 1;
+    } else {
+      throw CudaError("CUDA out of memory allocating " + mb(b) + " MB for the weight (already sliced to one expert, " +
+                      std::to_string(kTileN) + " columns and " + std::to_string(pr) + " K-blocks)");
+    }
+  }
+  const Piece pc{pe, pr};
+  const int S = slots(pe, pr, c);
+  uint8_t* din[Pipeline::kMaxSlots];
+  uint32_t* dout[Pipeline::kMaxSlots];
+  for (int i = 0; i < S; ++i) {
+    din[i] = pl.arena().take<uint8_t>(in_bytes(pe, pr, c));
+    dout[i] = pl.arena().take<uint32_t>(out_bytes(pe, pr, c));
+  }
+  int64_t issued = 0;
   for (int64_t e0 = 0; e0 < E; e0 += pc.experts) {
     const int64_t ne = std::min(pc.experts, E - e0);
     for (int64_t d0 = 0; d0 < rows; d0 += pc.rows) {
       const int64_t nr = std::min(pc.rows, rows - d0), r0 = row_begin + d0;  // r0: row of the whole tensor
       const int64_t w = std::max<int64_t>(0, std::min(r0 + nr, g) - r0);  // K-blocks with data
-      const SourceLayout l = source_layout(parts, 8 * w);
-      upload_parts(experts, e0, ne, 8 * r0, 8 * w, k / 2, l, din, stream.s, "the weight");
       for (size_t p = 0; p < parts.size(); ++p) {
-        const DevPart dp{din + l.offset[p], l.expert_bytes, 8 * w, parts[p].n, parts[p].np};
-        launch_repack(dp, ne, nr, w, dout + word_off[p], row_words, nr * row_words, stream.s);
+        for (int64_t n0 = 0; n0 < parts[p].np; n0 += c) {
+          const int64_t cp = std::min(c, parts[p].np - n0);                  // columns (a multiple of 64)
+          const int64_t nreal = std::clamp<int64_t>(parts[p].n - n0, 0, cp);  // of them, rows of the source
+          const int64_t stride = align_up(cp * 8 * w);                       // device bytes per expert
+          const int slot = (int)(issued++ % S);
+          uint8_t* const in = din[slot];
+          uint32_t* const out = dout[slot];
+          pl.piece(
+              slot, timer,
+              [&](cudaStream_t st) {
+                Pipeline::Moved m;
+                if (nreal == 0 || w == 0) return m;
+                for (int64_t e = 0; e < ne; ++e) {
+                  const uint8_t* src = experts[e0 + e][p].data + n0 * (k / 2) + 8 * r0;
+                  copy_rows(in + e * stride, 8 * w, src, k / 2, 8 * w, nreal, cudaMemcpyHostToDevice, st, "the weight");
+                  m.bytes += nreal * 8 * w;
+                  if (pageable(timer, src, (nreal - 1) * (k / 2) + 8 * w)) m.pageable += nreal * 8 * w;
+                }
+                return m;
+              },
+              [&](cudaStream_t st) {
+                const DevPart dp{in, stride, 8 * w, nreal, cp};
+                launch_repack(dp, ne, nr, w, out, 2 * cp, nr * 2 * cp, st);
+              },
+              [&](cudaStream_t st) {
+                Pipeline::Moved m;
+                if (2 * cp == row_words) {  // the whole width: one copy (contiguous when nr covers the rows)
+                  uint32_t* to = dst + e0 * slab + d0 * row_words;
+                  copy_rows(to, slab * 4, out, nr * row_words * 4, nr * row_words * 4, ne, cudaMemcpyDeviceToHost, st,
+                            "the packed weight");
+                  if (pageable(timer, to, ((ne - 1) * slab + nr * row_words) * 4)) m.pageable += ne * nr * row_words * 4;
+                } else {
+                  for (int64_t e = 0; e < ne; ++e) {
+                    uint32_t* to = dst + (e0 + e) * slab + d0 * row_words + word_off[p] + 2 * n0;
+                    copy_rows(to, row_words * 4, out + e * nr * 2 * cp, 8 * cp, 8 * cp, nr, cudaMemcpyDeviceToHost, st,
+                              "the packed weight");
+                    if (pageable(timer, to, ((nr - 1) * row_words + 2 * cp) * 4)) m.pageable += nr * 8 * cp;
+                  }
+                }
+                m.bytes = ne * nr * 8 * cp;
+                return m;
+              });
+        }
       }
-      copy_rows(dst + e0 * slab + d0 * row_words, slab * 4, dout, nr * row_words * 4, nr * row_words * 4, ne,
-                cudaMemcpyDeviceToHost, stream.s, "the packed weight");
     }
   }
-  sync(stream.s, "repacking the weight");
+  pl.sync("repacking the weight");
+  timer.add_pieces(issued);
+  timer.finish();
 }
 
 ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp, Layout layout, ActDtype dt,
@@ -868,6 +1226,7 @@ ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp,
   result.sf = has_sf ? sf : 1.0f;
   if (row_begin == row_end && !scan) return result;
   require_device();
+  StageTimer timer;
   const int64_t E = (int64_t)experts.size(), rows = row_end - row_begin, g = k / kGroup;
   const int64_t all_rows = kp / kGroup;
   std::vector<int64_t> col_off, key_off;
@@ -892,6 +1251,18 @@ ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp,
   uint8_t* dout = arena.take<uint8_t>(pc.experts * pc.rows * total_np);
   // The scan's upload serves pass 2 when one piece holds everything.
   const bool whole = scan && pc.experts == E && pc.rows >= all_rows && rows == all_rows;
+  // Groups [r0, r0 + w) of every part of experts [e0, e0 + ne), timed as one upload.
+  auto upload = [&](int64_t e0, int64_t ne, int64_t r0, int64_t w, const SourceLayout& l) {
+    timer.begin(stream.s);
+    upload_parts(experts, e0, ne, r0, w, g, l, din, stream.s, "the block scales");
+    int64_t moved = 0, slow = 0;
+    for (int64_t e = 0; timer.on() && e < ne; ++e)
+      for (const HostPart& hp : experts[e0 + e]) {
+        moved += hp.n * w;
+        if (pageable(timer, hp.data, hp.n * g)) slow += hp.n * w;
+      }
+    timer.end(stream.s, Stage::H2D, moved, slow);
+  };
 
   // Pass 1: validate and count every scale of the stack (sf spans all experts and rows).
   launch_reset_stats(stats, stream.s);
@@ -902,16 +1273,22 @@ ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp,
       const int64_t w = std::max<int64_t>(0, std::min(r0 + nr, g) - r0);
       if (w == 0) continue;
       const SourceLayout l = source_layout(parts, w);
-      upload_parts(experts, e0, ne, r0, w, g, l, din, stream.s, "the block scales");
+      upload(e0, ne, r0, w, l);
+      timer.begin(stream.s);
       for (size_t p = 0; p < parts.size(); ++p) {
         const DevPart dp{din + l.offset[p], l.expert_bytes, w, parts[p].n, parts[p].np};
         launch_scan(dp, ne, w, ScanKey{e0, key_expert, key_off[p], g, r0}, stats, stream.s);
       }
+      timer.end(stream.s, Stage::Kernel);
     }
   }
+  timer.begin(stream.s);
   launch_finalize(stats, layout, dt, has_sf, sf, stream.s);
+  timer.end(stream.s, Stage::Kernel);
   DeviceScaleStats host;
+  timer.begin(stream.s);
   check(cudaMemcpyAsync(&host, stats, sizeof host, cudaMemcpyDeviceToHost, stream.s), "reading the scale statistics");
+  timer.end(stream.s, Stage::D2H);  // a few KB of statistics, not counted as data
   sync(stream.s, "scanning the block scales");
 
   if (host.bad_key != ~0ull) {
@@ -940,16 +1317,23 @@ ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp,
       const int64_t nr = std::min(pc.rows, rows - d0), r0 = row_begin + d0;
       const int64_t w = std::max<int64_t>(0, std::min(r0 + nr, g) - r0);
       const SourceLayout l = source_layout(parts, w);
-      if (!whole) upload_parts(experts, e0, ne, r0, w, g, l, din, stream.s, "the block scales");
+      if (!whole) upload(e0, ne, r0, w, l);
+      timer.begin(stream.s);
       for (size_t p = 0; p < parts.size(); ++p) {
         const DevPart dp{din + l.offset[p], l.expert_bytes, w, parts[p].n, parts[p].np};
         launch_scales(dp, ne, nr, w, layout, stats, dout + u * col_off[p], u * total_np, nr * total_np, stream.s);
       }
-      copy_rows(dst + e0 * slab + d0 * total_np, slab, dout, nr * total_np, nr * total_np, ne, cudaMemcpyDeviceToHost,
-                stream.s, "the processed scales");
+      timer.end(stream.s, Stage::Kernel);
+      uint8_t* to = dst + e0 * slab + d0 * total_np;
+      timer.begin(stream.s);
+      copy_rows(to, slab, dout, nr * total_np, nr * total_np, ne, cudaMemcpyDeviceToHost, stream.s,
+                "the processed scales");
+      timer.end(stream.s, Stage::D2H, ne * nr * total_np,
+                pageable(timer, to, (ne - 1) * slab + nr * total_np) ? ne * nr * total_np : 0);
     }
   }
   sync(stream.s, "processing the block scales");
+  timer.finish();
   return result;
 }
 

@@ -45,6 +45,38 @@ const char* compiled_archs();
 // out of memory, which exercises the sliced path on small tensors. 0 = no limit.
 void set_memory_limit(int64_t bytes);
 
+// Page-locked host memory. pin_host registers [data, data + bytes) with the driver (portable
+// to every context), so that copies from and to it are DMA transfers that run asynchronously
+// at full link speed instead of being staged through the driver's own pinned buffers.
+// false when CUDA is unusable or the driver refuses (already registered, overlapping another
+// registration, out of lockable memory): the memory then stays pageable, which is slower
+// but still correct. unpin_host undoes a pin_host of that same `data` (false if none).
+bool pin_host(void* data, size_t bytes);
+bool unpin_host(void* data);
+
+// Opt-in timing of the host-level calls below (run_repack_stack, run_scales_stack): when on,
+// every copy and kernel launch is bracketed by CUDA events and the elapsed times are summed
+// over all calls (from every thread). Off by default (no events are created).
+struct Profile {
+  int64_t calls = 0;
+  double h2d_ms = 0, kernel_ms = 0, d2h_ms = 0;  // summed stream time of each stage
+  double wall_ms = 0;                             // summed host time inside the calls
+  int64_t h2d_bytes = 0, d2h_bytes = 0;
+  int64_t pageable_bytes = 0;  // of those, bytes from or to host memory that was not pinned
+  int64_t pieces = 0;          // pipelined pieces (repack)
+  int64_t pinned = 0, pinned_bytes = 0, pin_failures = 0;  // pin_host calls (counted even when off)
+  double pin_ms = 0;
+  double probe_ms = 0;    // cuda_available's probe of the driver and device (once per process)
+  double context_ms = 0;  // creation of the device's primary context (once per process)
+};
+void set_profiling(bool on, bool reset);
+bool profiling();
+Profile profile();
+
+// Creates the device's primary context now (it takes a while: best started early, on a
+// worker thread, beside other work). false without a usable device; throws CudaError.
+bool warm_up();
+
 struct HostPart {
   const uint8_t* data;  // weight U8 [n, k/2] or block scales F8_E4M3 [n, k/16]
   int64_t n;
@@ -55,7 +87,11 @@ using HostStack = std::vector<std::vector<HostPart>>;
 
 // Marlin words of every expert: I32 [E, kp/16, 2*sum(np)] written to dst (host). With a row
 // range, only output rows [row_begin, row_end) of every expert, the first at dst (as the CPU's
-// repack_weight row range).
+// repack_weight row range). Pipelined: the tensor goes in pieces of about 4 MB of output
+// (column blocks of one part, or groups of small experts) over three streams, so that the
+// upload of one piece, the kernel of the previous one and the download of the one before
+// that overlap. They only overlap when the source and dst are pinned (pin_host): copies from
+// or to pageable memory are synchronous.
 void run_repack_stack(const HostStack& experts, int64_t k, int64_t kp, uint32_t* dst, int64_t row_begin = 0,
                       int64_t row_end = -1);
 

@@ -48,6 +48,52 @@ export interface NativeAddon {
   gpuBenchKernels(n: number, k: number, reps?: number): GpuKernelBench;
   /** Testing hook: device allocations above `bytes` count as out of memory (0 = no limit). */
   gpuSetMemoryLimit(bytes: number): void;
+  /**
+   * A buffer of its own memory pages (page-aligned, shared with no other allocation), for
+   * gpuPinHost; freed, and unpinned if still pinned, when collected.
+   */
+  gpuHostBuffer(size: number): Buffer;
+  /**
+   * Page-locks the buffer's bytes so that GPU calls copy from and to it by DMA (async, full
+   * speed). false without a usable CUDA device or when the driver refuses (the buffer then
+   * stays pageable: slower, still correct). Costs about as much as touching every page.
+   */
+  gpuPinHost(buffer: Uint8Array): boolean;
+  /** Undoes gpuPinHost of that buffer (false if it was not pinned); no GPU call may be using it. */
+  gpuUnpinHost(buffer: Uint8Array): boolean;
+  /** Profile of the GPU calls (opt-in: {enable: true}); pinning counts are kept always. */
+  gpuProfile(opts?: { enable?: boolean; reset?: boolean }): GpuProfile;
+  /**
+   * Creates the CUDA context on a pool thread (it takes a while), so that it overlaps what
+   * comes next; false without a usable device.
+   */
+  gpuWarmup(): Promise<boolean>;
+}
+
+/**
+ * Summed over the gpuRepackWeightStack / gpuProcessScalesStack calls made while profiling:
+ * CUDA-event times of each stage (stream time: a copy waiting for a busy copy engine counts),
+ * host time inside the calls, and bytes moved (pageableBytes: from or to unpinned memory).
+ */
+export interface GpuProfile {
+  enabled: boolean;
+  calls: number;
+  h2dMs: number;
+  kernelMs: number;
+  d2hMs: number;
+  wallMs: number;
+  h2dBytes: number;
+  d2hBytes: number;
+  pageableBytes: number;
+  pieces: number;
+  pinned: number;
+  pinnedBytes: number;
+  pinFailures: number;
+  pinMs: number;
+  /** The driver and device probe behind cudaStatus(), once per process. */
+  probeMs: number;
+  /** Creation of the device's primary context, once per process (see gpuWarmup). */
+  contextMs: number;
 }
 
 /** What the addon knows about CUDA. Without a usable device, `reason` says why. */
