@@ -1,7 +1,9 @@
 // Convert vs copy: time `marlin-fp4 convert` of a generated NVFP4 checkpoint against `cp -r`
 // of the same directory, in the same run, both with a warm page cache.
 // Usage: npm run build && node bench/convert.mjs [--preset llama-8b] [--shards 4] [--reps 3]
-//        [--variants="--device cpu;--device cuda"]   (convert options per variant, ";"-separated)
+//        [--variants="--device cpu;--device cuda"]   (convert options per variant, ";"-separated;
+//        leading NAME=value words set environment variables for that variant's runs, e.g.
+//        "MARLIN_FP4_SHARDS_AT_ONCE=4 --device cuda")
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir, availableParallelism } from 'node:os';
@@ -43,10 +45,10 @@ function resetState(outputs) {
 // Each command starts with no dirty pages of the other's pending (sync first), and is timed
 // both as it returns and until its data reached the disk (sync included): writeback of
 // several GB dominates on a slow disk, and it must not leak into the next command's time.
-function timed(cmd, args) {
+function timed(cmd, args, env = {}) {
   execFileSync('sync');
   const t0 = performance.now();
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status})`);
   const t1 = performance.now();
   execFileSync('sync');
@@ -55,6 +57,9 @@ function timed(cmd, args) {
 
 const reps = Number(values.reps);
 const variants = (values.variants || '').split(';').map((v) => v.trim().split(/\s+/).filter(Boolean));
+const isEnv = (w) => /^[A-Za-z_][A-Za-z0-9_]*=/.test(w);
+const envOf = (words) => Object.fromEntries(words.filter(isEnv).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)]));
+const argsOf = (words) => words.filter((w) => !isEnv(w));
 const a = join(work, 'copy');
 const b = join(work, 'converted');
 const cpTimes = [];
@@ -64,7 +69,10 @@ for (let i = 0; i < reps; i++) {
   cpTimes.push(timed('cp', ['-r', model, a]));
   for (const [v, extra] of variants.entries()) {
     resetState([a, b]);
-    convTimes[v].push(timed(process.execPath, [bin, 'convert', model, '-o', b, '-q', ...extra]));
+    const profiling = process.env.MARLIN_FP4_PROFILE === '1';
+    if (profiling) process.stderr.write(`[bench] run ${i + 1}: convert ${extra.join(' ')}\n`);
+    convTimes[v].push(timed(process.execPath, [bin, 'convert', model, '-o', b, '-q', ...argsOf(extra)], envOf(extra)));
+    if (profiling) process.stderr.write(`[bench] run ${i + 1}: ${convTimes[v].at(-1)[0].toFixed(2)} s (with sync ${convTimes[v].at(-1)[1].toFixed(2)} s)\n`);
   }
 }
 resetState([a, b]);

@@ -19,6 +19,7 @@ import {
   type RowSlice,
 } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
+import { timed } from './profile.js';
 
 // Chunks small enough to be written while still in the CPU cache: on the machines measured,
 // writing from a cache-hot 1-4 MiB buffer is several times faster than from a large one.
@@ -65,7 +66,7 @@ async function relabel<T>(ctx: ProduceContext, run: () => Promise<T>): Promise<T
 async function read(ctx: ProduceContext, name: string): Promise<Buffer> {
   const e = ctx.ckpt.tensors.get(name)!.entry;
   const b = ctx.pool.take(e.end - e.begin);
-  await readTensorInto(ctx.ckpt, name, 0, b);
+  await timed('read', readTensorInto(ctx.ckpt, name, 0, b));
   ctx.onInput(b.length);
   return b;
 }
@@ -90,7 +91,7 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
       const size = e.end - e.begin;
       for (let off = 0; off < size; off += COPY_CHUNK) {
         const chunk = ctx.pool.take(Math.min(COPY_CHUNK, size - off));
-        await readTensorInto(ctx.ckpt, p.tensor, off, chunk);
+        await timed('read', readTensorInto(ctx.ckpt, p.tensor, off, chunk));
         ctx.onInput(chunk.length);
         await emit(chunk, () => ctx.pool.give(chunk));
       }
@@ -168,7 +169,7 @@ async function emitWeight(ctx: ProduceContext, name: string, parts: Buffer[], sh
   const backend = ctx.backend;
   for (const rows of slicesFor(ctx, shape.kp / 16, packedWeightBytes(shape, parts.length, 1), 1)) {
     const out = ctx.pool.take(packedWeightBytes(shape, parts.length, rows.rowEnd - rows.rowBegin));
-    await relabel(ctx, () => repackWeightStack(name, [parts], shape, { out, rows, backend }));
+    await timed('transform', relabel(ctx, () => repackWeightStack(name, [parts], shape, { out, rows, backend })));
     await emitInChunks(out, emit, () => ctx.pool.give(out));
   }
 }
@@ -196,8 +197,9 @@ async function emitScales(ctx: ProduceContext, name: string, parts: Buffer[], sh
   const backend = ctx.backend;
   for (const rows of slicesFor(ctx, shape.kp / 16, processedScaleBytes(shape, parts.length, 1), step)) {
     const out = ctx.pool.take(processedScaleBytes(shape, parts.length, rows.rowEnd - rows.rowBegin));
-    await relabel(ctx, () =>
-      processScalesStack(name, [parts], shape, { layout: ctx.layout, dtype: ctx.dtype, sf, out, rows, backend }),
+    await timed(
+      'transform',
+      relabel(ctx, () => processScalesStack(name, [parts], shape, { layout: ctx.layout, dtype: ctx.dtype, sf, out, rows, backend })),
     );
     await emitInChunks(out, emit, () => ctx.pool.give(out));
   }

@@ -9,6 +9,7 @@ import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { LayerRecord } from './metadata.js';
 import { produce } from './produce.js';
+import { timed } from './profile.js';
 
 export interface ShardJob {
   ckpt: Checkpoint;
@@ -46,8 +47,8 @@ export async function writeShard(job: ShardJob): Promise<void> {
         onInput: (n: number) => job.onInput(n, t.name),
       };
       await produce(ctx, t, async (chunk, release) => {
-        await pending;
-        pending = writer.write(t.name, chunk).then(release);
+        await timed('writeWait', pending);
+        pending = timed('write', writer.write(t.name, chunk)).then(release);
         pending.catch(() => {}); // surfaced by the next await of `pending`
       });
     }

@@ -24,7 +24,13 @@ function heavy(backend: Backend = 'cpu') {
 export function resolveBackend(choice: DeviceChoice): Backend {
   if (choice === 'cpu') return 'cpu';
   const st = addon().cudaStatus();
-  if (st.available) return 'cuda';
+  if (st.available) {
+    // Context creation takes a while: start it now, beside whatever the caller does next.
+    addon()
+      .gpuWarmup()
+      .catch(() => {}); // the first GPU call reports any failure
+    return 'cuda';
+  }
   if (choice === 'cuda') throw new EnvironmentError(`--device cuda: no usable CUDA device (${st.reason ?? 'unknown reason'})`);
   return 'cpu';
 }

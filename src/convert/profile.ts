@@ -1,0 +1,68 @@
+// Opt-in time breakdown of convert (MARLIN_FP4_PROFILE=1): where the seconds went, printed to
+// stderr once the output is in place. Off by default, and then free: timed() hands back the
+// promise it was given, and nothing is counted or printed.
+import { addon } from '../transform/addon.js';
+import type { Backend } from '../transform/marlin.js';
+
+export const PROFILE = process.env.MARLIN_FP4_PROFILE === '1';
+
+type Phase = 'plan' | 'read' | 'transform' | 'write' | 'writeWait';
+const spent: Record<Phase, number> = { plan: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
+const allocated = { buffers: 0, bytes: 0 };
+
+/** Adds the time until `p` settles to `phase` (milliseconds, summed over concurrent shards). */
+export function timed<T>(phase: Phase, p: Promise<T>): Promise<T> {
+  if (!PROFILE) return p;
+  const t0 = performance.now();
+  return p.finally(() => {
+    spent[phase] += performance.now() - t0;
+  });
+}
+
+/** A buffer the pool had to allocate (not reuse). */
+export function noteAllocation(bytes: number): void {
+  if (!PROFILE) return;
+  allocated.buffers++;
+  allocated.bytes += bytes;
+}
+
+/** Resets the counts and, for the GPU, turns on the CUDA-event timing of the addon's calls. */
+export function startProfile(backend: Backend): void {
+  if (!PROFILE) return;
+  for (const k of Object.keys(spent) as Phase[]) spent[k] = 0;
+  allocated.buffers = allocated.bytes = 0;
+  if (backend === 'cuda') addon().gpuProfile({ enable: true, reset: true });
+}
+
+const s = (ms: number) => `${(ms / 1e3).toFixed(3).padStart(8)} s`;
+const gb = (bytes: number) => `${(bytes / 1e9).toFixed(2)} GB`;
+
+/** The breakdown, on stderr. totalMs: the whole convert(); lanes: shards converted at once. */
+export function reportProfile(backend: Backend, totalMs: number, lanes: number): void {
+  if (!PROFILE) return;
+  const lines = [
+    `profile (MARLIN_FP4_PROFILE=1), --device ${backend}; read/transform/write times are summed over the ${lanes} shards converted at once:`,
+    `  plan (scale pre-pass)      ${s(spent.plan)}`,
+    `  reading tensors            ${s(spent.read)}`,
+    `  transform calls            ${s(spent.transform)}`,
+  ];
+  if (backend === 'cuda') {
+    const g = addon().gpuProfile({ enable: false });
+    lines.push(
+      `    inside GPU calls (CUDA events, summed stream time; stages overlap): ${g.calls} calls, ${g.pieces} pipelined pieces`,
+      `      host -> device           ${s(g.h2dMs)}  ${gb(g.h2dBytes)}  (${(g.h2dBytes / 1e6 / Math.max(g.h2dMs, 1e-9)).toFixed(1)} GB/s)`,
+      `      kernels                  ${s(g.kernelMs)}`,
+      `      device -> host           ${s(g.d2hMs)}  ${gb(g.d2hBytes)}  (${(g.d2hBytes / 1e6 / Math.max(g.d2hMs, 1e-9)).toFixed(1)} GB/s)`,
+      `      host time in the calls   ${s(g.wallMs)}`,
+      `      pageable (unpinned) bytes copied: ${gb(g.pageableBytes)}; pinned ${g.pinned} buffers (${gb(g.pinnedBytes)}) in ${(g.pinMs / 1e3).toFixed(3)} s, ${g.pinFailures} refused`,
+      `    CUDA probe (before planning) ${s(g.probeMs)}; context creation ${s(g.contextMs)} (started with the probe, beside planning)`,
+    );
+  }
+  lines.push(
+    `  writing (write calls)      ${s(spent.write)}`,
+    `  waiting for writes         ${s(spent.writeWait)}`,
+    `  buffers allocated: ${allocated.buffers} (${gb(allocated.bytes)})`,
+    `  total                      ${s(totalMs)}`,
+  );
+  process.stderr.write(lines.join('\n') + '\n');
+}
