@@ -15,56 +15,18 @@
 
 #include "addon_gemm.h"
 #include "parallel.h"
+#include "napi_args.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
 #include "transforms_cuda.h"
 #endif
 
 using namespace mfp4;
+using namespace mfp4::napi_args;
 
 namespace {
 
 int g_threads = 0;  // 0 = every core
-
-[[noreturn]] void type_error(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
-
-int64_t get_int(Napi::Env env, const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) type_error(env, std::string("expected a number for '") + key + "'");
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (d != (double)(int64_t)d || d < 0) type_error(env, std::string("'") + key + "' must be a non-negative integer");
-  return (int64_t)d;
-}
-
-int64_t get_int_or(Napi::Env env, const Napi::Object& o, const char* key, int64_t dflt) {
-  return o.Has(key) && !o.Get(key).IsUndefined() ? get_int(env, o, key) : dflt;
-}
-
-Layout get_layout(Napi::Env env, const Napi::Object& o) {
-  const std::string s = o.Get("layout").ToString();
-  if (s == "v1") return Layout::V1;
-  if (s == "v2") return Layout::V2;
-  type_error(env, "layout must be 'v1' or 'v2'");
-}
-
-ActDtype get_dtype(Napi::Env env, const Napi::Object& o) {
-  const std::string s = o.Get("dtype").ToString();
-  if (s == "float16") return ActDtype::F16;
-  if (s == "bfloat16") return ActDtype::BF16;
-  type_error(env, "dtype must be 'float16' or 'bfloat16'");
-}
-
-struct Bytes {
-  const uint8_t* data;
-  size_t size;
-};
-
-Bytes get_bytes(Napi::Env env, Napi::Value v, const char* what) {
-  if (!v.IsTypedArray()) type_error(env, std::string(what) + " must be a Uint8Array or Buffer");
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  Napi::ArrayBuffer ab = ta.ArrayBuffer();
-  return {static_cast<const uint8_t*>(ab.Data()) + ta.ByteOffset(), ta.ByteLength()};
-}
 
 // Runs `work` off the main thread; keeps the JS inputs alive until it settles.
 class PromiseWorker : public Napi::AsyncWorker {

@@ -10,6 +10,7 @@
 //   gpuGemmEngine() -> string: what gemmReference(…, 'cuda') multiplies with,
 //     "cublas (<library>)" or "cuda-kernel (<why not cuBLAS>)".
 // x is raw float16 / bfloat16 bits (dtype), m*k*2 bytes. backend: 'cpu' (default) or 'cuda'.
+#include "napi_args.h"
 #include "addon_gemm.h"
 
 #include <cstring>
@@ -25,45 +26,18 @@
 #endif
 
 using namespace mfp4;
+using namespace mfp4::napi_args;
 
 namespace {
 
-[[noreturn]] void type_error(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
-
-int64_t get_int(Napi::Env env, const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) type_error(env, std::string("expected a number for '") + key + "'");
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (d != (double)(int64_t)d || d < 0) type_error(env, std::string("'") + key + "' must be a non-negative integer");
-  return (int64_t)d;
-}
-
-int64_t get_int_or(Napi::Env env, const Napi::Object& o, const char* key, int64_t dflt) {
-  return o.Has(key) && !o.Get(key).IsUndefined() ? get_int(env, o, key) : dflt;
-}
-
-struct Bytes {
-  const uint8_t* data;
-  size_t size;
-};
-
+// A TypedArray property of an options object.
 Bytes get_bytes(Napi::Env env, const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsTypedArray()) type_error(env, std::string("'") + key + "' must be a Uint8Array or Buffer");
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  return {static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), ta.ByteLength()};
+  return napi_args::get_bytes(env, o.Get(key), std::string("'") + key + "'");
 }
 
 void expect_size(Napi::Env env, const Bytes& b, int64_t want, const char* what) {
   if ((int64_t)b.size != want)
     throw Napi::RangeError::New(env, std::string(what) + " holds " + std::to_string(b.size) + " bytes, expected " + std::to_string(want));
-}
-
-ActDtype get_dtype(Napi::Env env, const Napi::Object& o) {
-  const std::string s = o.Get("dtype").ToString();
-  if (s == "float16") return ActDtype::F16;
-  if (s == "bfloat16") return ActDtype::BF16;
-  type_error(env, "dtype must be 'float16' or 'bfloat16'");
 }
 
 bool cuda_backend(Napi::Env env, const Napi::CallbackInfo& info) {

@@ -34,7 +34,7 @@ export class HashQueue {
   private readonly all: Worker[] = [];
   private readonly max: number;
 
-  constructor(workers = Math.min(4, Math.max(1, availableParallelism() - 1))) {
+  constructor(workers = Math.min(8, Math.max(1, availableParallelism() - 1))) {
     this.max = workers;
   }
 
