@@ -89,12 +89,19 @@ describe('signals', () => {
     });
   }
 
-  it('memory stays bounded: peak RSS well under the model size', () => {
-    const r = cli(['convert', model, '-o', join(work, 'rss'), '--json']);
-    expect(r.code).toBe(0);
-    const report = JSON.parse(r.stdout);
-    expect(report.bytes_in).toBeGreaterThan(150e6);
-    expect(report.peak_rss_bytes).toBeLessThan(report.bytes_in);
-    expect(report.peak_rss_bytes).toBeLessThan(1e9);
+  it('memory does not grow with the model: a 160 MB model adds less than its size to the peak RSS of a 0.2 MB one', () => {
+    // Fixed costs (Node, the CUDA context where there is a GPU, checksum workers) are the same
+    // for both; the rest is pooled buffers sized by the largest tensors in flight (measured:
+    // +10 MB on a 2-core CPU machine). bench/memory.mjs shows 186 MB for a 6 GB model.
+    const rss = (model: string, out: string) => {
+      const r = cli(['convert', model, '-o', join(work, out), '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as { bytes_in: number; peak_rss_bytes: number };
+    };
+    const tiny = rss(join(MODELS, 'llama-tiny-modelopt'), 'rss-tiny');
+    const mid = rss(model, 'rss-mid');
+    expect(mid.bytes_in).toBeGreaterThan(150e6);
+    expect(mid.peak_rss_bytes - tiny.peak_rss_bytes).toBeLessThan(mid.bytes_in);
+    expect(mid.peak_rss_bytes).toBeLessThan(1e9);
   });
 });

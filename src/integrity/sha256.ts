@@ -7,14 +7,23 @@ import { Worker } from 'node:worker_threads';
 const WORKER = `
 const { parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
-const { createReadStream } = require('node:fs');
+const { openSync, readSync, closeSync } = require('node:fs');
+// One reused 1 MiB buffer and synchronous reads (this is a worker thread): no garbage, so
+// each worker adds a few MB of memory, not a heap of stream chunks.
+const buf = Buffer.allocUnsafe(1 << 20);
 parentPort.on('message', ({ path }) => {
-  const h = createHash('sha256');
-  let bytes = 0;
-  createReadStream(path, { highWaterMark: 4 << 20 })
-    .on('data', (c) => { h.update(c); bytes += c.length; })
-    .on('error', (e) => parentPort.postMessage({ error: e.message }))
-    .on('end', () => parentPort.postMessage({ sha256: h.digest('hex'), bytes }));
+  let fd;
+  try {
+    fd = openSync(path, 'r');
+    const h = createHash('sha256');
+    let bytes = 0;
+    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; bytes += n) h.update(buf.subarray(0, n));
+    parentPort.postMessage({ sha256: h.digest('hex'), bytes });
+  } catch (e) {
+    parentPort.postMessage({ error: e.message });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 });
 `;
 
@@ -34,7 +43,7 @@ export class HashQueue {
   private readonly all: Worker[] = [];
   private readonly max: number;
 
-  constructor(workers = Math.min(8, Math.max(1, availableParallelism() - 1))) {
+  constructor(workers = Math.min(4, Math.max(1, availableParallelism() - 1))) {
     this.max = workers;
   }
 
