@@ -11,7 +11,7 @@ import {
   repackWeightStack,
 } from '../src/transform/marlin.js';
 import { expectBytes } from './helpers/bytes.js';
-import { DTYPES, openGolden, type GoldenFile } from './helpers/golden.js';
+import { DTYPES, goldenMoeStacks, openGolden, type GoldenFile } from './helpers/golden.js';
 
 // vitest collects tests before beforeAll runs, so the case lists are read at import time.
 const dense: Record<string, GoldenFile> = {
@@ -91,24 +91,7 @@ for (const [file, g] of Object.entries(dense)) {
 
 describe('golden moe.safetensors', () => {
   for (const [c, info] of Object.entries(moe.cases)) {
-    const E = info.E as number;
-    const H = info.hidden as number;
-    const I = info.intermediate as number;
-    const stacks = [
-      { S: 'w13', projs: ['gate_proj', 'up_proj'], N: I, K: H },
-      { S: 'w2', projs: ['down_proj'], N: H, K: I },
-    ] as const;
-    for (const { S, projs, N, K } of stacks) {
-      const load = async (what: string) => {
-        const out: Buffer[][] = [];
-        for (let e = 0; e < E; e++) out.push(await Promise.all(projs.map((p) => moe.bytes(`${c}.experts.${e}.${p}.${what}`))));
-        return out;
-      };
-      const globals = async () => {
-        const out: number[] = [];
-        for (let e = 0; e < E; e++) out.push(await moe.f32(`${c}.experts.${e}.${projs[0]}.weight_scale_2`));
-        return out;
-      };
+    for (const { S, projs, N, K, E, H, I, load, globals } of goldenMoeStacks(moe, c, info)) {
       for (const layout of ['v1', 'v2'] as const) {
         it(`${c} ${S} ${layout} qweight (stack of ${E})`, async () => {
           const np = S === 'w13' ? moePaddedIntermediate(I, H, layout) : N;

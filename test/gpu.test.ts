@@ -6,7 +6,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { addon, type NativePart } from '../src/transform/addon.js';
 import { linearShape, moePaddedIntermediate } from '../src/transform/marlin.js';
 import { expectBytes } from './helpers/bytes.js';
-import { DTYPES, openGolden, type GoldenFile } from './helpers/golden.js';
+import { DTYPES, goldenMoeStacks, openGolden, type GoldenFile } from './helpers/golden.js';
 
 const native = addon();
 const status = native.cudaStatus();
@@ -158,19 +158,7 @@ describe.skipIf(!gpu)(title, () => {
 
   describe('golden moe.safetensors', () => {
     for (const [c, info] of Object.entries(moe.cases)) {
-      const E = info.E as number;
-      const H = info.hidden as number;
-      const I = info.intermediate as number;
-      const stacks = [
-        { S: 'w13', projs: ['gate_proj', 'up_proj'], N: I, K: H },
-        { S: 'w2', projs: ['down_proj'], N: H, K: I },
-      ] as const;
-      for (const { S, projs, N, K } of stacks) {
-        const load = async (what: string) => {
-          const out: Buffer[][] = [];
-          for (let e = 0; e < E; e++) out.push(await Promise.all(projs.map((p) => moe.bytes(`${c}.experts.${e}.${p}.${what}`))));
-          return out;
-        };
+      for (const { S, projs, N, K, E, H, I, load } of goldenMoeStacks(moe, c, info)) {
         it(`${c} ${S}: weights and scales, both layouts and dtypes (stack of ${E})`, async () => {
           const weights = await load('weight');
           const scales = await load('weight_scale');

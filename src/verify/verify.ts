@@ -15,6 +15,7 @@ import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { InputError } from '../errors.js';
 import type { Manifest } from '../convert/write-files.js';
+import type { LayerRecord } from '../convert/metadata.js';
 import { checkManifest } from '../integrity/manifest-check.js';
 import { sha256Files } from '../integrity/sha256.js';
 import { openCheckpoint, readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
@@ -74,15 +75,8 @@ export interface GemmCheck {
   error?: string;
 }
 
-export interface LayerReport {
-  name: string;
-  kind: 'linear' | 'moe-w13' | 'moe-w2';
-  n: number;
-  k: number;
-  np: number;
-  kp: number;
-  sf: number;
-  experts?: number;
+/** A converted module as convert recorded it (name, kind, shapes, sf), with verify's findings. */
+export interface LayerReport extends Pick<LayerRecord, 'name' | 'kind' | 'n' | 'k' | 'np' | 'kp' | 'sf' | 'experts'> {
   /** Structural problems (empty when the layer is byte-exact). */
   errors: string[];
   /** Block scales v2 set to 0 (expected differences, data lost by the format). */

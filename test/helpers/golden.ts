@@ -31,3 +31,32 @@ export const DTYPES = [
   ['float16', 'f16'],
   ['bfloat16', 'bf16'],
 ] as const;
+
+/** The two stacks of a golden MoE case, with loaders for their per-expert inputs. */
+export function goldenMoeStacks(moe: GoldenFile, c: string, info: Record<string, unknown>) {
+  const E = info.E as number;
+  const H = info.hidden as number;
+  const I = info.intermediate as number;
+  const stacks = [
+    { S: 'w13', projs: ['gate_proj', 'up_proj'], N: I, K: H },
+    { S: 'w2', projs: ['down_proj'], N: H, K: I },
+  ] as const;
+  return stacks.map((st) => ({
+    ...st,
+    E,
+    H,
+    I,
+    /** experts[e][part] bytes of `weight` or `weight_scale`. */
+    load: async (what: string): Promise<Buffer[][]> => {
+      const out: Buffer[][] = [];
+      for (let e = 0; e < E; e++) out.push(await Promise.all(st.projs.map((p) => moe.bytes(`${c}.experts.${e}.${p}.${what}`))));
+      return out;
+    },
+    /** Each expert's global scale (gate's for w13). */
+    globals: async (): Promise<number[]> => {
+      const out: number[] = [];
+      for (let e = 0; e < E; e++) out.push(await moe.f32(`${c}.experts.${e}.${st.projs[0]}.weight_scale_2`));
+      return out;
+    },
+  }));
+}
