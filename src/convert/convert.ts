@@ -101,8 +101,9 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       const pool = new BufferPool(6, backend === 'cuda' && process.env.MARLIN_FP4_PIN !== '0');
       const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
       // Checksums run on worker threads beside the conversion: the source shards from now on,
-      // each output shard as soon as it is complete.
+      // each output shard behind its writer, the small files at the end.
       const hashes = opts.checksums === false ? undefined : new HashQueue();
+      const shardDigests = new Map<string, FileDigest>();
       try {
         for (const shard of ckpt.shards) hashes?.add(join(ckpt.dir, shard));
         await forEachLimited(plan.shards, shardsAtOnce(backend), (shard) =>
@@ -119,7 +120,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
               bytesDone += n;
               opts.onProgress?.({ bytesDone, bytesTotal, tensor });
             },
-            onWritten: (path) => hashes?.add(path),
+            onDigest: hashes ? (path, digest) => shardDigests.set(path, digest) : undefined,
           }),
         );
         await writeConfig(ckpt, plan, flavour, staged.tmp);
@@ -129,8 +130,8 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           files.push('model.safetensors.index.json');
         }
         files.push(...(await copyOtherFiles(ckpt, staged.tmp)));
-        for (const f of files) hashes?.add(join(staged.tmp, f));
-        const digests = (await hashes?.done()) ?? new Map<string, FileDigest>();
+        for (const f of files) if (!shardDigests.has(join(staged.tmp, f))) hashes?.add(join(staged.tmp, f));
+        const digests = new Map([...((await hashes?.done()) ?? []), ...shardDigests]);
         const entry = async (dir: string, name: string): Promise<ManifestFile> => {
           const d = digests.get(join(dir, name));
           return d ? { name, bytes: d.bytes, sha256: d.sha256 } : { name, bytes: (await stat(join(dir, name))).size };

@@ -8,6 +8,7 @@ import { SafetensorsWriter } from '../safetensors/index.js';
 import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { LayerRecord } from './metadata.js';
+import { StreamingHash, type FileDigest } from '../integrity/sha256.js';
 import { produce } from './produce.js';
 import { timed } from './profile.js';
 
@@ -23,8 +24,8 @@ export interface ShardJob {
   backend: Backend;
   records: Map<string, LayerRecord>;
   onInput(bytes: number, tensor: string): void;
-  /** Called with the shard's path once it is complete (e.g. to start its checksum). */
-  onWritten?(path: string): void;
+  /** Receives the shard's sha256, hashed behind the writer as it goes (when given). */
+  onDigest?(path: string, digest: FileDigest): void;
 }
 
 export async function writeShard(job: ShardJob): Promise<void> {
@@ -36,6 +37,9 @@ export async function writeShard(job: ShardJob): Promise<void> {
   };
   const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, metadata);
   let pending: Promise<void> = Promise.resolve();
+  const hash = job.onDigest ? new StreamingHash(writer.path) : undefined;
+  // Writes complete in order, so everything below `written` is on disk and can be hashed.
+  let written = writer.dataStart;
   try {
     for (const t of shard.tensors) {
       const ctx = {
@@ -48,14 +52,19 @@ export async function writeShard(job: ShardJob): Promise<void> {
       };
       await produce(ctx, t, async (chunk, release) => {
         await timed('writeWait', pending);
-        pending = timed('write', writer.write(t.name, chunk)).then(release);
+        pending = timed('write', writer.write(t.name, chunk)).then(() => {
+          written += chunk.length;
+          hash?.advance(written);
+          release?.();
+        });
         pending.catch(() => {}); // surfaced by the next await of `pending`
       });
     }
     await pending;
     await writer.close();
-    job.onWritten?.(writer.path);
+    if (hash) job.onDigest!(writer.path, await hash.finish(written));
   } catch (e) {
+    await hash?.abort();
     await pending.catch(() => {});
     await writer.abort();
     throw describeIoError(e, join(job.finalDir, shard.file));

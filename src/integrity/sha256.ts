@@ -76,7 +76,6 @@ export class HashQueue {
       let w = this.idle.pop();
       if (!w && this.all.length < this.max) {
         w = new Worker(WORKER, { eval: true });
-        w.unref(); // never keeps the process alive by itself
         this.all.push(w);
       }
       if (!w) return;
@@ -100,4 +99,69 @@ export async function sha256Files(paths: string[]): Promise<Map<string, FileDige
   const q = new HashQueue();
   for (const p of paths) q.add(p);
   return q.done();
+}
+
+// Hashes a file that is being written front to back: it reads each range as soon as the
+// writer reports it complete (from the page cache), so the checksum is ready moments after
+// the last write instead of requiring a second pass over the whole file.
+const STREAM_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const { openSync, readSync, closeSync } = require('node:fs');
+const buf = Buffer.allocUnsafe(1 << 20);
+const h = createHash('sha256');
+const fd = openSync(workerData.path, 'r');
+let pos = 0;
+parentPort.on('message', ({ upTo, final }) => {
+  try {
+    while (pos < upTo) {
+      const n = readSync(fd, buf, 0, Math.min(buf.length, upTo - pos), pos);
+      if (n <= 0) throw new Error('file shorter than written: ' + pos + ' of ' + upTo + ' bytes');
+      h.update(buf.subarray(0, n));
+      pos += n;
+    }
+    if (final) {
+      closeSync(fd);
+      parentPort.postMessage({ sha256: h.digest('hex'), bytes: pos });
+    }
+  } catch (e) {
+    parentPort.postMessage({ error: e.message });
+  }
+});
+`;
+
+export class StreamingHash {
+  private readonly worker: Worker;
+  private readonly result: Promise<FileDigest>;
+
+  constructor(private readonly path: string) {
+    this.worker = new Worker(STREAM_WORKER, { eval: true, workerData: { path } });
+    this.result = new Promise<FileDigest>((resolve, reject) => {
+      this.worker.once('message', (m: { sha256?: string; bytes?: number; error?: string }) => {
+        if (m.error) reject(new Error(`${path}: cannot read for its checksum: ${m.error}`));
+        else resolve({ sha256: m.sha256!, bytes: m.bytes! });
+      });
+      this.worker.once('error', reject);
+    });
+    this.result.catch(() => {}); // surfaced by finish()
+  }
+
+  /** Bytes [0, upTo) of the file are written. */
+  advance(upTo: number): void {
+    this.worker.postMessage({ upTo, final: false });
+  }
+
+  /** The file is complete at `size` bytes: its digest. */
+  async finish(size: number): Promise<FileDigest> {
+    this.worker.postMessage({ upTo: size, final: true });
+    try {
+      return await this.result;
+    } finally {
+      await this.worker.terminate();
+    }
+  }
+
+  async abort(): Promise<void> {
+    await this.worker.terminate();
+  }
 }

@@ -110,7 +110,8 @@ export class SafetensorsWriter {
   private constructor(
     readonly path: string,
     private readonly handle: FileHandle,
-    private readonly dataStart: number,
+    /** Where the data section starts: the header is written first, then data in planned order. */
+    readonly dataStart: number,
     private readonly plan: Slot[],
   ) {
     this.index = new Map(plan.map((s, i) => [s.name, i]));
