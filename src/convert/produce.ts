@@ -1,9 +1,8 @@
 // Produces the bytes of one output tensor, as a sequence of chunks handed to `emit`, so that a
 // copy or an MoE stack is streamed (one chunk or one expert at a time), never held whole.
 import { readTensorInto, type Checkpoint } from '../checkpoint/model-dir.js';
-import { InputError } from '../errors.js';
 import type { OutputTensor } from '../plan/plan.js';
-import { where } from '../plan/linears.js';
+import { asInputError } from '../plan/linears.js';
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import {
   packedWeightBytes,
@@ -11,7 +10,6 @@ import {
   processGlobalScale,
   processScalesStack,
   repackWeightStack,
-  TransformError,
   type ActDtype,
   type Backend,
   type LayoutVersion,
@@ -53,12 +51,12 @@ export type Emit = (chunk: Uint8Array, release?: () => void) => Promise<void>;
 /** Permutation of a v2 bias inside chunks of 32 (FORMAT.md section 4). */
 const BIAS_PERM = [0, 1, 2, 3].flatMap((i) => [0, 1, 8, 9, 16, 17, 24, 25].map((j) => 2 * i + j));
 
-async function relabel<T>(ctx: ProduceContext, run: () => Promise<T>): Promise<T> {
+/** Runs a transform; its errors become the user's, naming the shard file too. */
+async function relabel<T>(ctx: ProduceContext, run: () => Promise<T> | T): Promise<T> {
   try {
     return await run();
   } catch (e) {
-    if (e instanceof TransformError) throw new InputError(`${where(ctx.ckpt, e.tensor)}: ${e.reason}`);
-    throw e;
+    asInputError(ctx.ckpt, e);
   }
 }
 
@@ -108,7 +106,7 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
       return;
     }
     case 'dense-global':
-      await emit(relabelSync(ctx, () => processGlobalScale(p.linear.source.global, p.linear.ws2, { ...opts, sf: p.linear.scales.sf })));
+      await emit(await relabel(ctx, () => processGlobalScale(p.linear.source.global, p.linear.ws2, { ...opts, sf: p.linear.scales.sf })));
       return;
     case 'input-scale': {
       const b = Buffer.alloc(4);
@@ -148,19 +146,10 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
     }
     case 'stack-global': {
       const { group, parts, ws2, scales } = p.stack;
-      const each = ws2.map((w, e) => relabelSync(ctx, () => processGlobalScale(group.experts[e]![parts[0]!].global, w, { ...opts, sf: scales.sf })));
+      const each = await Promise.all(ws2.map((w, e) => relabel(ctx, () => processGlobalScale(group.experts[e]![parts[0]!].global, w, { ...opts, sf: scales.sf }))));
       await emit(Buffer.concat(each));
       return;
     }
-  }
-}
-
-function relabelSync<T>(ctx: ProduceContext, run: () => T): T {
-  try {
-    return run();
-  } catch (e) {
-    if (e instanceof TransformError) throw new InputError(`${where(ctx.ckpt, e.tensor)}: ${e.reason}`);
-    throw e;
   }
 }
 

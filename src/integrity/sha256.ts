@@ -134,7 +134,7 @@ export class StreamingHash {
   private readonly worker: Worker;
   private readonly result: Promise<FileDigest>;
 
-  constructor(private readonly path: string) {
+  constructor(path: string) {
     this.worker = new Worker(STREAM_WORKER, { eval: true, workerData: { path } });
     this.result = new Promise<FileDigest>((resolve, reject) => {
       this.worker.once('message', (m: { sha256?: string; bytes?: number; error?: string }) => {

@@ -2,6 +2,7 @@
 // triple), not from a list of architectures, and groups MoE experts into stacks.
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
+import { TransformError } from '../transform/marlin.js';
 import type { Checkpoint, TensorRef } from '../checkpoint/model-dir.js';
 import { isIgnored, type Flavour } from '../checkpoint/flavour.js';
 
@@ -50,6 +51,15 @@ const ROLE: Record<string, ExpertRole> = { gate_proj: 'gate', w1: 'gate', up_pro
 export function where(ckpt: Checkpoint, tensor: string, near?: string): string {
   const ref = ckpt.tensors.get(tensor) ?? (near ? ckpt.tensors.get(near) : undefined);
   return ref ? `${join(ckpt.dir, ref.shard)}: tensor ${tensor}` : `${ckpt.dir}: tensor ${tensor}`;
+}
+
+/**
+ * A transform's error (which names a tensor) as the user's error, with the shard file added;
+ * anything else is rethrown as it is.
+ */
+export function asInputError(ckpt: Checkpoint, e: unknown): never {
+  if (e instanceof TransformError) throw new InputError(`${where(ckpt, e.tensor)}: ${e.reason}`);
+  throw e;
 }
 
 function expect(ckpt: Checkpoint, ref: TensorRef | undefined, name: string, what: string, ok: boolean, reason: string, near: string): TensorRef {

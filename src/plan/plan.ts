@@ -9,12 +9,11 @@ import { DTYPE_SIZE, type Dtype } from '../safetensors/index.js';
 import {
   linearShape,
   moePaddedIntermediate,
-  TransformError,
   type ActDtype,
   type LayoutVersion,
   type LinearShape,
 } from '../transform/marlin.js';
-import { findLinears, where, type ExpertGroup, type LinearSource } from './linears.js';
+import { asInputError, findLinears, where, type ExpertGroup, type LinearSource } from './linears.js';
 import { readGlobalScale, readInputScale } from './global-scales.js';
 import { planScales, type ScaleOutcome } from './scale-plan.js';
 
@@ -89,11 +88,6 @@ const FUSED = [
 
 export function tensorBytes(t: Pick<OutputTensor, 'dtype' | 'shape'>): number {
   return t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
-}
-
-function asInputError(ckpt: Checkpoint, e: unknown): never {
-  if (e instanceof TransformError) throw new InputError(`${where(ckpt, e.tensor)}: ${e.reason}`);
-  throw e;
 }
 
 /** Activation dtype: the option, else config.json's torch_dtype (or dtype). */

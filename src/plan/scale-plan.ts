@@ -1,7 +1,6 @@
 // Reads every block-scale tensor once before anything is written: a negative or NaN scale
 // fails the run up front, and v2's scale factors (needed in each shard's header metadata and
 // in the global scales) and the layout's losses are known in advance.
-import { InputError } from '../errors.js';
 import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import {
   lostScales,
@@ -11,8 +10,8 @@ import {
   subnormalScales,
   type ScaleStats,
 } from '../transform/scale-stats.js';
-import { TransformError, type ActDtype, type LayoutVersion } from '../transform/marlin.js';
-import { where, type LinearSource } from './linears.js';
+import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
+import { asInputError, type LinearSource } from './linears.js';
 
 export interface ScaleOutcome {
   sf: number;
@@ -28,8 +27,7 @@ async function scan(ckpt: Checkpoint, lin: LinearSource): Promise<ScaleStats> {
   try {
     return scanScales(lin.scale, data, groups);
   } catch (e) {
-    if (e instanceof TransformError) throw new InputError(`${where(ckpt, e.tensor)}: ${e.reason}`);
-    throw e;
+    asInputError(ckpt, e);
   }
 }
 
