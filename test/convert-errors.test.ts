@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, editJson, MODELS, mutateModel, tempDir, type TensorData } from './helpers/models.js';
+import { cli, editJson, f32Scalar, MODELS, mutateModel, tempDir, type TensorData } from './helpers/models.js';
 
 let work: string;
 beforeAll(async () => {
@@ -18,11 +18,6 @@ const LLAMA = join(MODELS, 'llama-tiny-modelopt');
 const MOE = join(MODELS, 'qwen3-moe-tiny-modelopt');
 const Q = 'model.layers.0.self_attn.q_proj';
 
-const f32 = (v: number): TensorData => {
-  const data = Buffer.alloc(4);
-  data.writeFloatLE(v);
-  return { dtype: 'F32', shape: [], data };
-};
 
 interface Case {
   title: string;
@@ -73,18 +68,18 @@ const cases: Case[] = [
   },
   {
     title: 'q/k/v shards with different global scales',
-    edit: (n, t) => (n === 'model.layers.1.self_attn.k_proj.weight_scale_2' ? f32(0.125) : t),
+    edit: (n, t) => (n === 'model.layers.1.self_attn.k_proj.weight_scale_2' ? f32Scalar(0.125) : t),
     error: /^model\.layers\.1\.self_attn: fused q_proj\/k_proj\/v_proj have different global scales \(q_proj [\d.e-]+, k_proj 0\.125, v_proj [\d.e-]+\); vLLM keeps one value for the fused layer, which would corrupt the others$/,
   },
   {
     title: 'gate/up shards with different global scales',
-    edit: (n, t) => (n === 'model.layers.0.mlp.up_proj.weight_scale_2' ? f32(0.5) : t),
+    edit: (n, t) => (n === 'model.layers.0.mlp.up_proj.weight_scale_2' ? f32Scalar(0.5) : t),
     error: /^model\.layers\.0\.mlp: fused gate_proj\/up_proj have different global scales \(gate_proj [\d.e-]+, up_proj 0\.5\)/,
   },
   {
     title: 'an MoE expert whose gate and up global scales differ',
     src: MOE,
-    edit: (n, t) => (n === 'model.layers.1.mlp.experts.2.up_proj.weight_scale_2' ? f32(0.5) : t),
+    edit: (n, t) => (n === 'model.layers.1.mlp.experts.2.up_proj.weight_scale_2' ? f32Scalar(0.5) : t),
     error: /^model\.layers\.1\.mlp\.experts\.2: gate and up projections have different global scales \([\d.e-]+ vs 0\.5\)/,
   },
   {
@@ -110,7 +105,7 @@ const cases: Case[] = [
   },
   {
     title: 'a global scale that is not positive',
-    edit: (n, t) => (n === 'model.layers.0.self_attn.o_proj.weight_scale_2' ? f32(-2) : t),
+    edit: (n, t) => (n === 'model.layers.0.self_attn.o_proj.weight_scale_2' ? f32Scalar(-2) : t),
     error: 'model.safetensors: tensor model.layers.0.self_attn.o_proj.weight_scale_2: global scale -2 is not a positive finite number',
   },
   {

@@ -11,18 +11,10 @@ import {
   repackWeightStack,
 } from '../src/transform/marlin.js';
 import { expectBytes } from './helpers/bytes.js';
-import { DTYPES, goldenMoeStacks, openGolden, type GoldenFile } from './helpers/golden.js';
+import { DTYPES, goldenMoeStacks, openAllGolden } from './helpers/golden.js';
 
-// vitest collects tests before beforeAll runs, so the case lists are read at import time.
-const dense: Record<string, GoldenFile> = {
-  'dense_small.safetensors': await openGolden('dense_small.safetensors'),
-  'dense_large.safetensors': await openGolden('dense_large.safetensors'),
-};
-const moe = await openGolden('moe.safetensors');
-
-afterAll(async () => {
-  for (const g of [...Object.values(dense), moe]) await g.reader.close();
-});
+const { dense, moe, close } = await openAllGolden();
+afterAll(close);
 
 for (const [file, g] of Object.entries(dense)) {
   describe(`golden ${file}`, () => {

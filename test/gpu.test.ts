@@ -6,7 +6,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { addon, type NativePart } from '../src/transform/addon.js';
 import { linearShape, moePaddedIntermediate } from '../src/transform/marlin.js';
 import { expectBytes } from './helpers/bytes.js';
-import { DTYPES, goldenMoeStacks, openGolden, type GoldenFile } from './helpers/golden.js';
+import { DTYPES, goldenMoeStacks, openAllGolden } from './helpers/golden.js';
 
 const native = addon();
 const status = native.cudaStatus();
@@ -105,16 +105,8 @@ describe('pinned host memory', () => {
   });
 });
 
-// vitest collects tests before beforeAll runs, so the case lists are read at import time.
-const dense: Record<string, GoldenFile> = {
-  'dense_small.safetensors': await openGolden('dense_small.safetensors'),
-  'dense_large.safetensors': await openGolden('dense_large.safetensors'),
-};
-const moe = await openGolden('moe.safetensors');
-
-afterAll(async () => {
-  for (const g of [...Object.values(dense), moe]) await g.reader.close();
-});
+const { dense, moe, close } = await openAllGolden();
+afterAll(close);
 
 describe.skipIf(!gpu)(title, () => {
   afterEach(() => {

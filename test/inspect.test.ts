@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { inspectCheckpoint } from '../src/inspect/inspect.js';
 import { SafetensorsReader } from '../src/safetensors/index.js';
-import { cli, editJson, MODELS, mutateModel, tempDir, type TensorData } from './helpers/models.js';
+import { cli, editJson, f32Scalar, MODELS, mutateModel, tempDir, type TensorData } from './helpers/models.js';
 
 let work: string;
 beforeAll(async () => {
@@ -19,11 +19,6 @@ const LLAMA = join(MODELS, 'llama-tiny-modelopt');
 const MOE = join(MODELS, 'qwen3-moe-tiny-modelopt');
 const FIXTURES = ['llama-tiny-modelopt', 'llama-tiny-ct', 'qwen3-moe-tiny-modelopt', 'qwen3-moe-tiny-ct'];
 
-const f32 = (v: number): TensorData => {
-  const data = Buffer.alloc(4);
-  data.writeFloatLE(v);
-  return { dtype: 'F32', shape: [], data };
-};
 
 /** Runs inspect --json; checks that stdout is exactly one JSON document and stderr is empty. */
 function inspectJson(args: string[]) {
@@ -110,11 +105,11 @@ describe('inspect finds every problem in one run (exit 0)', () => {
     dir = join(work, 'many-problems');
     await mutateModel(LLAMA, dir, (n, t) => {
       if (n === `${Q0}.weight_scale`) return undefined; // missing block scale
-      if (n === 'model.layers.1.self_attn.k_proj.weight_scale_2') return f32(0.125); // fused q/k/v differ
+      if (n === 'model.layers.1.self_attn.k_proj.weight_scale_2') return f32Scalar(0.125); // fused q/k/v differ
       // layer 1's o_proj: N = 96, which v1 cannot lay out (v2 pads it)
       if (n === 'model.layers.1.self_attn.o_proj.weight') return { ...t, shape: [96, 64], data: t.data.subarray(0, 96 * 64) };
       if (n === 'model.layers.1.self_attn.o_proj.weight_scale') return { ...t, shape: [96, 8], data: t.data.subarray(0, 96 * 8) };
-      if (n === 'model.layers.1.mlp.up_proj.weight_scale_2') return f32(-1); // not a positive global scale
+      if (n === 'model.layers.1.mlp.up_proj.weight_scale_2') return f32Scalar(-1); // not a positive global scale
       return t;
     });
   });
@@ -149,7 +144,7 @@ describe('inspect finds every problem in one run (exit 0)', () => {
 
   it('MoE gate/up of one expert with different global scales', async () => {
     const moe = join(work, 'moe-gate-up');
-    await mutateModel(MOE, moe, (n, t) => (n === 'model.layers.1.mlp.experts.2.up_proj.weight_scale_2' ? f32(0.5) : t));
+    await mutateModel(MOE, moe, (n, t) => (n === 'model.layers.1.mlp.experts.2.up_proj.weight_scale_2' ? f32Scalar(0.5) : t));
     const rep = inspectJson([moe]);
     expect(rep.problems).toEqual([
       {

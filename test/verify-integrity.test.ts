@@ -64,6 +64,6 @@ describe('verify and the manifest', () => {
       `source ${s} is not the checkpoint that was converted (model.safetensors has another sha256): verifying against it as given`,
     );
     // … and the structural check finds the byte that differs.
-    expect(report.errors).toEqual(["model.norm.weight: copied tensor differs from the source in 1 bytes (first at byte 255)"]);
+    expect(report.errors).toEqual(['model.norm.weight: copied tensor differs from the source in 1 bytes (first at byte 255)']);
   });
 });

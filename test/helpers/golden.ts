@@ -60,3 +60,22 @@ export function goldenMoeStacks(moe: GoldenFile, c: string, info: Record<string,
     },
   }));
 }
+
+/**
+ * All three golden files, opened at import time (vitest collects tests before beforeAll runs,
+ * so the case lists must be known then); close() goes in the suite's afterAll.
+ */
+export async function openAllGolden() {
+  const dense: Record<string, GoldenFile> = {
+    'dense_small.safetensors': await openGolden('dense_small.safetensors'),
+    'dense_large.safetensors': await openGolden('dense_large.safetensors'),
+  };
+  const moe = await openGolden('moe.safetensors');
+  return {
+    dense,
+    moe,
+    close: async () => {
+      for (const g of [...Object.values(dense), moe]) await g.reader.close();
+    },
+  };
+}

@@ -69,6 +69,13 @@ export async function writeTensors(path: string, tensors: [string, TensorData][]
   await w.close();
 }
 
+/** An F32 scalar tensor (a global or input scale). */
+export function f32Scalar(v: number): TensorData {
+  const data = Buffer.alloc(4);
+  data.writeFloatLE(v);
+  return { dtype: 'F32', shape: [], data };
+}
+
 export async function editJson(path: string, edit: (v: Record<string, unknown>) => void): Promise<void> {
   const v = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
   edit(v);
