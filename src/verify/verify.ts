@@ -11,12 +11,11 @@
 //    source (dequantized per FORMAT.md section 1, with v2's clamp applied), by relative
 //    Frobenius error against a tolerance.
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { InputError } from '../errors.js';
-import type { Manifest } from '../convert/write-files.js';
+import { MANIFEST_FILE } from '../convert/write-files.js';
 import type { LayerRecord } from '../convert/metadata.js';
-import { checkManifest } from '../integrity/manifest-check.js';
+import { checkManifest, readManifest } from '../integrity/manifest-check.js';
 import { sha256Files } from '../integrity/sha256.js';
 import { openCheckpoint, readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import { detectFormat, requireNvfp4 } from '../checkpoint/flavour.js';
@@ -39,7 +38,6 @@ import {
 } from '../transform/marlin.js';
 import { clampedScales, defaultTolerance, gemmError, gemmMarlin, gemmReference, randomActivations, referenceEngine } from './gemm.js';
 
-export const MANIFEST_FILE = 'marlin_fp4_manifest.json';
 
 export interface VerifyOptions {
   /** The converted directory (default: the current directory). */
@@ -110,14 +108,6 @@ export interface VerifyReport {
   failed_layers: string[];
   passed: boolean;
   seconds: number;
-}
-
-interface ManifestLike {
-  source?: { path?: string };
-  layout?: string;
-  activation_dtype?: string;
-  layers?: RecordLike[];
-  ignored_modules?: string[];
 }
 
 interface RecordLike {
@@ -223,24 +213,6 @@ function expectTensor(ckpt: Checkpoint, name: string, dtype: string | string[], 
   return ok;
 }
 
-async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new InputError(`${path}: missing (${what})`);
-    throw e;
-  }
-  try {
-    const v = JSON.parse(text) as unknown;
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
-    return v as Record<string, unknown>;
-  } catch (e) {
-    throw new InputError(`${path}: ${(e as Error).message}`);
-  }
-}
-
 /** Per-layer records that each shard's __metadata__.marlin_fp4 carries. */
 function shardRecords(ckpt: Checkpoint, errors: string[]): Map<string, RecordLike & { shardLayout?: string; shardDtype?: string }> {
   const out = new Map<string, RecordLike & { shardLayout?: string; shardDtype?: string }>();
@@ -305,7 +277,7 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
   const ms = opts.m ?? [1, 16, 128];
   if (ms.length === 0 || ms.some((m) => !Number.isInteger(m) || m < 1)) throw new InputError(`--m ${ms.join(',')}: every M must be a whole number >= 1`);
   const manifestPath = join(dir, MANIFEST_FILE);
-  const manifest = (await readJson(manifestPath, 'not a directory written by marlin-fp4 convert')) as ManifestLike;
+  const manifest = await readManifest(dir);
   const sourceDir = resolve(opts.source ?? manifest.source?.path ?? '');
   if (!opts.source && !manifest.source?.path) throw new InputError(`${manifestPath}: records no source path; pass --source <nvfp4-dir>`);
 
@@ -332,13 +304,13 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
     const warnings: string[] = [];
     // Integrity first: a file changed after conversion, or a source that is not the one
     // converted, is reported before anything is recomputed.
-    const integrity = await checkManifest(dir, manifest as unknown as Manifest).catch((e: Error) => {
+    const integrity = await checkManifest(dir, manifest).catch((e: Error) => {
       errors.push(`${MANIFEST_FILE}: ${e.message}`);
       return undefined;
     });
     for (const p of integrity?.problems ?? []) errors.push(`integrity: ${p.file}: ${p.reason}`);
     if (integrity && !integrity.hasChecksums) warnings.push(`${MANIFEST_FILE} holds no checksums (converted with --no-checksums): files were not checked for changes`);
-    const recordedSource = (manifest as unknown as Manifest).source?.shards ?? [];
+    const recordedSource = manifest.source?.shards ?? [];
     if (recordedSource.some((f) => f.sha256)) {
       // A different source is not by itself a fault of the converted checkpoint (an equivalent
       // source verifies), so this is a warning; the structural checks below decide.
