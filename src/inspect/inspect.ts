@@ -7,6 +7,7 @@ import { InputError } from '../errors.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/model-dir.js';
 import { detectFormat, type Detected, type Flavour } from '../checkpoint/flavour.js';
 import { readJsonObject } from '../checkpoint/json-file.js';
+import { MANIFEST_FILE } from '../convert/write-files.js';
 import { findLinears, type ExpertGroup, type FoundLinears, type LinearSource } from '../plan/linears.js';
 import { readGlobalScale } from '../plan/global-scales.js';
 import { activationDtype, denseShape, fusedGlobalMismatches, planConversion, stackShape, tensorBytes } from '../plan/plan.js';
@@ -197,7 +198,7 @@ export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectRe
     if (det.format === 'nvfp4') {
       await inspectNvfp4(ckpt, det, opts, report);
     } else if (det.format === 'marlin-fp4') {
-      const manifest = await readJsonObject(join(ckpt.dir, 'marlin_fp4_manifest.json')).catch(() => undefined);
+      const manifest = await readJsonObject(join(ckpt.dir, MANIFEST_FILE)).catch(() => undefined);
       const m = await inspectMarlin(ckpt, det, manifest, opts.scanScales ?? false);
       report.marlin_layers = m.layers;
       report.quantized = {
