@@ -7,7 +7,9 @@ import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addon } from '../src/transform/addon.js';
-import { sampleIndices, selectLayers, verifyCheckpoint, type VerifyReport } from '../src/verify/verify.js';
+import { verifyCheckpoint } from '../src/verify/verify.js';
+import type { VerifyReport } from '../src/verify/report.js';
+import { sampleIndices, selectLayers } from '../src/verify/select.js';
 import { BIN, cli, editJson, MODELS, mutateModel, readAll, tempDir, writeTensors, type TensorData } from './helpers/models.js';
 
 const FIXTURES = ['llama-tiny-modelopt', 'llama-tiny-ct', 'qwen3-moe-tiny-modelopt', 'qwen3-moe-tiny-ct'];

@@ -2,6 +2,7 @@
 // hf_quant_config.json, and which modules its exclude/ignore list keeps unquantized.
 import { InputError } from '../errors.js';
 import type { Checkpoint } from './model-dir.js';
+import { QUANT_METHOD } from '../format/quant-config.js';
 
 export type FlavourKind = 'modelopt' | 'compressed-tensors';
 
@@ -29,7 +30,7 @@ const lower = (v: unknown) => (typeof v === 'string' ? v.toLowerCase() : '');
 export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>): Detected {
   const qc = obj(ckpt.config.quantization_config);
   const hq = obj(ckpt.hfQuantConfig?.quantization);
-  if (qc && lower(qc.quant_method) === 'marlin_fp4') {
+  if (qc && lower(qc.quant_method) === QUANT_METHOD) {
     return { format: 'marlin-fp4', layout: String(qc.layout ?? '?'), dtype: String(qc.activation_dtype ?? '?'), original: qc };
   }
   // ModelOpt: quant_algo NVFP4 in config.json (newer exports) or hf_quant_config.json.

@@ -1,7 +1,8 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { InputError, VerificationFailed } from '../errors.js';
 import type { DeviceChoice } from '../transform/marlin.js';
-import { verifyCheckpoint, type LayerReport, type VerifyReport } from '../verify/verify.js';
+import { verifyCheckpoint } from '../verify/verify.js';
+import type { LayerReport, VerifyReport } from '../verify/report.js';
 import { seconds } from './format.js';
 import { parseThreads, type Output } from './output.js';
 import { ProgressLine } from './progress.js';

@@ -7,10 +7,12 @@ import { activationDtype, planConversion, tensorBytes } from '../plan/plan.js';
 import { resolveBackend, setThreads, type ActDtype, type Backend, type DeviceChoice, type LayoutVersion } from '../transform/marlin.js';
 import { BufferPool } from './buffer-pool.js';
 import { reportProfile, startProfile, timed } from './profile.js';
-import { layerRecords, type LayerRecord } from './metadata.js';
+import { layerRecords } from '../plan/records.js';
+import type { LayerRecord } from '../format/records.js';
+import type { ManifestFile } from '../format/manifest.js';
 import { stageOutput } from './output-dir.js';
 import { forEachLimited, writeShard } from './write-shard.js';
-import { copyOtherFiles, writeConfig, writeIndex, writeManifest, type ManifestFile } from './write-files.js';
+import { copyOtherFiles, writeConfig, writeIndex, writeManifest } from './write-files.js';
 import { HashQueue, type FileDigest } from '../integrity/sha256.js';
 import { stat } from 'node:fs/promises';
 

@@ -6,10 +6,9 @@ import type { Checkpoint } from '../checkpoint/model-dir.js';
 import { INDEX_FILE } from '../checkpoint/model-dir.js';
 import type { Flavour } from '../checkpoint/flavour.js';
 import { tensorBytes, type Plan } from '../plan/plan.js';
-import { VERSION } from '../version.js';
-import type { LayerRecord } from './metadata.js';
-
-export const MANIFEST_FILE = 'marlin_fp4_manifest.json';
+import { buildManifest, MANIFEST_FILE, type Manifest, type ManifestFile } from '../format/manifest.js';
+import { marlinQuantConfig } from '../format/quant-config.js';
+import type { LayerRecord } from '../format/records.js';
 
 /**
  * hf_quant_config.json makes loaders treat a directory as ModelOpt NVFP4, which the output no
@@ -19,19 +18,8 @@ const DROPPED = new Set(['config.json', 'hf_quant_config.json', INDEX_FILE, MANI
 
 const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
-export function marlinQuantConfig(plan: Plan, flavour: Flavour): Record<string, unknown> {
-  return {
-    quant_method: 'marlin_fp4',
-    layout: plan.layout,
-    activation_dtype: plan.dtype,
-    group_size: 16,
-    source_format: flavour.kind === 'modelopt' ? 'modelopt-nvfp4' : 'compressed-tensors-nvfp4',
-    original_quantization_config: flavour.original,
-  };
-}
-
 export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: Flavour, outDir: string): Promise<void> {
-  const config = { ...ckpt.config, quantization_config: marlinQuantConfig(plan, flavour) };
+  const config = { ...ckpt.config, quantization_config: marlinQuantConfig({ layout: plan.layout, dtype: plan.dtype, source: flavour.kind, original: flavour.original }) };
   await writeFile(join(outDir, 'config.json'), json(config));
 }
 
@@ -58,25 +46,6 @@ export async function writeIndex(plan: Plan, outDir: string): Promise<void> {
   await writeFile(join(outDir, INDEX_FILE), json({ metadata: { total_size: total }, weight_map: weightMap }));
 }
 
-export interface ManifestFile {
-  name: string;
-  bytes: number;
-  /** Absent when convert ran with --no-checksums. */
-  sha256?: string;
-}
-
-export interface Manifest {
-  format_version: 1;
-  tool: { name: 'marlin-fp4'; version: string };
-  source: { path: string; format: string; shards: ManifestFile[] };
-  layout: string;
-  activation_dtype: string;
-  layers: LayerRecord[];
-  ignored_modules: string[];
-  /** Every file of the output but this manifest. */
-  files: ManifestFile[];
-}
-
 export async function writeManifest(
   ckpt: Checkpoint,
   plan: Plan,
@@ -86,17 +55,14 @@ export async function writeManifest(
   sourceShards: ManifestFile[],
   outDir: string,
 ): Promise<Manifest> {
-  const byName = (a: ManifestFile, b: ManifestFile) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-  const manifest: Manifest = {
-    format_version: 1,
-    tool: { name: 'marlin-fp4', version: VERSION },
-    source: { path: ckpt.dir, format: flavour.kind, shards: [...sourceShards].sort(byName) },
+  const manifest = buildManifest({
+    source: { path: ckpt.dir, format: flavour.kind, shards: sourceShards },
     layout: plan.layout,
-    activation_dtype: plan.dtype,
+    dtype: plan.dtype,
     layers,
-    ignored_modules: plan.ignored,
-    files: [...files].sort(byName),
-  };
+    ignored: plan.ignored,
+    files,
+  });
   await writeFile(join(outDir, MANIFEST_FILE), json(manifest));
   return manifest;
 }

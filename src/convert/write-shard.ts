@@ -7,7 +7,7 @@ import { EnvironmentError } from '../errors.js';
 import { SafetensorsWriter } from '../safetensors/index.js';
 import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
-import type { LayerRecord } from './metadata.js';
+import { shardMetadata, type LayerRecord } from '../format/records.js';
 import { StreamingHash, type FileDigest } from '../integrity/sha256.js';
 import { produce } from './produce.js';
 import { timed } from './profile.js';
@@ -31,11 +31,7 @@ export interface ShardJob {
 export async function writeShard(job: ShardJob): Promise<void> {
   const { plan, shard } = job;
   const layers = shard.tensors.map((t) => job.records.get(t.name)).filter((r): r is LayerRecord => !!r);
-  const metadata = {
-    format: 'pt',
-    marlin_fp4: JSON.stringify({ format_version: 1, layout: plan.layout, activation_dtype: plan.dtype, layers }),
-  };
-  const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, metadata);
+  const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, shardMetadata(plan.layout, plan.dtype, layers));
   let pending: Promise<void> = Promise.resolve();
   const hash = job.onDigest ? new StreamingHash(writer.path) : undefined;
   // Writes complete in order, so everything below `written` is on disk and can be hashed.

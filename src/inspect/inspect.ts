@@ -7,13 +7,14 @@ import { InputError } from '../errors.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/model-dir.js';
 import { detectFormat, type Detected, type Flavour } from '../checkpoint/flavour.js';
 import { readJsonObject } from '../checkpoint/json-file.js';
-import { MANIFEST_FILE } from '../convert/write-files.js';
+import { MANIFEST_FILE } from '../format/manifest.js';
 import { findLinears, type ExpertGroup, type FoundLinears, type LinearSource } from '../plan/linears.js';
 import { readGlobalScale } from '../plan/global-scales.js';
 import { activationDtype, denseShape, fusedGlobalMismatches, planConversion, stackShape, tensorBytes } from '../plan/plan.js';
 import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
 import { inspectMarlin, type MarlinLayers } from './marlin.js';
 import { scanBlockScales, type ScaleScan } from './scales.js';
+import type { Problem } from './problem.js';
 
 export interface InspectOptions {
   /** A local model directory. */
@@ -22,25 +23,6 @@ export interface InspectOptions {
   dtype?: ActDtype;
   /** Also read every block-scale tensor (1/8 of the weights): negative/NaN scales, v2 losses, v1 bfloat16 subnormals. */
   scanScales?: boolean;
-}
-
-export type ProblemKind =
-  | 'shape'
-  | 'missing'
-  | 'malformed'
-  | 'global-scale'
-  | 'fused-global-scale'
-  | 'block-scale'
-  | 'dtype'
-  | 'group-size'
-  | 'v1-bfloat16-subnormal'
-  | 'metadata';
-
-export interface Problem {
-  kind: ProblemKind;
-  /** Set when the problem concerns one layout only. */
-  layout?: LayoutVersion;
-  message: string;
 }
 
 export interface ShapeCount {

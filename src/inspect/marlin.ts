@@ -4,19 +4,10 @@
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import { readTensor } from '../checkpoint/model-dir.js';
 import type { Detected } from '../checkpoint/flavour.js';
-import type { Problem } from './inspect.js';
-
-interface Record {
-  name: string;
-  kind: string;
-  n?: number;
-  k?: number;
-  experts?: number;
-  hidden?: number;
-  intermediate?: number;
-  zeroed_scales?: number;
-  subnormal_scales?: number;
-}
+import { MANIFEST_FILE } from '../format/manifest.js';
+import { isReadRecord, readShardMetadata, SHARD_METADATA_KEY, type ReadRecord } from '../format/records.js';
+import { moduleTensorNames, type ModuleKind } from '../format/tensors.js';
+import type { Problem } from './problem.js';
 
 export interface MarlinLayers {
   /** Where the layer list came from. */
@@ -28,9 +19,6 @@ export interface MarlinLayers {
   subnormal_scales?: { count: number; layers: number; from: 'manifest' | 'scan' };
 }
 
-const isRecord = (v: unknown): v is Record =>
-  typeof v === 'object' && v !== null && typeof (v as Record).name === 'string' && typeof (v as Record).kind === 'string';
-
 /** Processed (S0E5M3) scale bytes 0x01..0x7F encode values below 2^-6 (FORMAT.md §3 step 5). */
 export function countSubnormalProcessed(bytes: Uint8Array): number {
   let n = 0;
@@ -41,7 +29,7 @@ export function countSubnormalProcessed(bytes: Uint8Array): number {
 export async function inspectMarlin(
   ckpt: Checkpoint,
   det: Extract<Detected, { format: 'marlin-fp4' }>,
-  manifest: globalThis.Record<string, unknown> | undefined,
+  manifest: Record<string, unknown> | undefined,
   scan: boolean,
 ): Promise<{
   layers: MarlinLayers;
@@ -51,25 +39,24 @@ export async function inspectMarlin(
   problems: Problem[];
 }> {
   const problems: Problem[] = [];
-  let records: Record[] = [];
+  let records: ReadRecord[] = [];
   let from: MarlinLayers['from'] = 'none';
   for (const reader of ckpt.readers.values()) {
-    const raw = reader.header.metadata.marlin_fp4;
-    if (raw === undefined) continue;
     try {
-      const layers = (JSON.parse(raw) as { layers?: unknown }).layers;
-      if (Array.isArray(layers)) records.push(...layers.filter(isRecord));
+      const meta = readShardMetadata(reader.header.metadata);
+      if (!meta) continue;
+      records.push(...meta.layers);
       from = 'shard metadata';
     } catch {
-      problems.push({ kind: 'metadata', message: `${reader.header.path}: __metadata__.marlin_fp4 is not valid JSON` });
+      problems.push({ kind: 'metadata', message: `${reader.header.path}: __metadata__.${SHARD_METADATA_KEY} is not valid JSON` });
     }
   }
-  const manifestLayers = Array.isArray(manifest?.layers) ? (manifest.layers as unknown[]).filter(isRecord) : undefined;
+  const manifestLayers = Array.isArray(manifest?.layers) ? (manifest.layers as unknown[]).filter(isReadRecord) : undefined;
   if (records.length === 0 && manifestLayers) {
     records = manifestLayers;
     from = 'manifest';
   }
-  if (records.length === 0) problems.push({ kind: 'metadata', message: `${ckpt.dir}: no converted layers recorded (neither in the shards' __metadata__.marlin_fp4 nor in marlin_fp4_manifest.json)` });
+  if (records.length === 0) problems.push({ kind: 'metadata', message: `${ckpt.dir}: no converted layers recorded (neither in the shards' __metadata__.${SHARD_METADATA_KEY} nor in ${MANIFEST_FILE})` });
 
   const layers: MarlinLayers = { from, layers: records.length };
   if (manifestLayers) layers.zeroed_scales = manifestLayers.reduce((a, r) => a + (r.zeroed_scales ?? 0), 0);
@@ -85,7 +72,7 @@ export async function inspectMarlin(
     } else {
       // No manifest (or --scan-scales): count them in the stored scales (1/8 of the weights).
       for (const r of records) {
-        const name = r.kind === 'linear' ? `${r.name}.weight_scale` : `${r.name}_weight_scale`;
+        const name = moduleTensorNames(r.name, r.kind as ModuleKind).scales;
         if (!ckpt.tensors.has(name)) continue;
         const n = countSubnormalProcessed(await readTensor(ckpt, name));
         count += n;

@@ -4,11 +4,13 @@ import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import { where, type FoundLinears, type LinearSource } from '../plan/linears.js';
 import { lostScales, mergeScaleStats, scaleFactor, scanScales, subnormalScales, type ScaleStats } from '../transform/scale-stats.js';
 import { TransformError, type ActDtype } from '../transform/marlin.js';
-import type { Problem } from './inspect.js';
+import { GATED_STACKS, stackName } from '../format/moe.js';
+import type { ModuleKind } from '../format/tensors.js';
+import type { Problem } from './problem.js';
 
 export interface ScaleLayer {
   name: string;
-  kind: 'linear' | 'moe-w13' | 'moe-w2';
+  kind: ModuleKind;
   /** v2's scale factor for the activation dtype. */
   sf_v2: number;
   /** Non-zero block scales v2 would set to 0 (data lost). */
@@ -29,12 +31,12 @@ export interface ScaleScan {
 
 export async function scanBlockScales(ckpt: Checkpoint, found: FoundLinears, dtype: ActDtype): Promise<{ scan: ScaleScan; problems: Problem[] }> {
   const problems: Problem[] = [];
-  const units: { name: string; kind: ScaleLayer['kind']; linears: LinearSource[] }[] = [
+  // The modules convert would write, each with the linears that share its scale factor.
+  const units: { name: string; kind: ModuleKind; linears: LinearSource[] }[] = [
     ...found.dense.map((l) => ({ name: l.prefix, kind: 'linear' as const, linears: [l] })),
-    ...found.groups.flatMap((g) => [
-      { name: `${g.prefix}.w13`, kind: 'moe-w13' as const, linears: g.experts.flatMap((ex) => [ex.gate, ex.up]) },
-      { name: `${g.prefix}.w2`, kind: 'moe-w2' as const, linears: g.experts.map((ex) => ex.down) },
-    ]),
+    ...found.groups.flatMap((g) =>
+      GATED_STACKS.map(({ which, kind, parts }) => ({ name: stackName(g.prefix, which), kind, linears: g.experts.flatMap((ex) => parts.map((role) => ex[role])) })),
+    ),
   ];
   const scan: ScaleScan = { activation_dtype: dtype, tensors_scanned: 0, invalid_tensors: 0, zeroed_v2: 0, subnormal: 0, layers: [] };
   for (const u of units) {

@@ -3,7 +3,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { MANIFEST_FILE, type Manifest } from '../convert/write-files.js';
+import { MANIFEST_FILE, manifestProblem, type Manifest } from '../format/manifest.js';
 import { sha256Files } from './sha256.js';
 
 export interface ManifestProblem {
@@ -29,7 +29,8 @@ export async function readManifest(dir: string): Promise<Manifest> {
   }
   try {
     const m = JSON.parse(text) as Manifest;
-    if (m.format_version !== 1 || !Array.isArray(m.files)) throw new Error('unknown manifest format');
+    const problem = manifestProblem(m);
+    if (problem) throw new Error(problem);
     return m;
   } catch (e) {
     throw new InputError(`${path}: ${(e as Error).message}`);

@@ -5,6 +5,7 @@ import { InputError } from '../errors.js';
 import { TransformError } from '../transform/marlin.js';
 import type { Checkpoint, TensorRef } from '../checkpoint/model-dir.js';
 import { isIgnored, type Flavour } from '../checkpoint/flavour.js';
+import type { ExpertRole } from '../format/moe.js';
 
 export interface LinearSource {
   prefix: string;
@@ -19,8 +20,6 @@ export interface LinearSource {
   /** Input tensors that belong to this linear (not copied under their own names). */
   members: string[];
 }
-
-export type ExpertRole = 'gate' | 'up' | 'down';
 
 export interface ExpertGroup {
   /** The experts' prefix Q, e.g. model.layers.3.mlp.experts */

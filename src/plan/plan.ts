@@ -5,14 +5,10 @@ import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import type { Flavour } from '../checkpoint/flavour.js';
-import { DTYPE_SIZE, type Dtype } from '../safetensors/index.js';
-import {
-  linearShape,
-  moePaddedIntermediate,
-  type ActDtype,
-  type LayoutVersion,
-  type LinearShape,
-} from '../transform/marlin.js';
+import { DTYPE_SIZE } from '../safetensors/index.js';
+import { linearShape, type ActDtype, type LayoutVersion, type LinearShape } from '../transform/marlin.js';
+import { GATED_STACKS, stackName, stackPartShape, stackSizes, type ExpertRole, type StackSizes, type StackWhich } from '../format/moe.js';
+import { biasTensor, inputScaleTensor, moduleTensors, type ModuleKind, type OutputLayout, type TensorSpec } from '../format/tensors.js';
 import { asInputError, findLinears, where, type ExpertGroup, type LinearSource } from './linears.js';
 import { readGlobalScale, readInputScale } from './global-scales.js';
 import { planScales, type ScaleOutcome } from './scale-plan.js';
@@ -28,10 +24,13 @@ export interface DenseLinear {
 export interface MoeStack {
   group: ExpertGroup;
   /** 'w13' (gate then up along N) or 'w2' (down). */
-  which: 'w13' | 'w2';
+  which: StackWhich;
+  kind: ModuleKind;
+  /** The group's hidden and intermediate sizes (and the padded intermediate). */
+  sizes: StackSizes;
   /** Shape of one part (gate, up or down) of one expert. */
   part: LinearShape;
-  parts: ('gate' | 'up' | 'down')[];
+  parts: ExpertRole[];
   /** Global scale per expert (gate's, checked equal to up's). */
   ws2: number[];
   /** One scale factor for the whole stack. */
@@ -45,10 +44,8 @@ export type Producer =
   | { kind: 'bias'; linear: DenseLinear }
   | { kind: 'stack-weight' | 'stack-scales' | 'stack-global'; stack: MoeStack };
 
-export interface OutputTensor {
-  name: string;
-  dtype: Dtype;
-  shape: number[];
+/** An output tensor: its spec (from format/) and how its bytes are made. */
+export interface OutputTensor extends TensorSpec {
   producer: Producer;
 }
 
@@ -80,6 +77,11 @@ export interface PlanOptions {
 }
 
 const UNSCANNED: ScaleOutcome = { sf: 1, lost: 0, subnormal: 0 };
+
+/** A converted module's name: a dense linear's prefix, or a stack's `<experts prefix>.w13` / `.w2`. */
+export function moduleName(m: DenseLinear | MoeStack): string {
+  return 'source' in m ? m.source.prefix : stackName(m.group.prefix, m.which);
+}
 
 const FUSED = [
   ['q_proj', 'k_proj', 'v_proj'],
@@ -161,7 +163,7 @@ function checkFusedGlobals(dense: DenseLinear[]): void {
 }
 
 /** An expert group's sizes, checked against the layout (an InputError otherwise); ip = padded intermediate. */
-export function stackShape(ckpt: Checkpoint, group: ExpertGroup, layout: LayoutVersion): { hidden: number; intermediate: number; ip: number } {
+export function stackShape(ckpt: Checkpoint, group: ExpertGroup, layout: LayoutVersion): StackSizes {
   const first = group.experts[0]!;
   const gw = ckpt.tensors.get(first.gate.weight)!.entry;
   const dw = ckpt.tensors.get(first.down.weight)!.entry;
@@ -188,43 +190,36 @@ export function stackShape(ckpt: Checkpoint, group: ExpertGroup, layout: LayoutV
   if (layout === 'v1' && intermediate % 64 !== 0) {
     throw new InputError(`${where(ckpt, first.gate.weight)}: intermediate size ${intermediate} is not a multiple of 64: layout v1 cannot pad it (use --layout v2)`);
   }
-  return { hidden, intermediate, ip: moePaddedIntermediate(intermediate, hidden, layout) };
+  return stackSizes(hidden, intermediate, layout);
 }
 
 async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype, scanScales }: PlanOptions): Promise<MoeStack[]> {
-  const { hidden, intermediate, ip } = stackShape(ckpt, group, layout);
-  const w13: number[] = [];
-  const w2: number[] = [];
+  const sizes = stackShape(ckpt, group, layout);
+  const globals: Record<ExpertRole, number>[] = [];
   for (const [e, ex] of group.experts.entries()) {
-    const [g, u, d] = await Promise.all([readGlobalScale(ckpt, ex.gate), readGlobalScale(ckpt, ex.up), readGlobalScale(ckpt, ex.down)]);
-    if (g !== u) {
+    const [gate, up, down] = await Promise.all([readGlobalScale(ckpt, ex.gate), readGlobalScale(ckpt, ex.up), readGlobalScale(ckpt, ex.down)]);
+    if (gate !== up) {
       throw new InputError(
-        `${group.prefix}.${e}: gate and up projections have different global scales (${g} vs ${u}); the fused w13 stack keeps one value per expert`,
+        `${group.prefix}.${e}: gate and up projections have different global scales (${gate} vs ${up}); the fused w13 stack keeps one value per expert`,
       );
     }
-    w13.push(g);
-    w2.push(d);
+    globals.push({ gate, up, down });
   }
-  const gateUp = group.experts.flatMap((ex) => [ex.gate, ex.up]);
-  const down = group.experts.map((ex) => ex.down);
-  return [
-    {
+  const stacks: MoeStack[] = [];
+  for (const { which, kind, parts } of GATED_STACKS) {
+    stacks.push({
       group,
-      which: 'w13',
-      part: { n: intermediate, k: hidden, np: ip, kp: hidden },
-      parts: ['gate', 'up'],
-      ws2: w13,
-      scales: scanScales === false ? UNSCANNED : await planScales(ckpt, gateUp, layout, dtype),
-    },
-    {
-      group,
-      which: 'w2',
-      part: { n: hidden, k: intermediate, np: hidden, kp: ip },
-      parts: ['down'],
-      ws2: w2,
-      scales: scanScales === false ? UNSCANNED : await planScales(ckpt, down, layout, dtype),
-    },
-  ];
+      which,
+      kind,
+      sizes,
+      part: stackPartShape(which, sizes),
+      parts,
+      // One global per expert: its first part's (the parts' are checked equal above).
+      ws2: globals.map((g) => g[parts[0]!]),
+      scales: scanScales === false ? UNSCANNED : await planScales(ckpt, group.experts.flatMap((ex) => parts.map((role) => ex[role])), layout, dtype),
+    });
+  }
+  return stacks;
 }
 
 export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: PlanOptions): Promise<Plan> {
@@ -242,31 +237,27 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
   const consumed = new Set<string>();
   const byShard = new Map<string, OutputTensor[]>(ckpt.shards.map((s) => [s, []]));
   const put = (anchor: string, t: OutputTensor) => byShard.get(ckpt.tensors.get(anchor)!.shard)!.push(t);
-  const globalDtype: Dtype = layout === 'v2' ? 'F32' : dtype === 'float16' ? 'F16' : 'BF16';
+  const out: OutputLayout = { layout, dtype };
 
   for (const d of dense) {
     const { prefix, weight } = d.source;
-    const { np, kp } = d.shape;
     d.source.members.forEach((m) => consumed.add(m));
-    put(weight, { name: `${prefix}.weight`, dtype: 'I32', shape: [kp / 16, 2 * np], producer: { kind: 'dense-weight', linear: d } });
-    put(weight, { name: `${prefix}.weight_scale`, dtype: 'F8_E4M3', shape: [kp / 16, np], producer: { kind: 'dense-scales', linear: d } });
-    put(weight, { name: `${prefix}.weight_scale_2`, dtype: globalDtype, shape: [1], producer: { kind: 'dense-global', linear: d } });
-    if (d.inputScale !== undefined) {
-      put(weight, { name: `${prefix}.input_scale`, dtype: 'F32', shape: [], producer: { kind: 'input-scale', value: d.inputScale } });
-    }
+    const t = moduleTensors(prefix, 'linear', { part: d.shape, parts: 1 }, out);
+    put(weight, { ...t.weight, producer: { kind: 'dense-weight', linear: d } });
+    put(weight, { ...t.scales, producer: { kind: 'dense-scales', linear: d } });
+    put(weight, { ...t.global, producer: { kind: 'dense-global', linear: d } });
+    if (d.inputScale !== undefined) put(weight, { ...inputScaleTensor(prefix), producer: { kind: 'input-scale', value: d.inputScale } });
     if (d.source.bias) {
       const b = ckpt.tensors.get(d.source.bias)!.entry;
-      put(weight, { name: `${prefix}.bias`, dtype: b.dtype, shape: [np], producer: { kind: 'bias', linear: d } });
+      put(weight, { ...biasTensor(prefix, b.dtype, d.shape), producer: { kind: 'bias', linear: d } });
     }
   }
   for (const s of stacks) {
-    const E = s.group.experts.length;
     const anchor = s.group.experts[0]!.gate.weight;
-    const width = s.part.np * s.parts.length;
-    const q = `${s.group.prefix}.${s.which}`;
-    put(anchor, { name: `${q}_weight`, dtype: 'I32', shape: [E, s.part.kp / 16, 2 * width], producer: { kind: 'stack-weight', stack: s } });
-    put(anchor, { name: `${q}_weight_scale`, dtype: 'F8_E4M3', shape: [E, s.part.kp / 16, width], producer: { kind: 'stack-scales', stack: s } });
-    put(anchor, { name: `${q}_weight_scale_2`, dtype: globalDtype, shape: [E], producer: { kind: 'stack-global', stack: s } });
+    const t = moduleTensors(moduleName(s), s.kind, { part: s.part, parts: s.parts.length, experts: s.group.experts.length }, out);
+    put(anchor, { ...t.weight, producer: { kind: 'stack-weight', stack: s } });
+    put(anchor, { ...t.scales, producer: { kind: 'stack-scales', stack: s } });
+    put(anchor, { ...t.global, producer: { kind: 'stack-global', stack: s } });
     for (const ex of s.group.experts) {
       for (const role of s.parts) {
         const lin = ex[role];
@@ -274,7 +265,7 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
         if (lin.inputScale) {
           consumed.add(lin.inputScale);
           const value = await readInputScale(ckpt, lin);
-          put(lin.inputScale, { name: `${lin.prefix}.input_scale`, dtype: 'F32', shape: [], producer: { kind: 'input-scale', value: value! } });
+          put(lin.inputScale, { ...inputScaleTensor(lin.prefix), producer: { kind: 'input-scale', value: value! } });
         }
       }
     }

@@ -1,0 +1,60 @@
+// marlin_fp4_manifest.json: what convert made, from what, with every output file's size and
+// sha256 (integrity/ checks them). Its name, its shape and how it is assembled live here;
+// writing it is convert's, reading and checking it integrity's.
+import { VERSION } from '../version.js';
+import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
+import type { LayerRecord } from './records.js';
+
+export const MANIFEST_FILE = 'marlin_fp4_manifest.json';
+export const MANIFEST_VERSION = 1;
+
+export interface ManifestFile {
+  name: string;
+  bytes: number;
+  /** Absent when convert ran with --no-checksums. */
+  sha256?: string;
+}
+
+export interface Manifest {
+  format_version: typeof MANIFEST_VERSION;
+  tool: { name: 'marlin-fp4'; version: string };
+  source: { path: string; format: string; shards: ManifestFile[] };
+  layout: string;
+  activation_dtype: string;
+  layers: LayerRecord[];
+  ignored_modules: string[];
+  /** Every file of the output but this manifest. */
+  files: ManifestFile[];
+}
+
+export interface ManifestInput {
+  source: { path: string; format: string; shards: ManifestFile[] };
+  layout: LayoutVersion;
+  dtype: ActDtype;
+  layers: LayerRecord[];
+  ignored: string[];
+  files: ManifestFile[];
+}
+
+const byName = (a: ManifestFile, b: ManifestFile) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+/** The manifest, file lists sorted by name so that equal inputs give equal bytes. */
+export function buildManifest(m: ManifestInput): Manifest {
+  return {
+    format_version: MANIFEST_VERSION,
+    tool: { name: 'marlin-fp4', version: VERSION },
+    source: { ...m.source, shards: [...m.source.shards].sort(byName) },
+    layout: m.layout,
+    activation_dtype: m.dtype,
+    layers: m.layers,
+    ignored_modules: m.ignored,
+    files: [...m.files].sort(byName),
+  };
+}
+
+/** Why a parsed manifest is not one this version reads, or undefined when it is. */
+export function manifestProblem(m: unknown): string | undefined {
+  const o = m as Partial<Manifest> | null;
+  if (typeof o !== 'object' || o === null || o.format_version !== MANIFEST_VERSION || !Array.isArray(o.files)) return 'unknown manifest format';
+  return undefined;
+}

@@ -1,0 +1,63 @@
+// What the output records about each converted module, and where: every shard's safetensors
+// __metadata__ carries, under `marlin_fp4`, a JSON string with the layout, the activation dtype
+// and the records of the modules whose tensors it holds; the manifest holds all records.
+// Plain data only (no timestamps), so outputs are byte-identical across runs.
+import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
+import type { ModuleKind } from './tensors.js';
+
+export interface LayerRecord {
+  name: string;
+  kind: ModuleKind;
+  layout: string;
+  activation_dtype: string;
+  n: number;
+  k: number;
+  np: number;
+  kp: number;
+  sf: number;
+  experts?: number;
+  hidden?: number;
+  intermediate?: number;
+  /** Block scales layout v2 set to 0. */
+  zeroed_scales: number;
+  /** Block scales below 2^-6: decoded wrongly by v1's bfloat16 kernel. */
+  subnormal_scales: number;
+}
+
+/** A record as read back from a file someone may have edited: only name and kind are sure. */
+export type ReadRecord = Partial<Omit<LayerRecord, 'name' | 'kind'>> & { name: string; kind: string };
+
+/** The __metadata__ key holding the marlin-fp4 JSON. */
+export const SHARD_METADATA_KEY = 'marlin_fp4';
+export const FORMAT_VERSION = 1;
+
+/** A shard's safetensors __metadata__ (string values only, as safetensors wants). */
+export function shardMetadata(layout: LayoutVersion, dtype: ActDtype, layers: LayerRecord[]): Record<string, string> {
+  return {
+    format: 'pt',
+    [SHARD_METADATA_KEY]: JSON.stringify({ format_version: FORMAT_VERSION, layout, activation_dtype: dtype, layers }),
+  };
+}
+
+export const isReadRecord = (v: unknown): v is ReadRecord =>
+  typeof v === 'object' && v !== null && typeof (v as ReadRecord).name === 'string' && typeof (v as ReadRecord).kind === 'string';
+
+export interface ReadShardMetadata {
+  layout?: unknown;
+  activation_dtype?: unknown;
+  /** The well-formed records (objects with a name and a kind). */
+  layers: ReadRecord[];
+}
+
+/**
+ * The marlin-fp4 part of a shard's __metadata__: undefined where the shard has none;
+ * a SyntaxError where it is not valid JSON (the caller names the shard).
+ */
+export function readShardMetadata(metadata: Record<string, string>): ReadShardMetadata | undefined {
+  const raw = metadata[SHARD_METADATA_KEY];
+  if (raw === undefined) return undefined;
+  const meta = JSON.parse(raw) as { layout?: unknown; activation_dtype?: unknown; layers?: unknown } | null;
+  if (typeof meta !== 'object' || meta === null) throw new SyntaxError('not a JSON object');
+  const layers = Array.isArray(meta.layers) ? meta.layers.filter(isReadRecord) : [];
+  return { layout: meta.layout, activation_dtype: meta.activation_dtype, layers };
+}

@@ -1,0 +1,43 @@
+// The record of each converted module, derived from the plan: convert writes it into every
+// shard's __metadata__ and the manifest (format/records.ts says where and how), and verify
+// compares what the output claims with the record the same plan gives.
+import type { LayerRecord } from '../format/records.js';
+import { moduleTensorNames } from '../format/tensors.js';
+import { moduleName, type DenseLinear, type MoeStack, type Plan } from './plan.js';
+
+export function denseRecord(plan: Plan, d: DenseLinear): LayerRecord {
+  return {
+    name: moduleName(d),
+    kind: 'linear',
+    layout: plan.layout,
+    activation_dtype: plan.dtype,
+    ...d.shape,
+    sf: d.scales.sf,
+    zeroed_scales: d.scales.lost,
+    subnormal_scales: d.scales.subnormal,
+  };
+}
+
+export function stackRecord(plan: Plan, s: MoeStack): LayerRecord {
+  return {
+    name: moduleName(s),
+    kind: s.kind,
+    layout: plan.layout,
+    activation_dtype: plan.dtype,
+    ...s.part,
+    sf: s.scales.sf,
+    experts: s.group.experts.length,
+    hidden: s.sizes.hidden,
+    intermediate: s.sizes.intermediate,
+    zeroed_scales: s.scales.lost,
+    subnormal_scales: s.scales.subnormal,
+  };
+}
+
+/** Every converted module of the plan, keyed by the output tensor that anchors it (its weight). */
+export function layerRecords(plan: Plan): Map<string, LayerRecord> {
+  const out = new Map<string, LayerRecord>();
+  for (const d of plan.dense) out.set(moduleTensorNames(moduleName(d), 'linear').weight, denseRecord(plan, d));
+  for (const s of plan.stacks) out.set(moduleTensorNames(moduleName(s), s.kind).weight, stackRecord(plan, s));
+  return out;
+}

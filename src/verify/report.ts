@@ -1,0 +1,75 @@
+// What `marlin-fp4 verify` is asked (VerifyOptions) and what it answers (VerifyReport): the
+// shapes the CLI prints and `--json` emits. Types only.
+import type { LayerRecord } from '../format/records.js';
+import type { ActDtype, Backend, DeviceChoice, LayoutVersion } from '../transform/marlin.js';
+
+export interface VerifyOptions {
+  /** The converted directory (default: the current directory). */
+  dir?: string;
+  /** The NVFP4 source (default: the path the manifest records). */
+  source?: string;
+  /** GEMM row counts (default 1, 16, 128). */
+  m?: number[];
+  /** Relative Frobenius error bound (default 2e-3 for float16, 1e-2 for bfloat16). */
+  tolerance?: number;
+  /** Which layers get GEMMs: 'all', a count N (a deterministic, evenly spread sample), or a regex on the layer name. */
+  layers?: string;
+  /** MoE experts per stack that get GEMMs: a count (evenly spread sample) or 'all' (default 4). */
+  experts?: number | 'all';
+  /** Where the GEMMs and inverse transforms run (default auto). */
+  device?: DeviceChoice;
+  threads?: number;
+  /** Skip the byte comparison of copied (unquantized) tensors. */
+  skipCopied?: boolean;
+  onProgress?(p: { done: number; total: number; layer: string; stage: 'structure' | 'gemm' }): void;
+}
+
+export interface GemmCheck {
+  m: number;
+  expert?: number;
+  /** gate / up / down for MoE stacks. */
+  part?: string;
+  rel_err: number;
+  max_abs_err: number;
+  /** Only where v2 zeroed scales: the error against the source's exact weights (information). */
+  rel_err_vs_exact?: number;
+  pass: boolean;
+  error?: string;
+}
+
+/** A converted module as convert recorded it (name, kind, shapes, sf), with verify's findings. */
+export interface LayerReport extends Pick<LayerRecord, 'name' | 'kind' | 'n' | 'k' | 'np' | 'kp' | 'sf' | 'experts'> {
+  /** Structural problems (empty when the layer is byte-exact). */
+  errors: string[];
+  /** Block scales v2 set to 0 (expected differences, data lost by the format). */
+  zeroed_scales: number;
+  /** Absent when the layer was not selected for GEMMs. */
+  gemm?: GemmCheck[];
+  /** Worst relative error per M over the layer's GEMMs. */
+  worst?: { m: number; rel_err: number; max_abs_err: number }[];
+  pass: boolean;
+}
+
+export interface VerifyReport {
+  converted: string;
+  source: string;
+  layout: LayoutVersion;
+  activation_dtype: ActDtype;
+  device: Backend;
+  /** What the reference GEMM multiplies with: cpu, cublas (…), cuda-kernel (…). */
+  reference_engine: string;
+  m: number[];
+  tolerance: number;
+  layers_checked: number;
+  layers_gemm: number;
+  tensors_checked: number;
+  copied_checked: number;
+  gemms: number;
+  layers: LayerReport[];
+  /** Problems that belong to no layer (missing layers, copied tensors, metadata). */
+  errors: string[];
+  warnings: string[];
+  failed_layers: string[];
+  passed: boolean;
+  seconds: number;
+}

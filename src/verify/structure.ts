@@ -1,0 +1,118 @@
+// Structure step, one converted module at a time: its tensors have the plan's names, dtypes
+// and shapes; the packed weight unpacked back equals the source weight byte for byte; the
+// processed scales decoded back equal the source scales with v2's clamp applied (a scale the
+// clamp zeroes must be 0 exactly there); the padding is zero; the global scale is the one the
+// source's weight_scale_2 gives; input scales travel unchanged.
+import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
+import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../format/tensors.js';
+import { decodeScales, processGlobalScale, unpackWeight } from '../transform/marlin.js';
+import { clampedScales } from './gemm.js';
+import { diffBytes, hex, slab } from './bytes.js';
+import type { VerifyContext } from './context.js';
+import type { LayerReport } from './report.js';
+import type { Unit } from './units.js';
+
+/** What the GEMM step needs of a module that passed far enough to be multiplied. */
+export interface Loaded {
+  /** Per expert, per part: source weight and block scales. */
+  src: { weight: Buffer; scale: Buffer }[][];
+  weight: Buffer;
+  scales: Buffer;
+  global: Buffer;
+}
+
+function expectTensor(ckpt: Checkpoint, want: TensorSpec, errors: string[]): boolean {
+  const { name, dtype, shape } = want;
+  const ref = ckpt.tensors.get(name);
+  if (!ref) {
+    errors.push(`${name}: missing from the converted checkpoint`);
+    return false;
+  }
+  let ok = true;
+  if (ref.entry.dtype !== dtype) {
+    errors.push(`${name}: dtype ${ref.entry.dtype}, expected ${dtype}`);
+    ok = false;
+  }
+  if (ref.entry.shape.join(',') !== shape.join(',')) {
+    errors.push(`${name}: shape [${ref.entry.shape.join(', ')}], expected [${shape.join(', ')}]`);
+    ok = false;
+  }
+  return ok;
+}
+
+/** Checks one module into rep.errors; returns what the GEMMs need, or undefined when they cannot run. */
+export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerReport): Promise<Loaded | undefined> {
+  const { src: s, out, layout, dtype, backend } = ctx;
+  const errs = rep.errors;
+  const shape = u.shape;
+  const sf = u.scales.sf;
+  Object.assign(rep, { n: shape.n, k: shape.k, np: shape.np, kp: shape.kp });
+  rep.sf = sf;
+
+  const src: Loaded['src'] = [];
+  for (const parts of u.experts) src.push(await Promise.all(parts.map(async (lin) => ({ weight: await readTensor(s, lin.weight), scale: await readTensor(s, lin.scale) }))));
+
+  // Tensors: names, dtypes, shapes as the plan has them.
+  const E = u.experts.length;
+  const P = u.parts.length;
+  const okW = expectTensor(out, u.tensors.weight, errs);
+  const okS = expectTensor(out, u.tensors.scales, errs);
+  const okG = expectTensor(out, u.tensors.global, errs);
+  ctx.counts.tensors += 3;
+  // What can be read is checked even when another tensor is wrong; the GEMMs need all three.
+  const [wAll, sAll, gAll] = await Promise.all([
+    okW ? readTensor(out, u.tensors.weight.name) : undefined,
+    okS ? readTensor(out, u.tensors.scales.name) : undefined,
+    okG ? readTensor(out, u.tensors.global.name) : undefined,
+  ]);
+
+  // Contents, expert by expert and part by part.
+  const gsize = globalScaleBytes(ctx);
+  for (let e = 0; e < E; e++) {
+    const who = (p: number) => (u.kind === 'linear' ? '' : `expert ${e} ${u.parts[p]}: `);
+    for (let p = 0; p < P; p++) {
+      const { weight, scale } = src[e]![p]!;
+      const where = { totalNp: shape.np * P, colOffset: p * shape.np };
+      if (wAll) {
+        const unpacked = await unpackWeight(u.tensors.weight.name, slab(wAll, e, E), shape, where, backend);
+        const dw = diffBytes(unpacked.weight, weight);
+        if (dw.count > 0) {
+          const rb = shape.k / 2;
+          const at = `[${Math.floor(dw.first / rb)}, k ${2 * (dw.first % rb)}..${2 * (dw.first % rb) + 1}]`;
+          errs.push(`${who(p)}weight: ${dw.count} bytes differ from the source, first at ${at} (${hex(unpacked.weight[dw.first])} vs ${hex(weight[dw.first])})`);
+        }
+        if (unpacked.paddingNonzero > 0) errs.push(`${who(p)}weight: ${unpacked.paddingNonzero} non-zero 8-byte blocks in the padding`);
+      }
+      if (!sAll) continue;
+      const decoded = await decodeScales(u.tensors.scales.name, slab(sAll, e, E), shape, { layout, sf }, where, backend);
+      const want = clampedScales(scale, layout, sf);
+      rep.zeroed_scales += want.lost;
+      const ds = diffBytes(decoded.scales, want.scales);
+      if (ds.count > 0) {
+        const g = shape.k / 16;
+        errs.push(
+          `${who(p)}weight_scale: ${ds.count} block scales differ from the source${want.lost ? ` (after v2's clamp, which zeroes ${want.lost})` : ''}, ` +
+            `first at [${Math.floor(ds.first / g)}, ${ds.first % g}] (decodes to ${hex(decoded.scales[ds.first])}, source ${hex(scale[ds.first])})`,
+        );
+      }
+      if (decoded.paddingNonzero > 0) errs.push(`${who(p)}weight_scale: ${decoded.paddingNonzero} non-zero bytes in the padding`);
+    }
+    // One global per expert (gate's for w13: the plan checked it equal to up's).
+    const wantG = processGlobalScale(u.name, u.ws2[e]!, { layout, dtype, sf });
+    const gotG = gAll?.subarray(gsize * e, gsize * (e + 1));
+    if (gotG && !Buffer.from(gotG).equals(wantG)) {
+      errs.push(`${u.kind === 'linear' ? '' : `expert ${e}: `}weight_scale_2: stored ${gotG.toString('hex')}, expected ${wantG.toString('hex')} from weight_scale_2 ${u.ws2[e]}`);
+    }
+  }
+  // Input scales travel unchanged (ModelOpt's value; compressed-tensors' reciprocal undone).
+  for (const parts of u.experts) {
+    for (const lin of parts) {
+      const spec = ctx.outputs.get(inputScaleName(lin.prefix));
+      if (spec?.producer.kind !== 'input-scale' || !expectTensor(out, spec, errs)) continue;
+      const got = (await readTensor(out, spec.name)).readFloatLE(0);
+      if (got !== spec.producer.value) errs.push(`${spec.name}: ${got}, expected ${spec.producer.value}`);
+    }
+  }
+  if (u.dense?.source.bias && !out.tensors.has(biasName(u.dense.source.prefix))) errs.push(`${biasName(u.dense.source.prefix)}: missing`);
+  return wAll && sAll && gAll ? { src, weight: wAll, scales: sAll, global: gAll } : undefined;
+}
