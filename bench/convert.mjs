@@ -10,7 +10,7 @@ import { tmpdir, availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { generateModel } from '../fixtures/generate.mjs';
+import { generateModel } from '../build/tools/fixture-generator/generate.js';
 
 const { values } = parseArgs({
   options: {

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { generateModel } from '../fixtures/generate.mjs';
+import { generateModel } from '../build/tools/fixture-generator/generate.js';
 
 const { values } = parseArgs({ options: { dir: { type: 'string' }, keep: { type: 'boolean', default: false } } });
 const bin = fileURLToPath(new URL('../bin/marlin-fp4.js', import.meta.url));

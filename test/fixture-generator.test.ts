@@ -1,6 +1,8 @@
-// Tests of fixtures/generate.mjs and of the synthetic NVFP4 checkpoints committed under
-// fixtures/models (which the generator must reproduce byte for byte).
+// Tests of the fixture generator (tools/fixture-generator/, imported here as TypeScript
+// sources; its CLI runs from `npm run build:tools`'s output) and of the synthetic NVFP4
+// checkpoints committed under fixtures/models (which it must reproduce byte for byte).
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,17 +13,18 @@ import {
   assignShards,
   generateModel,
   GLOBAL_SCALE_TABLE,
-  parseCliArgs,
   planTensors,
   PRESETS,
   resolveOptions,
   type GenerateOptions,
-} from '../fixtures/generate.mjs';
+} from '../tools/fixture-generator/generate.js';
+import { COMMAND, parseCliArgs } from '../tools/fixture-generator/cli.js';
 import { SafetensorsReader, type TensorEntry } from '../src/safetensors/index.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MODELS = join(ROOT, 'fixtures', 'models');
-const GENERATOR = join(ROOT, 'fixtures', 'generate.mjs');
+/** The compiled CLI (npm test builds it first: `npm run build:tools`). */
+const GENERATOR = join(ROOT, COMMAND.replace(/^node /, ''));
 const COMMITTED = ['llama-tiny-modelopt', 'llama-tiny-ct', 'qwen3-moe-tiny-modelopt', 'qwen3-moe-tiny-ct'];
 
 let tmp: string;
@@ -39,7 +42,7 @@ async function readmeCommands(): Promise<Map<string, GenerateOptions>> {
   const text = await readFile(join(MODELS, 'README.md'), 'utf8');
   const out = new Map<string, GenerateOptions>();
   for (const line of text.split('\n')) {
-    const m = /^node fixtures\/generate\.mjs (.+)$/.exec(line.trim());
+    const m = line.trim().startsWith(`${COMMAND} `) ? [line, line.trim().slice(COMMAND.length + 1)] : null;
     if (!m) continue;
     const parsed = parseCliArgs(m[1]!.split(/\s+/));
     if ('help' in parsed) throw new Error('unexpected --help in README');
@@ -539,6 +542,7 @@ describe('CLI', () => {
   const run = promisify(execFile);
 
   it('writes a model and prints one summary line; refuses to overwrite', async () => {
+    expect(existsSync(GENERATOR), `${GENERATOR} is missing: run npm run build:tools (npm test does)`).toBe(true);
     const d = freshDir('cli');
     const { stdout } = await run(process.execPath, [GENERATOR, d, '--preset', 'llama-tiny', '--flavour', 'modelopt', '--layers', '1', '--set', 'vocabSize=32']);
     expect(stdout.trim().split('\n')).toHaveLength(1);

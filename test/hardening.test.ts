@@ -7,7 +7,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateModel } from '../fixtures/generate.mjs';
+import { generateModel } from '../tools/fixture-generator/generate.js';
 import { BIN, cli, MODELS, tempDir } from './helpers/models.js';
 
 let work: string;
