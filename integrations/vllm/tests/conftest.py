@@ -2,6 +2,8 @@
 
 Tests convert with `node bin/marlin-fp4.js convert … --device cpu` (the built CLI; `npm ci`
 or `npm run build` first) so that the loader is checked against what convert really writes.
+The TP variants come from the fixture generator (tools/fixture-generator/), compiled into
+build/ by `npm run build:tools` when it is not there yet.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "fixtures" / "models"
+GENERATOR = REPO / "build" / "tools" / "fixture-generator" / "cli.js"
 
 #: Committed fixtures, and TP-friendly variants generated from the same presets.
 GENERATED = {
@@ -52,7 +55,9 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
             source = FIXTURES / name
             if name in GENERATED:
                 source = root / f"{name}-source"
-                _run(["node", "fixtures/generate.mjs", str(source), *GENERATED[name]])
+                if not GENERATOR.exists():
+                    _run(["npm", "run", "--silent", "build:tools"])
+                _run(["node", str(GENERATOR), str(source), *GENERATED[name]])
             out = root / name
             _run(["node", "bin/marlin-fp4.js", "convert", str(source), "-o", str(out), "--device", "cpu", "--quiet"])
             cache[name] = (out, source)
