@@ -298,7 +298,7 @@ Napi::Value ProcessScalesStackOn(const Napi::CallbackInfo& info, Backend backend
   const float given_sf = has_sf ? opt.Get("sf").As<Napi::Number>().FloatValue() : 1.0f;
   WorkerGuard g(env);
   auto stack = std::make_shared<std::vector<std::vector<PartSpec>>>(get_stack(env, info[0], k / kGroup, g.w));
-  const RowRange rows = row_range(env, opt, kp / kGroup, layout == Layout::V1 ? 2 : 1, stack->size(), backend);
+  const RowRange rows = row_range(env, opt, kp / kGroup, scale_unit_rows(layout), stack->size(), backend);
   const int64_t slab = (rows.end - rows.begin) * total_np((*stack)[0]);
   const Output out = output_for(env, opt, g.w, slab * (int64_t)stack->size());
   uint8_t* dst = out.data;
@@ -324,7 +324,7 @@ Napi::Value ProcessScalesStackOn(const Napi::CallbackInfo& info, Backend backend
 #endif
           return;
         }
-        const int64_t u = layout == Layout::V1 ? 2 : 1;
+        const int64_t u = scale_unit_rows(layout);
         if (rows.sliced) {
           // A slice of a tensor the caller has already scanned (it passes sf): scanning the whole
           // input again for every slice would cost more than the slice itself.
@@ -404,7 +404,7 @@ Napi::Value DecodeScalesOn(const Napi::CallbackInfo& info, Backend backend) {
     throw Napi::RangeError::New(env, "processed scales hold " + std::to_string(src.size) + " bytes, expected " +
                                          std::to_string((kp / kGroup) * tnp));
   if (col_off + np > tnp) throw Napi::RangeError::New(env, "part lies outside the processed scales");
-  const int64_t unit = layout == Layout::V1 ? 2 : 1;
+  const int64_t unit = scale_unit_rows(layout);
   WorkerGuard g(env);
   g.w->Keep(info[0]);
   Napi::Buffer<uint8_t> out = new_output(env, g.w, n * (k / kGroup));

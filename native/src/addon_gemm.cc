@@ -114,7 +114,7 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   expect_size(env, x, a.m * a.k * 2, "x");
   expect_size(env, w, (a.kp / kGroup) * 2 * a.np * 4, "weight");
   expect_size(env, s, (a.kp / kGroup) * a.np, "scales");
-  expect_size(env, g, a.layout == Layout::V1 ? 2 : 4, "global");
+  expect_size(env, g, global_scale_bytes(a.layout), "global");
   for (size_t i = 0; i < g.size; ++i) a.global_bits |= (uint32_t)g.data[i] << (8 * i);
   auto xs = act_copy(x);
   // The packed weight is read as 32-bit words: copy it only if the Buffer is misaligned.

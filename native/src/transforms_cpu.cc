@@ -27,17 +27,6 @@ struct PartTask {
 
 }  // namespace
 
-void pad_shape_v2(int64_t n, int64_t k, int64_t& np, int64_t& kp) {
-  const int64_t n1 = round_up(n, 64), k1 = round_up(k, 128);
-  const int64_t n2 = round_up(n, 128), k2 = round_up(k, 64);
-  const int64_t a1 = n1 * k1, a2 = n2 * k2;
-  if (a1 < a2 || (a1 == a2 && n1 + k1 <= n2 + k2)) {
-    np = n1, kp = k1;
-  } else {
-    np = n2, kp = k2;
-  }
-}
-
 void check_weight_shapes(int64_t n, int64_t np, int64_t k, int64_t kp) {
   if (n <= 0 || k <= 0) throw InvalidInput("empty weight " + shape_str(n, k));
   if (k % kGroup != 0) throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of 16");
@@ -238,7 +227,7 @@ struct ScaleMap {
 };
 
 ScaleMap build_scale_map(int64_t np, Layout layout) {
-  const int64_t u = layout == Layout::V1 ? 2 : 1;
+  const int64_t u = scale_unit_rows(layout);
   ScaleMap m;
   m.dg.resize(u * np);
   m.n.resize(u * np);
@@ -258,7 +247,9 @@ constexpr int64_t kUnitsPerScaleTask = 128;
 void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout layout) {
   check_weight_shapes(n, np, k, kp);
   if (layout == Layout::V1) {
-    if (k % 32 != 0) throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of 32 (layout v1 pairs scale rows)");
+    const int64_t pair = kGroup * scale_unit_rows(layout);
+    if (k % pair != 0)
+      throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of " + std::to_string(pair) + " (layout v1 pairs scale rows)");
     if (np != n || kp != k) throw InvalidInput("layout v1 does not pad");
   }
 }
@@ -266,7 +257,7 @@ void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout lay
 void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, Layout layout, float sf,
                     uint8_t* dst, int threads, int64_t unit_begin, int64_t unit_end) {
   const int64_t g = k / kGroup, gp = kp / kGroup;
-  const int64_t u = layout == Layout::V1 ? 2 : 1, span = u * kTileN;
+  const int64_t u = scale_unit_rows(layout), span = u * kTileN;
   const int64_t units = unit_end < 0 ? gp / u : unit_end;
   if (unit_begin < 0 || unit_begin > units || units > gp / u) throw InvalidInput("row range outside the processed scales");
   uint8_t lut[256];
@@ -315,7 +306,7 @@ int64_t decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t n
   check_scale_shapes(n, np, k, kp, layout);
   if (np > total_np) throw InvalidInput("part wider than the processed scales");
   const int64_t g = k / kGroup, gp = kp / kGroup;
-  const int64_t u = layout == Layout::V1 ? 2 : 1;
+  const int64_t u = scale_unit_rows(layout);
   // Inverse of encode_scale over the E4M3 bytes; anything else decodes to NaN.
   uint8_t dlut[256];
   std::memset(dlut, 0x7F, sizeof dlut);
@@ -364,13 +355,12 @@ void process_global_scale(float ws2, Layout layout, ActDtype dt, float sf, uint8
     }
     out[0] = bits & 0xFF;
     out[1] = bits >> 8;
-    nbytes = 2;
   } else {
     const float v = ws2 * mult / sf;
     if (!std::isfinite(v)) throw InvalidInput("processed global scale overflows float32");
     std::memcpy(out, &v, 4);
-    nbytes = 4;
   }
+  nbytes = global_scale_bytes(layout);
 }
 
 }  // namespace mfp4

@@ -33,9 +33,6 @@ struct ScaleStats {
   uint8_t bad_byte = 0;
 };
 
-// (Np, Kp) of layout v2 for an N x K weight (FORMAT.md section 4).
-void pad_shape_v2(int64_t n, int64_t k, int64_t& np, int64_t& kp);
-
 // Shape rules shared by every backend; throw InvalidInput with the reason.
 void check_weight_shapes(int64_t n, int64_t np, int64_t k, int64_t kp);
 void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout layout);
@@ -71,7 +68,7 @@ void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, 
 int64_t decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t np, int64_t k,
                       int64_t kp, Layout layout, float sf, uint8_t* dst, int threads);
 
-// Processed global scale; returns its bytes (2 for v1, 4 for v2) in out.
+// Processed global scale; returns its global_scale_bytes(layout) bytes in out.
 void process_global_scale(float ws2, Layout layout, ActDtype dt, float sf, uint8_t out[4],
                           int& nbytes);
 

@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) unpack_kernel(const uint32_t* __rest
 // scale_source() for the bytes of one unit of one 64-column chunk (the map repeats every
 // chunk), into shared memory: the CPU's dg/nl tables.
 __device__ __forceinline__ void build_scale_map(Layout layout, uint8_t* map_dg, uint8_t* map_nl) {
-  const int u = layout == Layout::V1 ? 2 : 1;
+  const int u = scale_unit_rows(layout);
   if ((int)threadIdx.x < u * kTileN) {
     int64_t dg, nl;
     scale_source(threadIdx.x, kTileN, layout, dg, nl);
@@ -161,12 +161,13 @@ __device__ __forceinline__ void build_scale_map(Layout layout, uint8_t* map_dg, 
 // nl = scale_source(i), and the four units' groups are adjacent there, so one or two shared
 // words serve all four (the CPU's out[i] = lut[rows[nl[i]][g0 + dg[i]]], unit by unit).
 // The LUT is replicated per lane (word (b/4)*32 + lane), so its lookups never conflict.
-template <int U>
+template <Layout L>
 __global__ void __launch_bounds__(kThreads) scales_kernel(DevPart part, int64_t chunks, int64_t rows,
                                                           int64_t rows_real, const uint8_t* __restrict__ lut_g,
                                                           uint8_t* __restrict__ dst, int64_t dst_unit_bytes,
                                                           int64_t dst_expert_bytes) {
-  constexpr Layout layout = U == 2 ? Layout::V1 : Layout::V2;
+  constexpr Layout layout = L;
+  constexpr int U = scale_unit_rows(L);
   __shared__ __align__(16) uint8_t tile[kTileN * kScaleStride];
   __shared__ uint32_t lut[64 * 32];
   __shared__ uint8_t map_dg[2 * kTileN], map_nl[2 * kTileN];
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restr
   lut[threadIdx.x] = dlut_g[threadIdx.x];
   build_scale_map(layout, map_dg, map_nl);
   __syncthreads();
-  const int u = layout == Layout::V1 ? 2 : 1;
+  const int u = scale_unit_rows(layout);
   const int64_t chunk = blockIdx.x % chunks, c0 = (int64_t)(blockIdx.x / chunks) * kScaleCols;
   const int words_per_unit = 16 * u;
   unsigned count = 0;
@@ -910,10 +911,10 @@ void launch_scales(const DevPart& part, int64_t experts, int64_t rows, int64_t r
     p.data += e0 * part.expert_stride;
     const int64_t ne = std::min(kMaxGridZ, experts - e0);
     if (layout == Layout::V1) {
-      scales_kernel<2><<<tile_grid(chunks, tiles, ne), kThreads, 0, stream>>>(
+      scales_kernel<Layout::V1><<<tile_grid(chunks, tiles, ne), kThreads, 0, stream>>>(
           p, chunks, rows, rows_real, stats->lut, dst + e0 * dst_expert_bytes, dst_unit_bytes, dst_expert_bytes);
     } else {
-      scales_kernel<1><<<tile_grid(chunks, tiles, ne), kThreads, 0, stream>>>(
+      scales_kernel<Layout::V2><<<tile_grid(chunks, tiles, ne), kThreads, 0, stream>>>(
           p, chunks, rows, rows_real, stats->lut, dst + e0 * dst_expert_bytes, dst_unit_bytes, dst_expert_bytes);
     }
     check_launch("scale processing");
@@ -1219,7 +1220,7 @@ ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp,
   check_stack(experts);
   const std::vector<HostPart>& parts = experts[0];
   for (const HostPart& p : parts) check_scale_shapes(p.n, p.np, k, kp, layout);
-  const int64_t u = layout == Layout::V1 ? 2 : 1;
+  const int64_t u = scale_unit_rows(layout);
   resolve_rows(kp, u, row_begin, row_end);
   if (!scan && !has_sf) throw InvalidInput("processing scales without a scan needs sf");
   ScaleRunResult result;
@@ -1372,7 +1373,7 @@ int64_t run_decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64
   check_scale_shapes(n, np, k, kp, layout);
   if (np > total_np) throw InvalidInput("part wider than the processed scales");
   require_device();
-  const int64_t rows = kp / kGroup, g = k / kGroup, u = layout == Layout::V1 ? 2 : 1;
+  const int64_t rows = kp / kGroup, g = k / kGroup, u = scale_unit_rows(layout);
   const int64_t unit_bytes = u * total_np, part_unit = u * np;
   // Inverse of encode_scale over the E4M3 bytes, built exactly as the CPU's decode_scales does.
   uint8_t dlut[256];
