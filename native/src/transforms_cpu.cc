@@ -211,6 +211,35 @@ ScaleStats scan_scales(const uint8_t* data, int64_t count, int threads) {
   return s;
 }
 
+BadBlockScale locate_bad_scale(const std::vector<std::vector<ScalePart>>& experts, int64_t k, int64_t e, int64_t p,
+                               int64_t index, uint8_t byte) {
+  const int64_t groups = k / kGroup;
+  BadBlockScale b;
+  b.expert = e;
+  b.experts = (int64_t)experts.size();
+  b.part = p;
+  for (int64_t q = 0; q < p; ++q) b.row_offset += experts[e][q].n;
+  b.row = index / groups;
+  b.group = index % groups;
+  b.byte = byte;
+  return b;
+}
+
+StackScaleStats scan_scale_stack(const std::vector<std::vector<ScalePart>>& experts, int64_t k, int threads) {
+  const int64_t groups = k / kGroup;
+  StackScaleStats st;
+  for (size_t e = 0; e < experts.size(); ++e) {
+    for (size_t p = 0; p < experts[e].size(); ++p) {
+      const ScalePart& part = experts[e][p];
+      const ScaleStats s = scan_scales(part.data, part.n * groups, threads);
+      if (s.bad_index >= 0) throw locate_bad_scale(experts, k, (int64_t)e, (int64_t)p, s.bad_index, s.bad_byte);
+      if (s.max_byte > st.max_byte) st.max_byte = s.max_byte;
+      for (int b = 0; b < 256; ++b) st.histogram[b] += s.histogram[b];
+    }
+  }
+  return st;
+}
+
 int64_t count_lost_scales(const int64_t histogram[256], Layout layout, float sf) {
   int64_t lost = 0;
   for (int b = 0; b < 0x80; ++b)
@@ -299,6 +328,31 @@ void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, 
       }
     }
   });
+}
+
+StackScaleResult process_scales_stack(const std::vector<std::vector<ScalePart>>& experts, int64_t k, int64_t kp,
+                                      Layout layout, ActDtype dt, bool has_sf, float sf, uint8_t* dst, int threads,
+                                      int64_t row_begin, int64_t row_end) {
+  const int64_t rows = kp / kGroup;
+  if (row_end < 0) row_end = rows;
+  StackScaleResult r;
+  if (row_begin != 0 || row_end != rows) {
+    // A slice of a tensor the caller has already scanned (it passes sf): scanning the whole
+    // input again for every slice would cost more than the slice itself.
+    if (experts.size() != 1 || !has_sf) throw InvalidInput("a row range of scales needs one expert and sf");
+    const int64_t u = scale_unit_rows(layout);
+    r.sf = sf;
+    process_scales(experts[0], k, kp, layout, sf, dst, threads, row_begin / u, row_end / u);
+    return r;
+  }
+  const StackScaleStats st = scan_scale_stack(experts, k, threads);
+  r.sf = has_sf ? sf : scale_factor(st.max_byte, layout, dt);
+  r.zeroed = count_lost_scales(st.histogram, layout, r.sf);
+  int64_t total_np = 0;
+  for (const ScalePart& p : experts[0]) total_np += p.np;
+  const int64_t slab = rows * total_np;
+  for (size_t e = 0; e < experts.size(); ++e) process_scales(experts[e], k, kp, layout, r.sf, dst + e * slab, threads);
+  return r;
 }
 
 int64_t decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t np, int64_t k,
