@@ -1,8 +1,10 @@
 // What the binding files share: each JS API area registers its exports (addon.cc's Init calls
 // every Register*), and a heavy call runs on one of two backends with the same arguments and
-// results (the gpu* twins).
+// results (the gpu* twins). Brings promise_worker.h and with it napi_args.h and transforms_cpu.h.
 #pragma once
 #include <napi.h>
+
+#include "promise_worker.h"
 
 namespace mfp4::bindings {
 
@@ -21,5 +23,18 @@ constexpr bool kWithCuda = false;
 
 // What a GPU call answers in a build without CUDA.
 constexpr const char* kNoCuda = "built without CUDA support";
+
+// A heavy call written once for both backends, as its two exports: the CPU call, and its gpu*
+// twin (same arguments and results, computed on the CUDA device), which rejects with "CUDA
+// unavailable: <reason>" without a usable device and with kNoCuda in a CPU-only build.
+using BackendCall = Napi::Value (*)(const Napi::CallbackInfo&, Backend);
+template <BackendCall Call>
+Napi::Value OnCpu(const Napi::CallbackInfo& info) {
+  return Call(info, Backend::Cpu);
+}
+template <BackendCall Call>
+Napi::Value OnGpu(const Napi::CallbackInfo& info) {
+  return kWithCuda ? Call(info, Backend::Cuda) : rejected(info.Env(), kNoCuda);
+}
 
 }  // namespace mfp4::bindings

@@ -19,17 +19,15 @@
 
 #include "addon.h"
 #include "gemm_cpu.h"
-#include "napi_args.h"
-#include "promise_worker.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
 #include "gemm_cuda.h"
 #endif
 
-using namespace mfp4;
-using namespace mfp4::napi_args;
-
 namespace mfp4::bindings {
+
+using namespace napi_args;
+
 namespace {
 
 // A TypedArray property of an options object.

@@ -16,16 +16,14 @@
 #endif
 
 #include "addon.h"
-#include "napi_args.h"
-#include "promise_worker.h"
 #if defined(MFP4_WITH_CUDA)
 #include "transforms_cuda.h"
 #endif
 
-using namespace mfp4;
-using namespace mfp4::napi_args;
-
 namespace mfp4::bindings {
+
+using namespace napi_args;
+
 namespace {
 
 // cudaStatus() -> {available, reason?, devices?, name?, capability?, compiledArchs}.

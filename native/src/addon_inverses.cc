@@ -6,22 +6,40 @@
 //   gpuUnpackWeight, gpuDecodeScales: the same on the CUDA device
 #include <napi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "addon.h"
-#include "napi_args.h"
-#include "promise_worker.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
 #include "transforms_cuda.h"
 #endif
 
-using namespace mfp4;
-using namespace mfp4::napi_args;
-
 namespace mfp4::bindings {
+
+using namespace napi_args;
+
 namespace {
+
+// Runs an inverse on the pool: `run` (CPU or CUDA) fills a fresh output of out_bytes and returns
+// the non-zero bytes it found in the padding; resolves {<key>: output, paddingNonzero}.
+Napi::Value start_inverse(Napi::Env env, Napi::Value input, int64_t out_bytes, const char* key,
+                          std::function<int64_t(uint8_t*)> run) {
+  WorkerGuard g(env);
+  g.w->Keep(input);
+  Napi::Buffer<uint8_t> out = new_output(env, g.w, out_bytes);
+  uint8_t* dst = out.Data();
+  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
+  auto stray = std::make_shared<int64_t>(0);
+  return g.Start([run, dst, stray]() { *stray = run(dst); },
+                 [ref, stray, key](Napi::Env env) -> Napi::Value {
+                   Napi::Object r = Napi::Object::New(env);
+                   r.Set(key, ref->Value());
+                   r.Set("paddingNonzero", (double)*stray);
+                   return r;
+                 });
+}
 
 // unpackWeight(data, {n, np, k, kp, rowWords?, wordOffset?}) -> Promise<{weight, paddingNonzero}>.
 // rowWords/wordOffset select one part of a concatenated (w13) tensor.
@@ -37,30 +55,18 @@ Napi::Value UnpackWeightOn(const Napi::CallbackInfo& info, Backend backend) {
     throw Napi::RangeError::New(env, "packed weight holds " + std::to_string(src.size) + " bytes, expected " +
                                          std::to_string((kp / kGroup) * row_words * 4));
   if (word_off + 2 * np > row_words) throw Napi::RangeError::New(env, "part lies outside the packed row");
-  WorkerGuard g(env);
-  g.w->Keep(info[0]);
-  Napi::Buffer<uint8_t> out = new_output(env, g.w, n * k / 2);
-  uint8_t* dst = out.Data();
-  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
-  auto stray = std::make_shared<int64_t>(0);
   const uint32_t* in = reinterpret_cast<const uint32_t*>(src.data) + word_off;
   const int threads = g_pool_threads;
-  return g.Start(
-      [=]() {
-        if (backend == Backend::Cuda) {
+  return start_inverse(env, info[0], n * k / 2, "weight", [=](uint8_t* dst) -> int64_t {
+    if (backend == Backend::Cuda) {
 #if defined(MFP4_WITH_CUDA)
-          *stray = cuda::run_unpack_weight(in, row_words, n, np, k, kp, dst);
+      return cuda::run_unpack_weight(in, row_words, n, np, k, kp, dst);
+#else
+      return 0;  // not reached: OnGpu rejects in a build without CUDA
 #endif
-          return;
-        }
-        *stray = unpack_weight(in, row_words, n, np, k, kp, dst, threads);
-      },
-      [ref, stray](Napi::Env env) -> Napi::Value {
-        Napi::Object r = Napi::Object::New(env);
-        r.Set("weight", ref->Value());
-        r.Set("paddingNonzero", (double)*stray);
-        return r;
-      });
+    }
+    return unpack_weight(in, row_words, n, np, k, kp, dst, threads);
+  });
 }
 
 // decodeScales(data, {n, np, k, kp, layout, sf, totalNp?, colOffset?}) -> Promise<{scales, paddingNonzero}>.
@@ -79,51 +85,28 @@ Napi::Value DecodeScalesOn(const Napi::CallbackInfo& info, Backend backend) {
                                          std::to_string((kp / kGroup) * tnp));
   if (col_off + np > tnp) throw Napi::RangeError::New(env, "part lies outside the processed scales");
   const int64_t unit = scale_unit_rows(layout);
-  WorkerGuard g(env);
-  g.w->Keep(info[0]);
-  Napi::Buffer<uint8_t> out = new_output(env, g.w, n * (k / kGroup));
-  uint8_t* dst = out.Data();
-  auto ref = std::make_shared<Napi::Reference<Napi::Buffer<uint8_t>>>(Napi::Persistent(out));
-  auto stray = std::make_shared<int64_t>(0);
   const uint8_t* in = src.data + unit * col_off;
   const int threads = g_pool_threads;
-  return g.Start(
-      [=]() {
-        if (backend == Backend::Cuda) {
+  return start_inverse(env, info[0], n * (k / kGroup), "scales", [=](uint8_t* dst) -> int64_t {
+    if (backend == Backend::Cuda) {
 #if defined(MFP4_WITH_CUDA)
-          *stray = cuda::run_decode_scales(in, tnp, n, np, k, kp, layout, sf, dst);
+      return cuda::run_decode_scales(in, tnp, n, np, k, kp, layout, sf, dst);
+#else
+      return 0;  // not reached: OnGpu rejects in a build without CUDA
 #endif
-          return;
-        }
-        *stray = decode_scales(in, tnp, n, np, k, kp, layout, sf, dst, threads);
-      },
-      [ref, stray](Napi::Env env) -> Napi::Value {
-        Napi::Object r = Napi::Object::New(env);
-        r.Set("scales", ref->Value());
-        r.Set("paddingNonzero", (double)*stray);
-        return r;
-      });
+    }
+    return decode_scales(in, tnp, n, np, k, kp, layout, sf, dst, threads);
+  });
 }
 
-
-Napi::Value UnpackWeight(const Napi::CallbackInfo& info) { return UnpackWeightOn(info, Backend::Cpu); }
-Napi::Value DecodeScales(const Napi::CallbackInfo& info) { return DecodeScalesOn(info, Backend::Cpu); }
-
-// gpu* twins (see addon_transforms.cc).
-Napi::Value GpuUnpackWeight(const Napi::CallbackInfo& info) {
-  return kWithCuda ? UnpackWeightOn(info, Backend::Cuda) : rejected(info.Env(), kNoCuda);
-}
-Napi::Value GpuDecodeScales(const Napi::CallbackInfo& info) {
-  return kWithCuda ? DecodeScalesOn(info, Backend::Cuda) : rejected(info.Env(), kNoCuda);
-}
 
 }  // namespace
 
 void RegisterInverses(Napi::Env env, Napi::Object exports) {
-  exports.Set("unpackWeight", Napi::Function::New(env, UnpackWeight));
-  exports.Set("decodeScales", Napi::Function::New(env, DecodeScales));
-  exports.Set("gpuUnpackWeight", Napi::Function::New(env, GpuUnpackWeight));
-  exports.Set("gpuDecodeScales", Napi::Function::New(env, GpuDecodeScales));
+  exports.Set("unpackWeight", Napi::Function::New(env, OnCpu<UnpackWeightOn>));
+  exports.Set("decodeScales", Napi::Function::New(env, OnCpu<DecodeScalesOn>));
+  exports.Set("gpuUnpackWeight", Napi::Function::New(env, OnGpu<UnpackWeightOn>));
+  exports.Set("gpuDecodeScales", Napi::Function::New(env, OnGpu<DecodeScalesOn>));
 }
 
 }  // namespace mfp4::bindings

@@ -16,18 +16,16 @@
 #include <vector>
 
 #include "addon.h"
-#include "napi_args.h"
 #include "parallel.h"
-#include "promise_worker.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
 #include "transforms_cuda.h"
 #endif
 
-using namespace mfp4;
-using namespace mfp4::napi_args;
-
 namespace mfp4::bindings {
+
+using namespace napi_args;
+
 namespace {
 
 struct PartSpec {
@@ -79,34 +77,16 @@ int64_t total_np(const std::vector<PartSpec>& parts) {
   return t;
 }
 
-std::vector<std::vector<WeightPart>> weight_stack(const Stack& stack) {
-  std::vector<std::vector<WeightPart>> out;
+// The stack as a backend's parts (WeightPart, ScalePart, cuda::HostPart: each {data, n, np}).
+template <typename Part>
+std::vector<std::vector<Part>> parts_of(const Stack& stack) {
+  std::vector<std::vector<Part>> out;
   for (auto& parts : stack) {
     out.emplace_back();
     for (auto& p : parts) out.back().push_back({p.bytes.data, p.n, p.np});
   }
   return out;
 }
-
-std::vector<std::vector<ScalePart>> scale_stack(const Stack& stack) {
-  std::vector<std::vector<ScalePart>> out;
-  for (auto& parts : stack) {
-    out.emplace_back();
-    for (auto& p : parts) out.back().push_back({p.bytes.data, p.n, p.np});
-  }
-  return out;
-}
-
-#if defined(MFP4_WITH_CUDA)
-cuda::HostStack host_stack(const Stack& stack) {
-  cuda::HostStack out;
-  for (auto& parts : stack) {
-    out.emplace_back();
-    for (auto& p : parts) out.back().push_back({p.bytes.data, p.n, p.np});
-  }
-  return out;
-}
-#endif
 
 struct RowRange {
   int64_t begin, end;
@@ -146,11 +126,11 @@ Napi::Value RepackWeightStackOn(const Napi::CallbackInfo& info, Backend backend)
       [stack, k, kp, dst, row_words, slab_words, threads, backend, rows]() {
         if (backend == Backend::Cuda) {
 #if defined(MFP4_WITH_CUDA)
-          cuda::run_repack_stack(host_stack(*stack), k, kp, dst, rows.begin, rows.end);
+          cuda::run_repack_stack(parts_of<cuda::HostPart>(*stack), k, kp, dst, rows.begin, rows.end);
 #endif
           return;
         }
-        const auto experts = weight_stack(*stack);
+        const auto experts = parts_of<WeightPart>(*stack);
         for (size_t e = 0; e < experts.size(); ++e)
           repack_weight(experts[e], k, kp, dst + e * slab_words, row_words, threads, rows.begin, rows.end);
       },
@@ -185,16 +165,16 @@ Napi::Value ProcessScalesStackOn(const Napi::CallbackInfo& info, Backend backend
 #if defined(MFP4_WITH_CUDA)
           // A row range is a slice of a tensor the caller has scanned (it passes sf): no scan,
           // zeroed null, as on the CPU.
-          const cuda::ScaleRunResult r = cuda::run_scales_stack(host_stack(*stack), k, kp, layout, dt, has_sf, given_sf,
+          const cuda::ScaleRunResult r = cuda::run_scales_stack(parts_of<cuda::HostPart>(*stack), k, kp, layout, dt, has_sf, given_sf,
                                                                 dst, rows.begin, rows.end, !rows.sliced);
           if (r.bad_expert >= 0)
-            throw locate_bad_scale(scale_stack(*stack), k, r.bad_expert, r.bad_part, r.bad_index, r.bad_byte);
+            throw locate_bad_scale(parts_of<ScalePart>(*stack), k, r.bad_expert, r.bad_part, r.bad_index, r.bad_byte);
           result->sf = r.sf;
           result->zeroed = rows.sliced ? -1 : r.zeroed;
 #endif
           return;
         }
-        *result = process_scales_stack(scale_stack(*stack), k, kp, layout, dt, has_sf, given_sf, dst, threads, rows.begin,
+        *result = process_scales_stack(parts_of<ScalePart>(*stack), k, kp, layout, dt, has_sf, given_sf, dst, threads, rows.begin,
                                        rows.end);
       },
       [ref, result](Napi::Env env) -> Napi::Value {
@@ -204,19 +184,6 @@ Napi::Value ProcessScalesStackOn(const Napi::CallbackInfo& info, Backend backend
         r.Set("zeroed", result->zeroed < 0 ? env.Null() : Napi::Number::New(env, (double)result->zeroed));
         return r;
       });
-}
-
-Napi::Value RepackWeightStack(const Napi::CallbackInfo& info) { return RepackWeightStackOn(info, Backend::Cpu); }
-Napi::Value ProcessScalesStack(const Napi::CallbackInfo& info) { return ProcessScalesStackOn(info, Backend::Cpu); }
-
-// gpu* twins: same arguments and results as the CPU calls, computed on the CUDA device.
-// They reject with "CUDA unavailable: <reason>" when there is no usable device, and with
-// "built without CUDA support" in a CPU-only build.
-Napi::Value GpuRepackWeightStack(const Napi::CallbackInfo& info) {
-  return kWithCuda ? RepackWeightStackOn(info, Backend::Cuda) : rejected(info.Env(), kNoCuda);
-}
-Napi::Value GpuProcessScalesStack(const Napi::CallbackInfo& info) {
-  return kWithCuda ? ProcessScalesStackOn(info, Backend::Cuda) : rejected(info.Env(), kNoCuda);
 }
 
 // scanScales(data) -> {maxByte, maxValue, badIndex, badByte, histogram}: one pass over the
@@ -285,10 +252,10 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void RegisterTransforms(Napi::Env env, Napi::Object exports) {
-  exports.Set("repackWeightStack", Napi::Function::New(env, RepackWeightStack));
-  exports.Set("processScalesStack", Napi::Function::New(env, ProcessScalesStack));
-  exports.Set("gpuRepackWeightStack", Napi::Function::New(env, GpuRepackWeightStack));
-  exports.Set("gpuProcessScalesStack", Napi::Function::New(env, GpuProcessScalesStack));
+  exports.Set("repackWeightStack", Napi::Function::New(env, OnCpu<RepackWeightStackOn>));
+  exports.Set("processScalesStack", Napi::Function::New(env, OnCpu<ProcessScalesStackOn>));
+  exports.Set("gpuRepackWeightStack", Napi::Function::New(env, OnGpu<RepackWeightStackOn>));
+  exports.Set("gpuProcessScalesStack", Napi::Function::New(env, OnGpu<ProcessScalesStackOn>));
   exports.Set("scanScales", Napi::Function::New(env, ScanScales));
   exports.Set("scaleFactor", Napi::Function::New(env, ScaleFactor));
   exports.Set("processGlobalScale", Napi::Function::New(env, ProcessGlobalScale));

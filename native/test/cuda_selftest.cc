@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "transforms_cpu.h"
+#include "bench_cuda.h"
 #include "transforms_cuda.h"
 
 using namespace mfp4;
