@@ -1,11 +1,10 @@
-// Micro-benchmark of the CUDA transforms (layout v2, bfloat16).
-// Usage: node bench/gpu-transforms.mjs [--sizes 8192x8192,28672x8192] [--reps 5] [--kernel-reps 50]
-//  1. kernel-only: repack + scale scan + scale processing on device-resident random data
-//     (cudaEvent timing, gpuBenchKernels), against a device-to-device cudaMemcpy of the same
-//     input bytes; GB/s count the bytes read plus the bytes written.
-//  2. end to end from host buffers: gpuRepackWeightStack + gpuProcessScalesStack (copies to and
-//     from the device included), against the CPU path on every core; with fresh output
-//     buffers, reused ones, and (pinned) inputs and outputs page-locked with gpuPinHost.
+// Benchmark of the CUDA transforms through the addon (layout v2, bfloat16), end to end from
+// host buffers: gpuRepackWeightStack + gpuProcessScalesStack (copies to and from the device
+// included), against the CPU path on every core; with fresh output buffers, reused ones, and
+// (pinned) inputs and outputs page-locked with gpuPinHost.
+// Usage: node bench/gpu-transforms.mjs [--sizes 8192x8192,28672x8192] [--reps 5]
+// Kernel-only times (device-resident data, against a device memcpy) are not in the addon: run
+//   cmake --build native/build --target cuda_selftest && native/build/cuda_selftest --quick --bench
 // Exits cleanly, saying why, where there is no usable CUDA device.
 import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
@@ -26,11 +25,9 @@ const { values } = parseArgs({
   options: {
     sizes: { type: 'string', default: '8192x8192,28672x8192' },
     reps: { type: 'string', default: '5' },
-    'kernel-reps': { type: 'string', default: '50' },
   },
 });
 const reps = Number(values.reps);
-const kernelReps = Number(values['kernel-reps']);
 const sizes = values.sizes.split(',').map((s) => s.split('x').map(Number));
 
 const status = native.cudaStatus();
@@ -42,27 +39,7 @@ console.log(
   `${status.name} (compute capability ${status.capability}), ${status.devices} device(s); addon built for ${status.compiledArchs}`,
 );
 
-const gbps = (bytes, ms) => bytes / 1e6 / ms; // bytes per ms / 1e6 = GB/s
 const pad = (s, n) => String(s).padStart(n);
-
-console.log('\nkernel-only, device-resident data (ms per iteration, mean of back-to-back launches; GB/s = read + written)');
-console.log(
-  'shape          repack ms  GB/s   scan ms  scales ms  GB/s   all ms   GB/s | memcpy ms  GB/s | all/memcpy',
-);
-for (const [n, k] of sizes) {
-  const b = native.gpuBenchKernels(n, k, kernelReps);
-  const wBytes = b.weightBytes + b.packedBytes;
-  const sBytes = b.scaleBytes + b.processedBytes;
-  const all = b.repackMs + b.scanMs + b.scalesMs;
-  const copyBytes = 2 * (b.weightBytes + b.scaleBytes);
-  console.log(
-    `${`${n}x${k}`.padEnd(14)} ${pad(b.repackMs.toFixed(3), 9)} ${pad(gbps(wBytes, b.repackMs).toFixed(0), 5)} ` +
-      `${pad(b.scanMs.toFixed(3), 9)} ${pad(b.scalesMs.toFixed(3), 10)} ${pad(gbps(sBytes + b.scaleBytes, b.scanMs + b.scalesMs).toFixed(0), 5)} ` +
-      `${pad(all.toFixed(3), 8)} ${pad(gbps(wBytes + sBytes, all).toFixed(0), 6)} | ${pad(b.copyMs.toFixed(3), 9)} ${pad(gbps(copyBytes, b.copyMs).toFixed(0), 5)} | ` +
-      `${pad((all / b.copyMs).toFixed(2), 10)}`,
-  );
-}
-console.log('(scales GB/s counts the scan\'s read too; memcpy copies the input bytes once)');
 
 async function best(fn) {
   let min = Infinity;

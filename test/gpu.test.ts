@@ -4,6 +4,7 @@
 // title, where there is no usable CUDA device; cudaStatus() is checked everywhere.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { addon, type NativePart } from '../src/transform/addon.js';
+import { badBlockScaleOf, badScaleReason, type BadBlockScale } from '../src/transform/block-scales.js';
 import { linearShape, moePaddedIntermediate } from '../src/transform/marlin.js';
 import { expectBytes } from './helpers/bytes.js';
 import { DTYPES, goldenMoeStacks, openAllGolden } from './helpers/golden.js';
@@ -49,6 +50,18 @@ async function rejection(p: Promise<unknown>): Promise<string> {
     await p;
   } catch (e) {
     return (e as Error).message;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** Where the bad block scale is that a promise rejects with (the native error's fields). */
+async function badScale(p: Promise<unknown>): Promise<BadBlockScale> {
+  try {
+    await p;
+  } catch (e) {
+    const where = badBlockScaleOf(e);
+    if (!where) throw e;
+    return where;
   }
   throw new Error('expected a rejection');
 }
@@ -295,23 +308,24 @@ describe.skipIf(!gpu)(title, () => {
     expect(res.zeroed).toBe(cpu.zeroed);
   });
 
-  describe('negative and NaN block scales: the CPU path error messages', () => {
-    const cases: [string, number, number, number][] = [
-      ['negative', 0xb8, 0, 5],
-      ['NaN', 0x7f, 3, 17],
-      ['NaN (0xFF)', 0xff, 63, 0],
-      ['negative subnormal', 0x81, 10, 1],
+  describe('negative and NaN block scales: the GPU reports the CPU path\'s position', () => {
+    const cases: [string, number, number, number, string][] = [
+      ['negative', 0xb8, 0, 5, 'negative (-1)'],
+      ['NaN', 0x7f, 3, 17, 'NaN'],
+      ['NaN (0xFF)', 0xff, 63, 0, 'NaN'],
+      ['negative subnormal', 0x81, 10, 1, 'negative (-0.001953125)'],
     ];
-    for (const [what, byte, row, group] of cases) {
+    for (const [what, byte, row, group, text] of cases) {
       it(`${what} in a dense tensor`, async () => {
         const n = 64;
         const k = 512;
         const sc = scaleBytes((n * k) / 16, 31);
         sc[row * (k / 16) + group] = byte;
         const opts = { k, layout: 'v2', dtype: 'bfloat16' };
-        const cpu = await rejection(native.processScalesStack([[{ data: sc, n }]], opts));
-        expect(cpu).toMatch(/^block scale \[\d+, \d+\] is (negative \(.*\)|NaN); Marlin stores scales without a sign$/);
-        expect(await rejection(native.gpuProcessScalesStack([[{ data: sc, n }]], opts))).toBe(cpu);
+        const cpu = await badScale(native.processScalesStack([[{ data: sc, n }]], opts));
+        expect(cpu).toEqual({ expert: 0, experts: 1, part: 0, rowOffset: 0, row, group, byte });
+        expect(badScaleReason(cpu)).toBe(`block scale [${row}, ${group}] is ${text}; Marlin stores scales without a sign`);
+        expect(await badScale(native.gpuProcessScalesStack([[{ data: sc, n }]], opts))).toEqual(cpu);
       });
     }
     it('the first of several, in a stack (expert and fused row named)', async () => {
@@ -323,11 +337,12 @@ describe.skipIf(!gpu)(title, () => {
       experts[2][1][500] = 0xc0;
       const stack = stackOf(experts, n, n);
       const opts = { k, layout: 'v1', dtype: 'float16' };
-      const cpu = await rejection(native.processScalesStack(stack, opts));
-      expect(cpu).toBe('expert 2: block scale [134, 4] is NaN; Marlin stores scales without a sign');
-      expect(await rejection(native.gpuProcessScalesStack(stack, opts))).toBe(cpu);
+      const cpu = await badScale(native.processScalesStack(stack, opts));
+      expect(cpu).toEqual({ expert: 2, experts: 4, part: 1, rowOffset: 128, row: 6, group: 4, byte: 0x7f });
+      expect(badScaleReason(cpu)).toBe('expert 2: block scale [134, 4] is NaN; Marlin stores scales without a sign');
+      expect(await badScale(native.gpuProcessScalesStack(stack, opts))).toEqual(cpu);
       native.gpuSetMemoryLimit(20_000); // the same answer from a scan in slices
-      expect(await rejection(native.gpuProcessScalesStack(stack, opts))).toBe(cpu);
+      expect(await badScale(native.gpuProcessScalesStack(stack, opts))).toEqual(cpu);
     });
   });
 

@@ -17,6 +17,8 @@ import {
   unpackWeight,
   type LinearShape,
 } from '../src/transform/marlin.js';
+import { addon } from '../src/transform/addon.js';
+import { BAD_BLOCK_SCALE } from '../src/transform/block-scales.js';
 import { expectBytes } from './helpers/bytes.js';
 import { specRepack, specScales } from './helpers/spec.js';
 import { lostScales, mergeScaleStats, scaleFactor, scanScales, subnormalScales } from '../src/transform/scale-stats.js';
@@ -188,7 +190,7 @@ describe('FORMAT.md section 7: errors name the tensor and the reason', () => {
     const sc = Buffer.alloc(64 * 4, 0x38);
     sc[4 * 3 + 1] = 0xb8; // -1.0 at row 3, group 1
     await expect(processScales(name, sc, s(), { layout: 'v2', dtype: 'float16' })).rejects.toThrow(
-      `${name}: block scale [3, 1] is negative (-1.000000); Marlin stores scales without a sign`,
+      `${name}: block scale [3, 1] is negative (-1); Marlin stores scales without a sign`,
     );
     expect(() => scanScales(name, sc, 4)).toThrow(`${name}: block scale [3, 1] is negative (-1); Marlin stores scales without a sign`);
   });
@@ -198,6 +200,27 @@ describe('FORMAT.md section 7: errors name the tensor and the reason', () => {
     sc[100] = 0x7f;
     await expect(processScales(name, sc, s(), { layout: 'v1', dtype: 'bfloat16' })).rejects.toThrow(
       `${name}: block scale [25, 0] is NaN`,
+    );
+  });
+
+  it('a bad scale of a stack: the native error says where, one message names the expert and the fused row', async () => {
+    const part: LinearShape = { n: 64, k: 64, np: 64, kp: 64 };
+    const experts = [0, 1, 2].map(() => [Buffer.alloc(64 * 4, 0x38), Buffer.alloc(64 * 4, 0x38)]);
+    experts[2]![0]![4 * 9 + 2] = 0xc0; // -2.0: expert 2, gate, row 9, group 2
+    experts[1]![1]![4 * 5 + 3] = 0x7f; // first in (expert, part, row, group) order: expert 1, up, row 5
+    const raw = await addon()
+      .processScalesStack(
+        experts.map((ps) => ps.map((data) => ({ data, n: 64 }))),
+        { k: 64, layout: 'v1', dtype: 'float16' },
+      )
+      .then(() => undefined, (e: unknown) => e);
+    expect(raw).toMatchObject({ code: BAD_BLOCK_SCALE, expert: 1, experts: 3, part: 1, rowOffset: 64, row: 5, group: 3, byte: 0x7f });
+    await expect(processScalesStack(name, experts, part, { layout: 'v1', dtype: 'float16' })).rejects.toThrow(
+      `${name}: expert 1: block scale [69, 3] is NaN; Marlin stores scales without a sign`,
+    );
+    experts[1]![1]![4 * 5 + 3] = 0x38;
+    await expect(processScalesStack(name, experts, part, { layout: 'v2', dtype: 'bfloat16' })).rejects.toThrow(
+      `${name}: expert 2: block scale [9, 2] is negative (-2); Marlin stores scales without a sign`,
     );
   });
 

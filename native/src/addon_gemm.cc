@@ -10,23 +10,23 @@
 //   gpuGemmEngine() -> string: what gemmReference(…, 'cuda') multiplies with,
 //     "cublas (<library>)" or "cuda-kernel (<why not cuBLAS>)".
 // x is raw float16 / bfloat16 bits (dtype), m*k*2 bytes. backend: 'cpu' (default) or 'cuda'.
-#include "napi_args.h"
-#include "addon_gemm.h"
+#include <napi.h>
 
 #include <cstring>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "addon.h"
 #include "gemm_cpu.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
 #include "gemm_cuda.h"
 #endif
 
-using namespace mfp4;
-using namespace mfp4::napi_args;
+namespace mfp4::bindings {
+
+using namespace napi_args;
 
 namespace {
 
@@ -48,36 +48,14 @@ bool cuda_backend(Napi::Env env, const Napi::CallbackInfo& info) {
   type_error(env, "backend must be 'cpu' or 'cuda'");
 }
 
-// Runs work off the main thread; keeps the JS inputs and the output alive until it settles.
-class GemmWorker : public Napi::AsyncWorker {
- public:
-  GemmWorker(Napi::Env env, Napi::Object opts, Napi::Float32Array out, std::function<void()> work)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {
-    opts_ = Napi::Persistent(opts);
-    out_ = Napi::Persistent(out);
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    try {
-      work_();
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnOK() override { deferred_.Resolve(out_.Value()); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::function<void()> work_;
-  Napi::ObjectReference opts_;
-  Napi::Reference<Napi::Float32Array> out_;
-};
-
-[[maybe_unused]] Napi::Value rejected(Napi::Env env, const std::string& msg) {
-  Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
-  d.Reject(Napi::Error::New(env, msg).Value());
-  return d.Promise();
+// Runs work on the pool, keeping the options (whose buffers it reads) and the output alive;
+// resolves with the output.
+Napi::Value start(Napi::Env env, Napi::Object opts, Napi::Float32Array out, PromiseWorker::Work work) {
+  WorkerGuard g(env);
+  g.w->Keep(opts);
+  g.w->Keep(out);
+  auto ref = std::make_shared<Napi::Reference<Napi::Float32Array>>(Napi::Persistent(out));
+  return g.Start(std::move(work), [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
 }
 
 // Activations copied into aligned storage (a Buffer may start at any byte).
@@ -99,9 +77,7 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   a.n = get_int(env, o, "n");
   a.np = get_int_or(env, o, "np", a.n);
   a.kp = get_int_or(env, o, "kp", a.k);
-  const std::string layout = o.Get("layout").ToString();
-  if (layout != "v1" && layout != "v2") type_error(env, "layout must be 'v1' or 'v2'");
-  a.layout = layout == "v1" ? Layout::V1 : Layout::V2;
+  a.layout = get_layout(env, o);
   a.dt = get_dtype(env, o);
   const int threads = (int)get_int_or(env, o, "threads", 0);
   try {
@@ -114,7 +90,7 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   expect_size(env, x, a.m * a.k * 2, "x");
   expect_size(env, w, (a.kp / kGroup) * 2 * a.np * 4, "weight");
   expect_size(env, s, (a.kp / kGroup) * a.np, "scales");
-  expect_size(env, g, a.layout == Layout::V1 ? 2 : 4, "global");
+  expect_size(env, g, global_scale_bytes(a.layout), "global");
   for (size_t i = 0; i < g.size; ++i) a.global_bits |= (uint32_t)g.data[i] << (8 * i);
   auto xs = act_copy(x);
   // The packed weight is read as 32-bit words: copy it only if the Buffer is misaligned.
@@ -129,9 +105,9 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(a.m * a.n));
   a.y = out.Data();
 #if !defined(MFP4_WITH_CUDA)
-  if (cuda) return rejected(env, "built without CUDA support");
+  if (cuda) return rejected(env, kNoCuda);
 #endif
-  auto* worker = new GemmWorker(env, o, out, [a, xs, wcopy, cuda, threads]() {
+  return start(env, o, out, [a, xs, wcopy, cuda, threads]() {
     if (cuda) {
 #if defined(MFP4_WITH_CUDA)
       cuda::gemm_marlin(a);
@@ -140,9 +116,6 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
     }
     gemm_marlin_cpu(a, threads);
   });
-  Napi::Promise p = worker->Promise();
-  worker->Queue();
-  return p;
 }
 
 Napi::Value GemmReference(const Napi::CallbackInfo& info) {
@@ -175,9 +148,9 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
   Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(a.m * a.n));
   a.y = out.Data();
 #if !defined(MFP4_WITH_CUDA)
-  if (cuda) return rejected(env, "built without CUDA support");
+  if (cuda) return rejected(env, kNoCuda);
 #endif
-  auto* worker = new GemmWorker(env, o, out, [a, xs, cuda, threads]() {
+  return start(env, o, out, [a, xs, cuda, threads]() {
     if (cuda) {
 #if defined(MFP4_WITH_CUDA)
       cuda::gemm_reference(a);
@@ -186,9 +159,6 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
     }
     gemm_reference_cpu(a, threads);
   });
-  Napi::Promise p = worker->Promise();
-  worker->Queue();
-  return p;
 }
 
 Napi::Value GpuGemmEngine(const Napi::CallbackInfo& info) {
@@ -196,7 +166,7 @@ Napi::Value GpuGemmEngine(const Napi::CallbackInfo& info) {
 #if defined(MFP4_WITH_CUDA)
   return Napi::String::New(env, cuda::reference_engine());
 #else
-  throw Napi::Error::New(env, "built without CUDA support");
+  throw Napi::Error::New(env, kNoCuda);
 #endif
 }
 
@@ -207,3 +177,5 @@ void RegisterGemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmReference", Napi::Function::New(env, GemmReference));
   exports.Set("gpuGemmEngine", Napi::Function::New(env, GpuGemmEngine));
 }
+
+}  // namespace mfp4::bindings

@@ -107,15 +107,16 @@ void check_marlin_gemm(const MarlinGemmArgs& a) {
   if (a.m <= 0) throw InvalidInput("M must be at least 1");
   if (a.n <= 0 || a.n > a.np) throw InvalidInput("N = " + std::to_string(a.n) + " is not in [1, Np = " + std::to_string(a.np) + "]");
   check_weight_shapes(a.n, a.np, a.k, a.kp);
-  if (a.layout == Layout::V1 && a.k % 32 != 0) throw InvalidInput("K = " + std::to_string(a.k) + " is not a multiple of 32 (layout v1)");
-  if (a.layout == Layout::V1 && a.kp % 32 != 0) throw InvalidInput("padded K " + dims(a.np, a.kp) + " is not a multiple of 32 (layout v1)");
+  const int64_t pair = kGroup * scale_unit_rows(a.layout);  // v1 pairs scale rows
+  if (a.k % pair != 0) throw InvalidInput("K = " + std::to_string(a.k) + " is not a multiple of " + std::to_string(pair) + " (layout v1)");
+  if (a.kp % pair != 0) throw InvalidInput("padded K " + dims(a.np, a.kp) + " is not a multiple of " + std::to_string(pair) + " (layout v1)");
 }
 
 void gemm_marlin_cpu(const MarlinGemmArgs& a, int threads) {
   check_marlin_gemm(a);
   const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
   const float gval = marlin_global_value(a.global_bits, a.layout, a.dt);
-  const int64_t u = a.layout == Layout::V1 ? 2 : 1, row_words = 2 * a.np;
+  const int64_t u = scale_unit_rows(a.layout), row_words = 2 * a.np;
   tiled_gemm(xf, a.m, a.k, a.n, a.y, threads, [&](int64_t c, int64_t k0, int64_t kb, float* tile) {
     const int64_t g0 = k0 / kGroup, groups = kb / kGroup;
     // Decoded scale (times the global) of every (group, column) of this block.

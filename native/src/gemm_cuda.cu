@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_device.cuh"
 #include "gemm_cuda.h"
 #include "gemm_layout.h"
 #include "transforms_cpu.h"
@@ -37,13 +38,7 @@ void check(cudaError_t e, const std::string& what) {
   throw CudaError("CUDA error: " + std::string(cudaGetErrorString(e)) + " (" + cudaGetErrorName(e) + ") while " + what);
 }
 
-void require_device() {
-  std::string why;
-  if (!cuda_available(why)) throw CudaError("CUDA unavailable: " + why);
-  DeviceInfo d;
-  device_info(d);
-  check(cudaSetDevice(d.ordinal), "selecting CUDA device " + std::to_string(d.ordinal));
-}
+using detail::require_device;  // the transforms' device selection (cuda_device.cuh)
 
 // A device allocation freed on scope exit.
 template <typename T>

@@ -15,6 +15,27 @@ constexpr int64_t kWordsPerChunk = 128;  // one chunk of one K/16 row: 1024 code
 
 MFP4_HD int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// K/16 rows of block scales in one "unit" of processed scales (FORMAT.md section 3): layout v1
+// pairs scale rows (so its K must be a multiple of 32 and its row ranges even), v2 takes them
+// one at a time.
+MFP4_HD constexpr int scale_unit_rows(Layout layout) { return layout == Layout::V1 ? 2 : 1; }
+
+// Bytes of the processed global scale (FORMAT.md section 4): F16/BF16 under v1, F32 under v2.
+MFP4_HD constexpr int global_scale_bytes(Layout layout) { return layout == Layout::V1 ? 2 : 4; }
+
+// (Np, Kp) of layout v2 for an N x K weight (FORMAT.md section 4): N padded to 64 and K to
+// 128, or N to 128 and K to 64, whichever pads less (the smaller sum on a tie).
+MFP4_HD void pad_shape_v2(int64_t n, int64_t k, int64_t& np, int64_t& kp) {
+  const int64_t n1 = round_up(n, 64), k1 = round_up(k, 128);
+  const int64_t n2 = round_up(n, 128), k2 = round_up(k, 64);
+  const int64_t a1 = n1 * k1, a2 = n2 * k2;
+  if (a1 < a2 || (a1 == a2 && n1 + k1 <= n2 + k2)) {
+    np = n1, kp = k1;
+  } else {
+    np = n2, kp = k2;
+  }
+}
+
 // Builds Marlin word (t, j) of a 16x64 tile from the four bytes that hold its eight codes:
 // a/b = bytes (t%4) and 4+(t%4) of row n (k = 2q,2q+1 and 2q+8,2q+9), c/d = same of row n+8.
 // Nibble order of the word: (n,2q) (n,2q+8) (n+8,2q) (n+8,2q+8) then the odd k's likewise.

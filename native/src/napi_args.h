@@ -23,6 +23,18 @@ inline int64_t get_int_or(Napi::Env env, const Napi::Object& o, const char* key,
   return o.Has(key) && !o.Get(key).IsUndefined() ? get_int(env, o, key) : dflt;
 }
 
+// A number option that may be absent (then, or when not a number, dflt).
+inline bool has_number(const Napi::Object& o, const char* key) { return o.Has(key) && o.Get(key).IsNumber(); }
+inline float get_float_or(const Napi::Object& o, const char* key, float dflt) {
+  return has_number(o, key) ? o.Get(key).As<Napi::Number>().FloatValue() : dflt;
+}
+
+// The options object at argument idx; `usage` is the TypeError's text when there is none.
+inline Napi::Object options(Napi::Env env, const Napi::CallbackInfo& info, size_t idx, const char* usage) {
+  if (info.Length() <= idx || !info[idx].IsObject()) type_error(env, usage);
+  return info[idx].As<Napi::Object>();
+}
+
 inline Layout get_layout(Napi::Env env, const Napi::Object& o) {
   const std::string s = o.Get("layout").ToString();
   if (s == "v1") return Layout::V1;

@@ -27,17 +27,6 @@ struct PartTask {
 
 }  // namespace
 
-void pad_shape_v2(int64_t n, int64_t k, int64_t& np, int64_t& kp) {
-  const int64_t n1 = round_up(n, 64), k1 = round_up(k, 128);
-  const int64_t n2 = round_up(n, 128), k2 = round_up(k, 64);
-  const int64_t a1 = n1 * k1, a2 = n2 * k2;
-  if (a1 < a2 || (a1 == a2 && n1 + k1 <= n2 + k2)) {
-    np = n1, kp = k1;
-  } else {
-    np = n2, kp = k2;
-  }
-}
-
 void check_weight_shapes(int64_t n, int64_t np, int64_t k, int64_t kp) {
   if (n <= 0 || k <= 0) throw InvalidInput("empty weight " + shape_str(n, k));
   if (k % kGroup != 0) throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of 16");
@@ -222,6 +211,35 @@ ScaleStats scan_scales(const uint8_t* data, int64_t count, int threads) {
   return s;
 }
 
+BadBlockScale locate_bad_scale(const std::vector<std::vector<ScalePart>>& experts, int64_t k, int64_t e, int64_t p,
+                               int64_t index, uint8_t byte) {
+  const int64_t groups = k / kGroup;
+  BadBlockScale b;
+  b.expert = e;
+  b.experts = (int64_t)experts.size();
+  b.part = p;
+  for (int64_t q = 0; q < p; ++q) b.row_offset += experts[e][q].n;
+  b.row = index / groups;
+  b.group = index % groups;
+  b.byte = byte;
+  return b;
+}
+
+StackScaleStats scan_scale_stack(const std::vector<std::vector<ScalePart>>& experts, int64_t k, int threads) {
+  const int64_t groups = k / kGroup;
+  StackScaleStats st;
+  for (size_t e = 0; e < experts.size(); ++e) {
+    for (size_t p = 0; p < experts[e].size(); ++p) {
+      const ScalePart& part = experts[e][p];
+      const ScaleStats s = scan_scales(part.data, part.n * groups, threads);
+      if (s.bad_index >= 0) throw locate_bad_scale(experts, k, (int64_t)e, (int64_t)p, s.bad_index, s.bad_byte);
+      if (s.max_byte > st.max_byte) st.max_byte = s.max_byte;
+      for (int b = 0; b < 256; ++b) st.histogram[b] += s.histogram[b];
+    }
+  }
+  return st;
+}
+
 int64_t count_lost_scales(const int64_t histogram[256], Layout layout, float sf) {
   int64_t lost = 0;
   for (int b = 0; b < 0x80; ++b)
@@ -238,7 +256,7 @@ struct ScaleMap {
 };
 
 ScaleMap build_scale_map(int64_t np, Layout layout) {
-  const int64_t u = layout == Layout::V1 ? 2 : 1;
+  const int64_t u = scale_unit_rows(layout);
   ScaleMap m;
   m.dg.resize(u * np);
   m.n.resize(u * np);
@@ -258,7 +276,9 @@ constexpr int64_t kUnitsPerScaleTask = 128;
 void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout layout) {
   check_weight_shapes(n, np, k, kp);
   if (layout == Layout::V1) {
-    if (k % 32 != 0) throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of 32 (layout v1 pairs scale rows)");
+    const int64_t pair = kGroup * scale_unit_rows(layout);
+    if (k % pair != 0)
+      throw InvalidInput("K = " + std::to_string(k) + " is not a multiple of " + std::to_string(pair) + " (layout v1 pairs scale rows)");
     if (np != n || kp != k) throw InvalidInput("layout v1 does not pad");
   }
 }
@@ -266,7 +286,7 @@ void check_scale_shapes(int64_t n, int64_t np, int64_t k, int64_t kp, Layout lay
 void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, Layout layout, float sf,
                     uint8_t* dst, int threads, int64_t unit_begin, int64_t unit_end) {
   const int64_t g = k / kGroup, gp = kp / kGroup;
-  const int64_t u = layout == Layout::V1 ? 2 : 1, span = u * kTileN;
+  const int64_t u = scale_unit_rows(layout), span = u * kTileN;
   const int64_t units = unit_end < 0 ? gp / u : unit_end;
   if (unit_begin < 0 || unit_begin > units || units > gp / u) throw InvalidInput("row range outside the processed scales");
   uint8_t lut[256];
@@ -310,12 +330,37 @@ void process_scales(const std::vector<ScalePart>& parts, int64_t k, int64_t kp, 
   });
 }
 
+StackScaleResult process_scales_stack(const std::vector<std::vector<ScalePart>>& experts, int64_t k, int64_t kp,
+                                      Layout layout, ActDtype dt, bool has_sf, float sf, uint8_t* dst, int threads,
+                                      int64_t row_begin, int64_t row_end) {
+  const int64_t rows = kp / kGroup;
+  if (row_end < 0) row_end = rows;
+  StackScaleResult r;
+  if (row_begin != 0 || row_end != rows) {
+    // A slice of a tensor the caller has already scanned (it passes sf): scanning the whole
+    // input again for every slice would cost more than the slice itself.
+    if (experts.size() != 1 || !has_sf) throw InvalidInput("a row range of scales needs one expert and sf");
+    const int64_t u = scale_unit_rows(layout);
+    r.sf = sf;
+    process_scales(experts[0], k, kp, layout, sf, dst, threads, row_begin / u, row_end / u);
+    return r;
+  }
+  const StackScaleStats st = scan_scale_stack(experts, k, threads);
+  r.sf = has_sf ? sf : scale_factor(st.max_byte, layout, dt);
+  r.zeroed = count_lost_scales(st.histogram, layout, r.sf);
+  int64_t total_np = 0;
+  for (const ScalePart& p : experts[0]) total_np += p.np;
+  const int64_t slab = rows * total_np;
+  for (size_t e = 0; e < experts.size(); ++e) process_scales(experts[e], k, kp, layout, r.sf, dst + e * slab, threads);
+  return r;
+}
+
 int64_t decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t np, int64_t k,
                       int64_t kp, Layout layout, float sf, uint8_t* dst, int threads) {
   check_scale_shapes(n, np, k, kp, layout);
   if (np > total_np) throw InvalidInput("part wider than the processed scales");
   const int64_t g = k / kGroup, gp = kp / kGroup;
-  const int64_t u = layout == Layout::V1 ? 2 : 1;
+  const int64_t u = scale_unit_rows(layout);
   // Inverse of encode_scale over the E4M3 bytes; anything else decodes to NaN.
   uint8_t dlut[256];
   std::memset(dlut, 0x7F, sizeof dlut);
@@ -364,13 +409,12 @@ void process_global_scale(float ws2, Layout layout, ActDtype dt, float sf, uint8
     }
     out[0] = bits & 0xFF;
     out[1] = bits >> 8;
-    nbytes = 2;
   } else {
     const float v = ws2 * mult / sf;
     if (!std::isfinite(v)) throw InvalidInput("processed global scale overflows float32");
     std::memcpy(out, &v, 4);
-    nbytes = 4;
   }
+  nbytes = global_scale_bytes(layout);
 }
 
 }  // namespace mfp4

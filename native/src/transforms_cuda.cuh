@@ -17,6 +17,9 @@
 namespace mfp4 {
 namespace cuda {
 
+// K-blocks (output rows) per repack and unpack tile: host code slices K in multiples of it.
+constexpr int kRepackRows = 16;
+
 struct DevPart {
   const uint8_t* data;    // row 0 of expert 0
   int64_t expert_stride;  // bytes between experts

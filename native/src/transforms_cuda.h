@@ -126,16 +126,5 @@ int64_t run_unpack_weight(const uint32_t* src, int64_t src_row_words, int64_t n,
 int64_t run_decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t np, int64_t k, int64_t kp,
                           Layout layout, float sf, uint8_t* dst);
 
-struct BenchResult {
-  double repack_ms = 0;     // weight repack kernel
-  double scan_ms = 0;       // scale histogram + finalize (sf, LUT) kernels
-  double scales_ms = 0;     // scale processing kernel
-  double copy_ms = 0;       // cudaMemcpy device-to-device of the same input bytes
-  int64_t weight_bytes = 0, scale_bytes = 0;  // input bytes (the outputs are the same size)
-};
-// Times the kernels on random device-resident data for one N x K linear (layout v2,
-// bfloat16): milliseconds per iteration, the best of `reps`.
-BenchResult bench_kernels(int64_t n, int64_t k, int reps);
-
 }  // namespace cuda
 }  // namespace mfp4

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "transforms_cpu.h"
+#include "bench_cuda.h"
 #include "transforms_cuda.h"
 
 using namespace mfp4;
@@ -149,7 +150,7 @@ void run_case(const Case& c, bool do_v1) {
 
   // Scales, both layouts and dtypes, sf computed and given.
   for (Layout layout : {Layout::V1, Layout::V2}) {
-    if (layout == Layout::V1 && (!do_v1 || c.np != c.n || c.kp != c.k || c.k % 32 != 0)) continue;
+    if (layout == Layout::V1 && (!do_v1 || c.np != c.n || c.kp != c.k || c.k % (kGroup * scale_unit_rows(layout)) != 0)) continue;
     for (ActDtype dt : {ActDtype::F16, ActDtype::BF16}) {
       for (int given = 0; given < 2; ++given) {
         const std::string cx = ctx + " " + lname(layout) + " " + dname(dt) + (given ? " sf=8" : "");
@@ -188,7 +189,7 @@ void run_case(const Case& c, bool do_v1) {
         }
         if (given) continue;
         // Inverse of every part of the last expert.
-        const int64_t u = layout == Layout::V1 ? 2 : 1;
+        const int64_t u = scale_unit_rows(layout);
         for (int64_t p = 0; p < c.parts; ++p) {
           const uint8_t* src = a.data() + (c.experts - 1) * sslab + u * c.np * p;
           std::vector<uint8_t> da(c.n * g), db(c.n * g, 0xEE);

@@ -10,6 +10,12 @@ export interface NativePart {
   np?: number;
 }
 
+/**
+ * The addon's calls. Bad arguments throw (TypeError/RangeError); a heavy call's failure
+ * rejects with an Error whose message is the reason, except a negative or NaN block scale:
+ * that error has code 'MFP4_BAD_BLOCK_SCALE' and says where it is (block-scales.ts reads it
+ * and writes the one message).
+ */
 export interface NativeAddon {
   repackWeightStack(
     experts: NativePart[][],
@@ -44,8 +50,6 @@ export interface NativeAddon {
   gpuUnpackWeight: NativeAddon['unpackWeight'];
   gpuDecodeScales: NativeAddon['decodeScales'];
   cudaStatus(): CudaStatus;
-  /** Benchmark only (synchronous): kernel times for one N x K linear, layout v2, bfloat16. */
-  gpuBenchKernels(n: number, k: number, reps?: number): GpuKernelBench;
   /** Testing hook: device allocations above `bytes` count as out of memory (0 = no limit). */
   gpuSetMemoryLimit(bytes: number): void;
   /**
@@ -107,18 +111,6 @@ export interface CudaStatus {
   capability?: string;
   /** e.g. "sm_80,sm_86,sm_89,sm_90"; "" in a build without CUDA. */
   compiledArchs: string;
-}
-
-/** Kernel-only timings of gpuBenchKernels: ms per iteration on device-resident data. */
-export interface GpuKernelBench {
-  repackMs: number;
-  scanMs: number;
-  scalesMs: number;
-  copyMs: number;
-  weightBytes: number;
-  scaleBytes: number;
-  packedBytes: number;
-  processedBytes: number;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

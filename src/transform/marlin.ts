@@ -2,6 +2,7 @@
 // every error naming the tensor at fault. The arithmetic lives in the native addon.
 import { EnvironmentError } from '../errors.js';
 import { addon, type NativeAddon, type NativePart } from './addon.js';
+import { nativeErrorReason } from './block-scales.js';
 
 export type LayoutVersion = 'v1' | 'v2';
 export type ActDtype = 'float16' | 'bfloat16';
@@ -57,13 +58,13 @@ function fail(tensor: string, reason: string): never {
   throw new TransformError(tensor, reason);
 }
 
-/** Runs a native call and re-labels its error with the tensor's name. */
+/** Runs a native call and re-labels its error with the tensor's name (a bad block scale with block-scales.ts's message). */
 async function named<T>(tensor: string, run: () => Promise<T> | T): Promise<T> {
   try {
     return await run();
   } catch (e) {
     if (e instanceof TransformError) throw e;
-    fail(tensor, (e as Error).message);
+    fail(tensor, nativeErrorReason(e));
   }
 }
 

@@ -1,6 +1,7 @@
 // What a tensor's block scales imply before any output is written: validity (no negative or
 // NaN scale), v2's scale factor, and how many scales a layout loses or mis-decodes.
 import { addon } from './addon.js';
+import { badScaleReason, scaleIsLost } from './block-scales.js';
 import { TransformError, type ActDtype, type LayoutVersion } from './marlin.js';
 
 export interface ScaleStats {
@@ -9,19 +10,12 @@ export interface ScaleStats {
   histogram: Float64Array;
 }
 
-function e4m3(b: number): number {
-  const e = (b >> 3) & 0xf;
-  const m = b & 7;
-  return e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7);
-}
-
 /** Scans block scales [rows, groups]; a negative or NaN scale is an error naming its position. */
 export function scanScales(tensor: string, data: Uint8Array, groups: number): ScaleStats {
   const r = addon().scanScales(data);
   if (r.badIndex >= 0) {
-    const row = Math.floor(r.badIndex / groups);
-    const what = (r.badByte & 0x7f) === 0x7f ? 'NaN' : `negative (${-e4m3(r.badByte & 0x7f)})`;
-    throw new TransformError(tensor, `block scale [${row}, ${r.badIndex % groups}] is ${what}; Marlin stores scales without a sign`);
+    const where = { expert: 0, experts: 1, part: 0, rowOffset: 0, row: Math.floor(r.badIndex / groups), group: r.badIndex % groups };
+    throw new TransformError(tensor, badScaleReason({ ...where, byte: r.badByte }));
   }
   return { maxByte: r.maxByte, histogram: r.histogram };
 }
@@ -39,9 +33,8 @@ export function scaleFactor(stats: ScaleStats, layout: LayoutVersion, dtype: Act
 
 /** Non-zero scales that v2 sets to 0 (scaled value below 2^-6). */
 export function lostScales(stats: ScaleStats, layout: LayoutVersion, sf: number): number {
-  if (layout !== 'v2') return 0;
   let n = 0;
-  for (let b = 1; b < 0x7f; b++) if (e4m3(b) * sf * 128 < 2) n += stats.histogram[b]!;
+  for (let b = 1; b < 0x7f; b++) if (scaleIsLost(b, layout, sf)) n += stats.histogram[b]!;
   return n;
 }
 

@@ -2,6 +2,7 @@
 // what is needed around them: deterministic activations, the v2 clamp applied to source block
 // scales, and the error measures. Y = X @ W^T, fp32 accumulation, float32 out.
 import { addon, type NativeAddon } from '../transform/addon.js';
+import { scaleIsLost } from '../transform/block-scales.js';
 import type { ActDtype, Backend, LayoutVersion } from '../transform/marlin.js';
 
 export interface MarlinGemmInput {
@@ -101,17 +102,6 @@ export function randomActivations(m: number, k: number, dtype: ActDtype, seed: n
     out.writeUInt16LE(bits, 2 * i);
   }
   return out;
-}
-
-function e4m3(b: number): number {
-  const e = (b >> 3) & 0xf;
-  const m = b & 7;
-  return e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7);
-}
-
-/** Whether v2's clamp turns this non-negative, non-zero E4M3 block scale into 0 (FORMAT.md §3). */
-export function scaleIsLost(b: number, layout: LayoutVersion, sf: number): boolean {
-  return layout === 'v2' && b > 0 && b < 0x7f && e4m3(b) * sf * 128 < 2;
 }
 
 /**
