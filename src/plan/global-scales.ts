@@ -14,9 +14,18 @@ export async function readGlobalScale(ckpt: Checkpoint, lin: LinearSource): Prom
   return value;
 }
 
-/** The activation scale as ModelOpt's input_scale (compressed-tensors stores its reciprocal). */
+/**
+ * The activation scale as ModelOpt's input_scale (compressed-tensors stores its reciprocal).
+ * It must be a finite number >= 0 (0 is kept: calibration leaves it for experts no token
+ * reached); NaN, an infinity or a negative value is an error here, for convert and verify alike.
+ */
 export async function readInputScale(ckpt: Checkpoint, lin: LinearSource): Promise<number | undefined> {
   if (!lin.inputScale) return undefined;
   const raw = (await readTensor(ckpt, lin.inputScale)).readFloatLE(0);
-  return lin.inputReciprocal ? Math.fround(1 / raw) : raw;
+  const value = lin.inputReciprocal ? Math.fround(1 / raw) : raw;
+  if (!(value >= 0) || !Number.isFinite(value)) {
+    const as = lin.inputReciprocal ? ` (input_scale = 1 / ${raw} = ${value})` : '';
+    throw new InputError(`${where(ckpt, lin.inputScale)}: input scale ${raw}${as} is not a finite number >= 0`);
+  }
+  return value;
 }
