@@ -11,6 +11,11 @@ export async function readGlobalScale(ckpt: Checkpoint, lin: LinearSource): Prom
   if (!(value > 0) || !Number.isFinite(value)) {
     throw new InputError(`${where(ckpt, lin.global)}: global scale ${raw} is not a positive finite number`);
   }
+  // A subnormal float32 global scale puts every output of the layer below what the activation
+  // dtypes hold (and loses precision on the way): refused like 0, in every layout.
+  if (value < 2 ** -126) {
+    throw new InputError(`${where(ckpt, lin.global)}: global scale ${raw} is a subnormal float32 (below 2^-126): the layer's outputs would underflow`);
+  }
   return value;
 }
 
