@@ -72,6 +72,7 @@ beforeAll(async () => {
     ['acme/private', { ...repoFromDir(FIXTURE, {}, SHA), token: 'hf_secret' }],
     ['acme/flaky', { ...repoFromDir(FIXTURE, {}, SHA), breakFile: 'model-00002-of-00002.safetensors' }],
     ['acme/down', { ...repoFromDir(FIXTURE, {}, SHA), status: 503 }],
+    ['acme/stalls', { ...repoFromDir(FIXTURE, {}, SHA), stallFile: 'model-00002-of-00002.safetensors' }],
   ]);
   hub = await startHub(repos);
 });
@@ -259,4 +260,36 @@ describe('errors: one line; exit 2 for a bad or unknown repo, 3 for the network'
     expect(again.code).toBe(0);
     expect((await readFile(join(work, 'flaky', 'model-00002-of-00002.safetensors'))).length).toBeGreaterThan(0);
   });
+});
+
+describe('Hub timeouts (MARLIN_FP4_HUB_TIMEOUT), bounded: each test fails past 20 s', () => {
+  it('a Hub that accepts the connection and never answers: exit 3 after the timeout, one line', async () => {
+    const sockets: import('node:net').Socket[] = [];
+    const silent = createServer((s) => void sockets.push(s));
+    await new Promise<void>((ok) => silent.listen(0, '127.0.0.1', ok));
+    const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    try {
+      const t0 = Date.now();
+      const r = await run(['convert', 'acme/silent', '-o', join(work, 'silent-out')], { HF_ENDPOINT: url, MARLIN_FP4_HUB_TIMEOUT: '1' });
+      expect(r.code).toBe(3);
+      expect(r.stderr).toBe(`error: acme/silent: the Hub at ${url} stopped answering (no answer within 1 s); MARLIN_FP4_HUB_TIMEOUT=<seconds> sets the limit\n`);
+      expect(Date.now() - t0).toBeLessThan(15_000);
+    } finally {
+      sockets.forEach((s) => s.destroy());
+      await new Promise((ok) => silent.close(ok));
+    }
+  }, 20_000);
+
+  it('a download that stops mid-file: exit 3 after the idle timeout, one line, no output', async () => {
+    const r = await run(['convert', 'acme/stalls', '-o', join(work, 'stall-out')], { MARLIN_FP4_HUB_TIMEOUT: '1' });
+    expect(r.code).toBe(3);
+    expect(r.stderr).toBe(`error: acme/stalls: the Hub at ${hub.url} stopped answering (no data for 1 s); MARLIN_FP4_HUB_TIMEOUT=<seconds> sets the limit\n`);
+    expect(existsSync(join(work, 'stall-out'))).toBe(false);
+  }, 20_000);
+
+  it('a MARLIN_FP4_HUB_TIMEOUT that is not a number of seconds is a usage error', async () => {
+    const r = await run(['inspect', REPO], { MARLIN_FP4_HUB_TIMEOUT: 'soon' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('error: MARLIN_FP4_HUB_TIMEOUT=soon: must be a whole number from 1 to 86400\n');
+  }, 20_000);
 });

@@ -1,5 +1,6 @@
 // Which NVFP4 flavour a checkpoint is, from config.json's quantization_config and/or
 // hf_quant_config.json, and which modules its exclude/ignore list keeps unquantized.
+import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { Checkpoint } from './model-dir.js';
 import { QUANT_METHOD } from '../format/quant-config.js';
@@ -27,9 +28,29 @@ const obj = (v: unknown): Record<string, unknown> | undefined =>
 const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
 const lower = (v: unknown) => (typeof v === 'string' ? v.toLowerCase() : '');
 
+/**
+ * When config.json's quantization_config and hf_quant_config.json declare different
+ * quantizations (e.g. GPTQ and NVFP4), what each says; loaders disagree on which one wins, so
+ * neither is taken.
+ */
+export function quantConflict(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>): { config: string; hfQuant: string } | undefined {
+  const qc = obj(ckpt.config.quantization_config);
+  const hq = obj(ckpt.hfQuantConfig?.quantization);
+  if (!qc || !hq) return undefined;
+  const method = lower(qc.quant_method);
+  const hfQuant = `quant_algo ${String(hq.quant_algo ?? '(none)')}`;
+  if (method !== 'modelopt') return { config: `quant_method ${String(qc.quant_method ?? '(none)')}`, hfQuant };
+  if (qc.quant_algo !== undefined && lower(qc.quant_algo) !== lower(hq.quant_algo)) return { config: `quant_algo ${String(qc.quant_algo)}`, hfQuant };
+  return undefined;
+}
+
 export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>): Detected {
   const qc = obj(ckpt.config.quantization_config);
   const hq = obj(ckpt.hfQuantConfig?.quantization);
+  const conflict = quantConflict(ckpt);
+  if (conflict) {
+    return { format: 'other', description: `config.json declares ${conflict.config} but hf_quant_config.json declares ${conflict.hfQuant}` };
+  }
   if (qc && lower(qc.quant_method) === QUANT_METHOD) {
     return { format: 'marlin-fp4', layout: String(qc.layout ?? '?'), dtype: String(qc.activation_dtype ?? '?'), original: qc };
   }
@@ -68,6 +89,13 @@ export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>)
 
 /** The NVFP4 flavour, or a one-line error that says what the checkpoint is instead. */
 export function requireNvfp4(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig' | 'dir'>): Flavour {
+  const conflict = quantConflict(ckpt);
+  if (conflict) {
+    throw new InputError(
+      `${join(ckpt.dir, 'config.json')} declares ${conflict.config} but ${join(ckpt.dir, 'hf_quant_config.json')} declares ${conflict.hfQuant}: ` +
+        'conflicting quantization declarations (remove the one that is wrong)',
+    );
+  }
   const d = detectFormat(ckpt);
   switch (d.format) {
     case 'nvfp4':

@@ -1,7 +1,8 @@
 // Opens a model directory: config, shards (single, indexed, or several without an index) and
 // a catalogue of every tensor with the shard that holds it. Only headers are read here.
-import { readdir, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
+import { listModelFiles } from './model-files.js';
 import { z } from 'zod';
 import { InputError } from '../errors.js';
 import { SafetensorsError, SafetensorsReader, type TensorEntry } from '../safetensors/index.js';
@@ -25,6 +26,14 @@ export interface Checkpoint {
   tensors: Map<string, TensorRef>;
   /** Every other file of the directory (tokenizer, generation config, …), relative paths. */
   otherFiles: string[];
+  /** The directory's real path (links resolved). */
+  realDir: string;
+  /** Where the model's links may point (realDir, or a Hub snapshot's repo cache folder). */
+  root: string;
+  /** Real path of every readable file, by relative path (open with O_NOFOLLOW). */
+  realPaths: Map<string, string>;
+  /** Files left out because they are not regular files inside the model, one line each. */
+  warnings: string[];
   sharded: boolean;
   close(): Promise<void>;
 }
@@ -41,36 +50,34 @@ function safeShardName(indexPath: string, file: string): string {
   return file;
 }
 
-async function listFiles(dir: string, prefix = ''): Promise<string[]> {
-  const out: string[] = [];
-  for (const d of await readdir(join(dir, prefix), { withFileTypes: true })) {
-    const rel = prefix ? `${prefix}/${d.name}` : d.name;
-    if (d.isDirectory()) {
-      if (d.name.startsWith('.')) continue; // .git, .cache of a hub snapshot
-      out.push(...(await listFiles(dir, rel)));
-    } else if (d.isFile() || d.isSymbolicLink()) {
-      out.push(rel);
-    }
-  }
-  return out.sort();
-}
-
 export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
   const dir = resolve(modelDir);
   const st = await stat(dir).catch(() => undefined);
   if (!st) throw new InputError(`${modelDir}: no such directory`);
   if (!st.isDirectory()) throw new InputError(`${modelDir}: not a directory (give the model's directory)`);
+  const listed = await listModelFiles(dir);
+  // config.json, hf_quant_config.json, the index and the shards must be readable regular files
+  // of the model: anything else refused under those names is an error, not a skipped file.
+  const usable = (rel: string): string | undefined => {
+    const why = listed.refused.get(rel);
+    if (why) throw new InputError(`${join(dir, rel)}: ${why}; the model's files must be regular files inside its directory`);
+    return listed.files.get(rel);
+  };
+  const readJson = (rel: string) => {
+    const real = usable(rel);
+    return real ? readJsonObject(join(dir, rel), { realPath: real, noFollow: true }) : undefined;
+  };
 
   const configPath = join(dir, 'config.json');
-  const config = await readJsonObject(configPath);
+  const config = await readJson('config.json');
   if (!config) throw new InputError(`${configPath}: missing (a model directory needs config.json)`);
-  const hfQuantConfig = await readJsonObject(join(dir, 'hf_quant_config.json'));
+  const hfQuantConfig = await readJson('hf_quant_config.json');
 
-  const files = await listFiles(dir);
+  const files = [...listed.files.keys()].sort();
   let shards: string[];
   let weightMap: Record<string, string> | undefined;
   const indexPath = join(dir, INDEX_FILE);
-  const index = await readJsonObject(indexPath);
+  const index = await readJson(INDEX_FILE);
   if (index) {
     const parsed = IndexSchema.safeParse(index);
     if (!parsed.success) {
@@ -78,8 +85,9 @@ export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
     }
     weightMap = parsed.data.weight_map;
     shards = [...new Set(Object.values(weightMap).map((f) => safeShardName(indexPath, f)))];
-    for (const s of shards) if (!files.includes(s)) throw new InputError(`${indexPath}: names shard ${s}, which does not exist`);
+    for (const s of shards) if (!usable(s)) throw new InputError(`${indexPath}: names shard ${s}, which does not exist`);
   } else {
+    for (const rel of listed.refused.keys()) if (rel.endsWith('.safetensors') && !rel.includes('/')) usable(rel);
     shards = files.filter((f) => f.endsWith('.safetensors') && !f.includes('/'));
   }
   if (shards.length === 0) throw new InputError(`${modelDir}: no *.safetensors files`);
@@ -91,7 +99,7 @@ export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
   };
   try {
     for (const shard of shards) {
-      const reader = await SafetensorsReader.open(join(dir, shard)).catch((e) => {
+      const reader = await SafetensorsReader.open(join(dir, shard), { realPath: listed.files.get(shard), noFollow: true }).catch((e) => {
         if (e instanceof SafetensorsError) throw new InputError(e.message);
         throw e;
       });
@@ -120,8 +128,16 @@ export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
 
   const shardSet = new Set(shards);
   const otherFiles = files.filter((f) => !shardSet.has(f) && f !== INDEX_FILE);
+  // Side files (tokenizer, chat template, …) that are not regular files inside the model are
+  // left out with a warning: the conversion does not need them, and copying one that links
+  // outside would publish a file that is not the model's.
+  const warnings = [...listed.refused].filter(([rel]) => !shardSet.has(rel)).map(([rel, why]) => `${join(dir, rel)}: not copied: ${why}`);
   return {
     dir,
+    realDir: listed.realDir,
+    root: listed.root,
+    realPaths: listed.files,
+    warnings,
     config,
     hfQuantConfig,
     shards,

@@ -6,7 +6,7 @@
 // directory is used as the model directory.
 import { stat, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { EnvironmentError, InputError } from '../errors.js';
+import { envInteger, EnvironmentError, InputError } from '../errors.js';
 import { INDEX_FILE } from './model-dir.js';
 
 export interface HubSource {
@@ -44,6 +44,9 @@ export interface ResolveOptions {
   /** Defaults to the library's HF cache path (HF_HUB_CACHE / HF_HOME / ~/.cache/huggingface/hub). */
   cacheDir?: string;
 }
+
+/** Seconds a Hub request may stay silent (connect, headers, or between body pieces). */
+export const DEFAULT_HUB_TIMEOUT_S = 60;
 
 const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}$/;
 
@@ -99,26 +102,60 @@ async function downloadRepo(repo: string, opts: ResolveOptions): Promise<{ dir: 
     return offlineSnapshot(repo, revision, storage, where);
   }
 
+  // Every request is bounded in time: connecting and the answer's headers, then each gap
+  // between two pieces of its body (undici's own limit is 5 minutes of silence).
+  const timeoutS = envInteger('MARLIN_FP4_HUB_TIMEOUT', DEFAULT_HUB_TIMEOUT_S, 1, 86_400);
+  let timedOut: string | undefined;
+
   // Downloads are counted as their bodies stream through this fetch (for the progress line).
   let done = 0;
   let total = 0;
   let current = '';
   let fetched = 0;
   const countingFetch: typeof fetch = async (input, init) => {
-    const res = await fetch(input, init);
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
-    // File bodies only: not the API's JSON, not the size probes (Range: bytes=0-0). Xet-backed
-    // files arrive as compressed chunks: approximate until each file's end sets the exact count.
-    if (url.includes('/api/') || new Headers(init?.headers).get('range') === 'bytes=0-0' || !res.ok || !res.body) return res;
-    const counter = new TransformStream<Uint8Array, Uint8Array>({
+    const abort = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    // unref: a body nobody reads must not keep the process alive.
+    const arm = (what: string) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        timedOut = what;
+        abort.abort(new Error(what));
+      }, timeoutS * 1000).unref();
+    };
+    arm(`no answer within ${timeoutS} s`);
+    let res: Response;
+    try {
+      res = await fetch(input, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, abort.signal]) : abort.signal });
+    } catch (e) {
+      clearTimeout(timer);
+      throw e;
+    }
+    if (!res.body) {
+      clearTimeout(timer);
+      return res;
+    }
+    // File bodies only count: not the API's JSON, not the size probes (Range: bytes=0-0).
+    // Xet-backed files arrive as compressed chunks: approximate until each file's end sets
+    // the exact count.
+    const counted = !url.includes('/api/') && new Headers(init?.headers).get('range') !== 'bytes=0-0' && res.ok;
+    arm(`no data for ${timeoutS} s`);
+    const watch = new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, ctl) {
-        done += chunk.byteLength;
-        fetched += chunk.byteLength;
-        opts.onProgress?.({ bytesDone: done, bytesTotal: total, file: current });
+        arm(`no data for ${timeoutS} s`);
+        if (counted) {
+          done += chunk.byteLength;
+          fetched += chunk.byteLength;
+          opts.onProgress?.({ bytesDone: done, bytesTotal: total, file: current });
+        }
         ctl.enqueue(chunk);
       },
+      flush() {
+        clearTimeout(timer);
+      },
     });
-    return new Response(res.body.pipeThrough(counter), { status: res.status, statusText: res.statusText, headers: res.headers });
+    return new Response(res.body.pipeThrough(watch), { status: res.status, statusText: res.statusText, headers: res.headers });
   };
   const common = { repo, hubUrl, accessToken, fetch: countingFetch };
 
@@ -184,6 +221,14 @@ async function downloadRepo(repo: string, opts: ResolveOptions): Promise<{ dir: 
       },
     };
   } catch (e) {
+    // Only an abort or a broken fetch is ours: a stale timer of a body nobody read must not
+    // relabel another error.
+    const aborted = e instanceof TypeError || (e as Error)?.name === 'AbortError' || String((e as Error)?.message).includes(timedOut ?? '\0');
+    if (timedOut && aborted) {
+      throw new EnvironmentError(
+        `${where}: the Hub at ${hubUrl ?? hub.HUB_URL} stopped answering (${timedOut}); MARLIN_FP4_HUB_TIMEOUT=<seconds> sets the limit`,
+      );
+    }
     throw hubError(e, where, hubUrl ?? hub.HUB_URL, hub);
   } finally {
     console.debug = debug;

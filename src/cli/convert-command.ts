@@ -69,6 +69,7 @@ export function convertCommand(out: Output): Command {
     .action(async (model: string, flags: ConvertFlags) => {
       const src = await resolveModelArg(out, model, flags);
       const progress = new ProgressLine('converting', out.progressAllowed(flags));
+      const shown = new Set<string>();
       const report = await convert({
         model: src.dir,
         out: flags.output ?? src.defaultOutput,
@@ -79,8 +80,13 @@ export function convertCommand(out: Output): Command {
         device: flags.device,
         checksums: flags.checksums,
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.tensor),
+        onWarning: (w) => {
+          progress.clear();
+          out.warn(w);
+          shown.add(w);
+        },
       }).finally(() => progress.clear());
-      for (const w of report.warnings) out.warn(w);
+      for (const w of report.warnings) if (!shown.has(w)) out.warn(w);
       if (!flags.json && !flags.quiet) for (const line of summary(report)) out.line(line);
       if (!flags.verify) {
         if (flags.json) out.json(report);

@@ -10,7 +10,8 @@ import { reportProfile, startProfile, timed } from './profile.js';
 import { layerRecords } from '../plan/records.js';
 import type { LayerRecord } from '../format/records.js';
 import type { ManifestFile } from '../format/manifest.js';
-import { stageOutput } from './output-dir.js';
+import { stageOutput, type StagedOutput } from './output-dir.js';
+import { envInteger, fileError } from '../errors.js';
 import { forEachLimited, writeShard } from './write-shard.js';
 import { copyOtherFiles, writeConfig, writeIndex, writeManifest } from './write-files.js';
 import { HashQueue, type FileDigest } from '../integrity/sha256.js';
@@ -21,7 +22,21 @@ import { stat } from 'node:fs/promises';
 // transforms on every core, 2; with the GPU doing them, reading and writing are the whole
 // work, and 4 took 2.17 s instead of 2.96 s for a Llama-8B-sized model on the H200 host.
 function shardsAtOnce(backend: Backend): number {
-  return Number(process.env.MARLIN_FP4_SHARDS_AT_ONCE ?? (backend === 'cuda' ? 4 : 2));
+  return envInteger('MARLIN_FP4_SHARDS_AT_ONCE', backend === 'cuda' ? 4 : 2, 1, 64);
+}
+
+/**
+ * An error of the staging directory as the user sees it: paths inside the temporary
+ * directory are named inside the output directory they are written for.
+ */
+function asOutputError(e: unknown, staged: StagedOutput): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (err?.code && err.syscall) {
+    const path = typeof err.path === 'string' ? err.path.split(staged.tmp).join(staged.dir) : staged.dir;
+    return fileError(path, err.syscall === 'open' || err.syscall === 'write' ? 'write' : err.syscall, e, 'output');
+  }
+  if (e instanceof Error && e.message.includes(staged.tmp)) e.message = e.message.split(staged.tmp).join(staged.dir);
+  return e;
 }
 
 export interface ConvertOptions {
@@ -36,6 +51,8 @@ export interface ConvertOptions {
   /** sha256 of every output file and source shard in the manifest (default true). */
   checksums?: boolean;
   onProgress?(p: ConvertProgress): void;
+  /** Each warning as soon as it is known (they are all in the report too). */
+  onWarning?(line: string): void;
 }
 
 export interface ConvertProgress {
@@ -87,11 +104,18 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
   const started = performance.now();
   if (opts.threads !== undefined) setThreads(opts.threads);
   const backend = resolveBackend(opts.device ?? 'auto');
+  const shardLanes = shardsAtOnce(backend);
   const ckpt = await openCheckpoint(opts.model);
+  const early: string[] = [];
+  const warn = (line: string) => {
+    early.push(line);
+    opts.onWarning?.(line);
+  };
+  ckpt.warnings.forEach(warn);
   try {
     const flavour = requireNvfp4(ckpt);
     const dtype = activationDtype(ckpt, opts.dtype);
-    const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), ckpt.dir, opts.force ?? false);
+    const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
     try {
       startProfile(backend);
       const plan = await timed('plan', planConversion(ckpt, flavour, { layout: opts.layout, dtype }));
@@ -108,7 +132,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       const shardDigests = new Map<string, FileDigest>();
       try {
         for (const shard of ckpt.shards) hashes?.add(join(ckpt.dir, shard));
-        await forEachLimited(plan.shards, shardsAtOnce(backend), (shard) =>
+        await forEachLimited(plan.shards, shardLanes, (shard) =>
           writeShard({
             ckpt,
             plan,
@@ -131,7 +155,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           await writeIndex(plan, staged.tmp);
           files.push('model.safetensors.index.json');
         }
-        files.push(...(await copyOtherFiles(ckpt, staged.tmp)));
+        files.push(...(await copyOtherFiles(ckpt, staged.tmp, staged.dir)));
         for (const f of files) if (!shardDigests.has(join(staged.tmp, f))) hashes?.add(join(staged.tmp, f));
         const digests = new Map([...((await hashes?.done()) ?? []), ...shardDigests]);
         const entry = async (dir: string, name: string): Promise<ManifestFile> => {
@@ -151,7 +175,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         await hashes?.close();
       }
       await staged.commit();
-      reportProfile(backend, performance.now() - started, Math.min(shardsAtOnce(backend), plan.shards.length));
+      reportProfile(backend, performance.now() - started, Math.min(shardLanes, plan.shards.length));
       return {
         input: ckpt.dir,
         output: staged.dir,
@@ -168,12 +192,12 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         bytes_out: bytesOut,
         seconds: (performance.now() - started) / 1000,
         peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
-        warnings: warningsFor(layers, plan.layout, dtype),
+        warnings: [...early, ...warningsFor(layers, plan.layout, dtype)],
         layers,
       };
     } catch (e) {
       await staged.discard();
-      throw e;
+      throw asOutputError(e, staged);
     }
   } finally {
     await ckpt.close();

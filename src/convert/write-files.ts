@@ -1,6 +1,10 @@
 // The non-tensor files of the output: config.json with the Marlin quantization_config, the
 // shard index, the model's other files copied unchanged, and the manifest.
-import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import { fileError } from '../errors.js';
+import { openRegularFile } from '../safetensors/io.js';
 import { dirname, join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import { INDEX_FILE } from '../checkpoint/model-dir.js';
@@ -23,12 +27,25 @@ export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: Flavour
   await writeFile(join(outDir, 'config.json'), json(config));
 }
 
-export async function copyOtherFiles(ckpt: Checkpoint, outDir: string): Promise<string[]> {
+/**
+ * Copies the model's other files. Each is read through a descriptor opened without blocking
+ * and without following a link (its real path, checked to lie inside the model when the
+ * directory was listed) and verified to be a regular file, so what is copied is what was
+ * checked. Errors name the file in the final directory `finalDir`, not the staging one.
+ */
+export async function copyOtherFiles(ckpt: Checkpoint, outDir: string, finalDir: string): Promise<string[]> {
   const copied: string[] = [];
   for (const rel of ckpt.otherFiles) {
     if (DROPPED.has(rel)) continue;
-    await mkdir(dirname(join(outDir, rel)), { recursive: true });
-    await copyFile(join(ckpt.dir, rel), join(outDir, rel));
+    const { handle } = await openRegularFile(join(ckpt.dir, rel), { realPath: ckpt.realPaths.get(rel), noFollow: true });
+    try {
+      await mkdir(dirname(join(outDir, rel)), { recursive: true });
+      await pipeline(handle.createReadStream({ autoClose: false }), createWriteStream(join(outDir, rel), { flags: 'wx' }));
+    } catch (e) {
+      throw fileError(join(finalDir, rel), 'write', e, 'output');
+    } finally {
+      await handle.close();
+    }
     copied.push(rel);
   }
   return copied;

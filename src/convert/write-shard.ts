@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import type { OutputShard, Plan } from '../plan/plan.js';
-import { EnvironmentError } from '../errors.js';
+import { fileError } from '../errors.js';
 import { SafetensorsWriter } from '../safetensors/index.js';
 import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
@@ -63,25 +63,8 @@ export async function writeShard(job: ShardJob): Promise<void> {
     await hash?.abort();
     await pending.catch(() => {});
     await writer.abort();
-    throw describeIoError(e, join(job.finalDir, shard.file));
+    throw fileError(join(job.finalDir, shard.file), 'write', e, 'output');
   }
-}
-
-const IO_REASONS: Record<string, string> = {
-  ENOSPC: 'no space left on the device',
-  EFBIG: 'file too large for this file system or process limit',
-  EDQUOT: 'disk quota exceeded',
-  EACCES: 'permission denied',
-  EROFS: 'read-only file system',
-  EIO: 'input/output error',
-};
-
-/** A failed write is the environment's: say which file and why, in one line (exit code 3). */
-function describeIoError(e: unknown, path: string): unknown {
-  const err = (e as { cause?: unknown }).cause ?? e;
-  const code = (err as NodeJS.ErrnoException).code;
-  if (!code || !(err as NodeJS.ErrnoException).syscall) return e;
-  return new EnvironmentError(`${path}: cannot write: ${IO_REASONS[code] ?? (err as Error).message} (${code})`);
 }
 
 /**

@@ -11,12 +11,26 @@ export async function readGlobalScale(ckpt: Checkpoint, lin: LinearSource): Prom
   if (!(value > 0) || !Number.isFinite(value)) {
     throw new InputError(`${where(ckpt, lin.global)}: global scale ${raw} is not a positive finite number`);
   }
+  // A subnormal float32 global scale puts every output of the layer below what the activation
+  // dtypes hold (and loses precision on the way): refused like 0, in every layout.
+  if (value < 2 ** -126) {
+    throw new InputError(`${where(ckpt, lin.global)}: global scale ${raw} is a subnormal float32 (below 2^-126): the layer's outputs would underflow`);
+  }
   return value;
 }
 
-/** The activation scale as ModelOpt's input_scale (compressed-tensors stores its reciprocal). */
+/**
+ * The activation scale as ModelOpt's input_scale (compressed-tensors stores its reciprocal).
+ * It must be a finite number >= 0 (0 is kept: calibration leaves it for experts no token
+ * reached); NaN, an infinity or a negative value is an error here, for convert and verify alike.
+ */
 export async function readInputScale(ckpt: Checkpoint, lin: LinearSource): Promise<number | undefined> {
   if (!lin.inputScale) return undefined;
   const raw = (await readTensor(ckpt, lin.inputScale)).readFloatLE(0);
-  return lin.inputReciprocal ? Math.fround(1 / raw) : raw;
+  const value = lin.inputReciprocal ? Math.fround(1 / raw) : raw;
+  if (!(value >= 0) || !Number.isFinite(value)) {
+    const as = lin.inputReciprocal ? ` (input_scale = 1 / ${raw} = ${value})` : '';
+    throw new InputError(`${where(ckpt, lin.inputScale)}: input scale ${raw}${as} is not a finite number >= 0`);
+  }
+  return value;
 }

@@ -1,9 +1,10 @@
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { z } from 'zod';
 import { DTYPE_SIZE, isDtype, type Dtype } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
-import { readExactly } from './io.js';
+import { openRegularFile, readExactly } from './io.js';
 import { findDuplicateKey } from './json-keys.js';
+import { checkJsonLimits } from './json-limits.js';
 
 export interface TensorEntry {
   name: string;
@@ -29,6 +30,16 @@ export interface SafetensorsHeader {
 // Real headers are KBs to a few MBs; the cap is what stops a hostile 8-byte prefix from
 // making us allocate GBs. (The Rust reference caps at 100_000_000, a little below this.)
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+
+// A file's tensor count is capped for the same reason: parsing costs time and memory per entry
+// (a million zero-size entries fit in a 60 MB header and took 30 s and 1.7 GB; parsing is
+// linear, about 20 µs and 2 KB per entry on a small machine). Real shards hold a few
+// thousand; the largest NVFP4 MoE checkpoints have a few hundred thousand in all, spread
+// over tens of shards.
+export const MAX_TENSORS = 200_000;
+
+// A header is 3 levels deep (object, entry, shape/data_offsets); the margin costs nothing.
+const MAX_HEADER_DEPTH = 16;
 
 const METADATA_KEY = '__metadata__';
 
@@ -80,6 +91,18 @@ export function parseHeader(path: string, json: Uint8Array, fileSize: number): S
     text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(json);
   } catch {
     throw fail('header is not valid UTF-8');
+  }
+
+  // Before JSON.parse allocates anything: depth, entry count, and numbers written as integers
+  // (JSON.parse turns "4.0" and "-0" into integers that a check of the value cannot tell apart).
+  const limit = checkJsonLimits(text, { maxDepth: MAX_HEADER_DEPTH, maxTopEntries: MAX_TENSORS + 1, integersOnly: true });
+  if (limit?.kind === 'depth') throw fail(`header is nested deeper than ${limit.limit} levels`);
+  if (limit?.kind === 'entries') throw fail(`header lists more than ${MAX_TENSORS} tensors (the limit of this reader)`);
+  if (limit?.kind === 'number') {
+    const [owner, ...rest] = limit.path;
+    const field = rest.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
+    const what = `${field ? `${field} ` : ''}must be a non-negative safe integer, got ${clip(limit.literal)} (written as a non-integer number)`;
+    throw fail(what, owner === METADATA_KEY || typeof owner !== 'string' ? undefined : owner);
   }
 
   let parsed: unknown;
@@ -186,7 +209,7 @@ function parseMetadata(raw: unknown, fail: (reason: string, tensor?: string) => 
 
 /** Reads and validates the header without reading any tensor data. */
 export async function readHeader(path: string): Promise<SafetensorsHeader> {
-  const handle = await open(path, 'r');
+  const { handle } = await openRegularFile(path);
   try {
     return await readHeaderFrom(handle, path);
   } finally {

@@ -1,4 +1,7 @@
-import type { FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { fileError, InputError } from '../errors.js';
 import { SafetensorsError } from './errors.js';
 
 // Node 20's fs binding asserts that a read/write length fits in an int32: asking for 2 GiB
@@ -39,5 +42,48 @@ export async function writeFully(handle: FileHandle, buf: Uint8Array, position: 
   while (done < buf.length) {
     const { bytesWritten } = await handle.write(buf, done, Math.min(buf.length - done, MAX_IO_CHUNK), position + done);
     done += bytesWritten;
+  }
+}
+
+/** What a file that is not a regular file is, for messages. */
+export function fileKind(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  return 'not a regular file';
+}
+
+export interface OpenOptions {
+  /** Refuse a symbolic link as the last part of the path (ELOOP): for paths already resolved. */
+  noFollow?: boolean;
+  /** Open this path instead (the file's resolved real path); messages still name `path`. */
+  realPath?: string;
+}
+
+/**
+ * Opens a file for reading only when it is a regular file, and so that nothing can block:
+ * O_NONBLOCK makes open() of a FIFO return at once instead of waiting for a writer (which
+ * would also hold a libuv thread, and with it the process's exit, forever), and the type is
+ * checked on the open descriptor (fstat), not on a path that could change in between. For
+ * a regular file O_NONBLOCK changes nothing. A file that is not regular is an InputError
+ * naming it; a failed open is fileError's one line.
+ */
+export async function openRegularFile(path: string, opts: OpenOptions = {}): Promise<{ handle: FileHandle; stat: Stats }> {
+  let handle: FileHandle;
+  try {
+    handle = await open(opts.realPath ?? path, constants.O_RDONLY | constants.O_NONBLOCK | (opts.noFollow ? constants.O_NOFOLLOW : 0));
+  } catch (e) {
+    throw fileError(path, 'read', e);
+  }
+  try {
+    const st = await handle.stat();
+    if (!st.isFile()) throw new InputError(`${path}: not a regular file (${fileKind(st)})`);
+    return { handle, stat: st };
+  } catch (e) {
+    await handle.close();
+    throw fileError(path, 'read', e);
   }
 }

@@ -1,8 +1,8 @@
 import { constants as bufferConstants } from 'node:buffer';
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { SafetensorsError } from './errors.js';
 import { readHeaderFrom, type SafetensorsHeader, type TensorEntry } from './header.js';
-import { readExactly } from './io.js';
+import { openRegularFile, readExactly, type OpenOptions } from './io.js';
 
 /**
  * Random access to the tensors of one safetensors file. Holds a single read-only handle and
@@ -17,8 +17,9 @@ export class SafetensorsReader {
     readonly header: SafetensorsHeader,
   ) {}
 
-  static async open(path: string): Promise<SafetensorsReader> {
-    const handle = await open(path, 'r');
+  /** Regular files only, opened without blocking (see openRegularFile). */
+  static async open(path: string, opts: OpenOptions = {}): Promise<SafetensorsReader> {
+    const { handle } = await openRegularFile(path, opts);
     try {
       return new SafetensorsReader(handle, await readHeaderFrom(handle, path));
     } catch (e) {

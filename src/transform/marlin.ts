@@ -189,14 +189,26 @@ export function processScalesStack(
   return named(tensor, () => heavy(backend).scales(toParts(experts, part), { k: part.k, kp: part.kp, ...rest, ...rows }));
 }
 
-/** Processed global scale: F16/BF16 [1] under v1, F32 [1] under v2. */
+/**
+ * Processed global scale: F16/BF16 [1] under v1, F32 [1] under v2. The one rule for the stored
+ * value, in every layout and dtype, for convert and verify alike: it must be finite (the
+ * addon refuses an overflow) and not 0 (v1 rounds weight_scale_2 to the activation dtype
+ * first: below float16's smallest subnormal, 6e-8, it becomes 0 and the layer outputs zeros).
+ */
 export function processGlobalScale(tensor: string, ws2: number, opts: ScaleOptions): Buffer {
   if (!(ws2 > 0) || !Number.isFinite(ws2)) fail(tensor, `global scale ${ws2} is not a positive finite number`);
+  let stored: Buffer;
   try {
-    return addon().processGlobalScale(ws2, { layout: opts.layout, dtype: opts.dtype, sf: opts.sf ?? 1 });
+    stored = addon().processGlobalScale(ws2, { layout: opts.layout, dtype: opts.dtype, sf: opts.sf ?? 1 });
   } catch (e) {
     fail(tensor, (e as Error).message);
   }
+  const zero = stored.length === 2 ? (stored.readUInt16LE(0) & 0x7fff) === 0 : stored.readFloatLE(0) === 0;
+  if (zero) {
+    const dt = opts.layout === 'v1' ? opts.dtype : 'float32';
+    fail(tensor, `processed global scale underflows ${dt} to 0 (weight_scale_2 ${ws2} is too small for layout ${opts.layout} with ${opts.dtype}; use --layout v2)`);
+  }
+  return stored;
 }
 
 export interface PartLocation {

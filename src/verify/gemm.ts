@@ -105,26 +105,21 @@ export function randomActivations(m: number, k: number, dtype: ActDtype, seed: n
 }
 
 /**
- * The source's block scales as a correct conversion keeps them: v2's lost scales set to 0.
- * Returns the input itself when nothing is lost.
+ * The source's block scales as a correct conversion keeps them: v2's lost scales set to 0, and
+ * −0 (0x80) as 0, the same value (Marlin stores scales without a sign; the transform writes
+ * −0 as 0 under both layouts). Returns the input itself when nothing changes.
  */
 export function clampedScales(scales: Uint8Array, layout: LayoutVersion, sf: number): { scales: Uint8Array; lost: number } {
-  if (layout !== 'v2') return { scales, lost: 0 };
   const lostByte = new Uint8Array(256);
-  let any = false;
-  for (let b = 1; b < 0x7f; b++) {
-    if (!scaleIsLost(b, layout, sf)) continue;
-    lostByte[b] = 1;
-    any = true;
-  }
-  if (!any) return { scales, lost: 0 };
+  for (let b = 1; b < 0x7f; b++) if (scaleIsLost(b, layout, sf)) lostByte[b] = 1;
   let lost = 0;
   let out: Uint8Array | undefined;
   for (let i = 0; i < scales.length; i++) {
-    if (!lostByte[scales[i]!]) continue;
+    const b = scales[i]!;
+    if (b !== 0x80 && !lostByte[b]) continue;
     out ??= Uint8Array.from(scales);
     out[i] = 0;
-    lost++;
+    if (b !== 0x80) lost++;
   }
   return { scales: out ?? scales, lost };
 }

@@ -7,6 +7,7 @@ import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../format/tensors.js';
 import { decodeScales, processGlobalScale, unpackWeight } from '../transform/marlin.js';
 import { clampedScales } from './gemm.js';
+import { asInputError } from '../plan/linears.js';
 import { diffBytes, hex, slab } from './bytes.js';
 import type { VerifyContext } from './context.js';
 import type { LayerReport } from './report.js';
@@ -98,7 +99,14 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
       if (decoded.paddingNonzero > 0) errs.push(`${who(p)}weight_scale: ${decoded.paddingNonzero} non-zero bytes in the padding`);
     }
     // One global per expert (gate's for w13: the plan checked it equal to up's).
-    const wantG = processGlobalScale(u.name, u.ws2[e]!, { layout, dtype, sf });
+    // The same rule as convert's: a stored value that overflows or rounds to 0 is the
+    // source's error (one line naming its tensor, exit code 2), not a failed layer.
+    let wantG: Buffer;
+    try {
+      wantG = processGlobalScale(u.experts[e]![0]!.global, u.ws2[e]!, { layout, dtype, sf });
+    } catch (err) {
+      asInputError(s, err);
+    }
     const gotG = gAll?.subarray(gsize * e, gsize * (e + 1));
     if (gotG && !Buffer.from(gotG).equals(wantG)) {
       errs.push(`${u.kind === 'linear' ? '' : `expert ${e}: `}weight_scale_2: stored ${gotG.toString('hex')}, expected ${wantG.toString('hex')} from weight_scale_2 ${u.ws2[e]}`);

@@ -18,6 +18,8 @@ export interface HubRepo {
   token?: string;
   /** Break the connection halfway through this file's body. */
   breakFile?: string;
+  /** Send half of this file's body, then nothing more (the connection stays open). */
+  stallFile?: string;
   /** Answer every request with this status. */
   status?: number;
 }
@@ -129,6 +131,10 @@ export async function startHub(repos: Map<string, HubRepo>): Promise<FakeHub> {
         return res.end(file.subarray(start, end + 1));
       }
       res.writeHead(200, { ...headers, 'Content-Length': String(file.length) });
+      if (repo.stallFile === resolve[3]) {
+        res.write(file.subarray(0, file.length >> 1));
+        return;
+      }
       if (repo.breakFile === resolve[3]) {
         res.write(file.subarray(0, file.length >> 1));
         setTimeout(() => res.destroy(), 20);
