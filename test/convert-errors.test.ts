@@ -66,21 +66,25 @@ const cases: Case[] = [
     edit: (n, t) => (n === `${Q}.weight` ? { ...t, dtype: 'I8' } : t),
     error: `model.safetensors: tensor ${Q}.weight: dtype I8 is not U8 (packed FP4)`,
   },
+  // Without --strict these convert (their block scales re-encoded onto one global): test/fused-groups.test.ts.
   {
-    title: 'q/k/v shards with different global scales',
+    title: '--strict: q/k/v shards with different global scales',
     edit: (n, t) => (n === 'model.layers.1.self_attn.k_proj.weight_scale_2' ? f32Scalar(0.125) : t),
-    error: /^model\.layers\.1\.self_attn: fused q_proj\/k_proj\/v_proj have different global scales \(q_proj [\d.e-]+, k_proj 0\.125, v_proj [\d.e-]+\); vLLM keeps one value for the fused layer, which would corrupt the others$/,
+    args: ['--strict'],
+    error: /^model\.safetensors: tensor model\.layers\.1\.self_attn\.q_proj\.weight_scale_2: fused model\.layers\.1\.self_attn\.qkv_proj has parts with different global scales \(q_proj [\d.e-]+, k_proj 0\.125, v_proj [\d.e-]+\); --strict refuses to re-encode their block scales onto one global$/,
   },
   {
-    title: 'gate/up shards with different global scales',
+    title: '--strict: gate/up shards with different global scales',
     edit: (n, t) => (n === 'model.layers.0.mlp.up_proj.weight_scale_2' ? f32Scalar(0.5) : t),
-    error: /^model\.layers\.0\.mlp: fused gate_proj\/up_proj have different global scales \(gate_proj [\d.e-]+, up_proj 0\.5\)/,
+    args: ['--strict'],
+    error: /^model\.safetensors: tensor model\.layers\.0\.mlp\.gate_proj\.weight_scale_2: fused model\.layers\.0\.mlp\.gate_up_proj has parts with different global scales \(gate_proj [\d.e-]+, up_proj 0\.5\)/,
   },
   {
-    title: 'an MoE expert whose gate and up global scales differ',
+    title: '--strict: an MoE expert whose gate and up global scales differ',
     src: MOE,
     edit: (n, t) => (n === 'model.layers.1.mlp.experts.2.up_proj.weight_scale_2' ? f32Scalar(0.5) : t),
-    error: /^model\.layers\.1\.mlp\.experts\.2: gate and up projections have different global scales \([\d.e-]+ vs 0\.5\)/,
+    args: ['--strict'],
+    error: /^model-0000\d-of-00002\.safetensors: tensor model\.layers\.1\.mlp\.experts\.2\.up_proj\.weight_scale_2: gate and up projections of model\.layers\.1\.mlp\.experts\.2 have different global scales \([\d.e-]+ vs 0\.5\); --strict refuses/,
   },
   {
     title: 'a negative block scale',

@@ -120,7 +120,10 @@ describe('inspect finds every problem in one run (exit 0)', () => {
     expect(kinds).toEqual(['fused-global-scale', 'global-scale', 'missing', 'shape@v1']);
     const msg = (kind: string) => rep.problems.find((p: { kind: string }) => p.kind === kind).message;
     expect(msg('missing')).toBe(`${join(dir, 'model.safetensors')}: tensor ${Q0}.weight_scale: missing (the block scales of ${Q0})`);
-    expect(msg('fused-global-scale')).toMatch(/^model\.layers\.1\.self_attn: fused q_proj\/k_proj\/v_proj have different global scales/);
+    // Not in convert's way: it re-encodes them (--strict refuses).
+    expect(msg('fused-global-scale')).toMatch(
+      /^model\.layers\.1\.self_attn\.qkv_proj: fused parts have different global scales \(q_proj [\d.e-]+, k_proj 0\.125, v_proj [\d.e-]+\): convert re-encodes the others' block scales onto the largest, 0\.125 \(--strict refuses\)$/,
+    );
     expect(msg('global-scale')).toMatch(/tensor model\.layers\.1\.mlp\.up_proj\.weight_scale_2: global scale -1 is not a positive finite number$/);
     expect(msg('shape')).toMatch(/tensor model\.layers\.1\.self_attn\.o_proj\.weight: N = 96 is not a multiple of 64: layout v1 cannot pad it/);
     const [v2, v1] = rep.conversion.layouts;
@@ -128,7 +131,7 @@ describe('inspect finds every problem in one run (exit 0)', () => {
     expect(v2.unavailable).toMatch(/missing/);
     expect(v1).toMatchObject({ layout: 'v1', shapes_ok: false });
     expect(rep.convertible).toBe(false);
-    expect(rep.verdict).toBe('convert would refuse it: 3 problems');
+    expect(rep.verdict).toBe('convert would refuse it: 2 problems');
     // The missing linear is left out of the counts, the others are there.
     expect(rep.quantized.dense).toBe(13);
   });
@@ -139,7 +142,7 @@ describe('inspect finds every problem in one run (exit 0)', () => {
     expect(r.stdout).toMatch(/^problems \(4\):$/m);
     expect(r.stdout).toMatch(/^ {2}\[v1\] .*N = 96 is not a multiple of 64/m);
     expect(r.stdout).toMatch(/^output v1 {5}not possible: 1 quantized layer breaks layout v1's shape rules/m);
-    expect(r.stdout).toMatch(/^verdict: convert would refuse it: 3 problems$/m);
+    expect(r.stdout).toMatch(/^verdict: convert would refuse it: 2 problems$/m);
   });
 
   it('MoE gate/up of one expert with different global scales', async () => {
@@ -149,9 +152,12 @@ describe('inspect finds every problem in one run (exit 0)', () => {
     expect(rep.problems).toEqual([
       {
         kind: 'fused-global-scale',
-        message: expect.stringMatching(/^model\.layers\.1\.mlp\.experts\.2: gate and up projections have different global scales \([\d.e-]+ vs 0\.5\)/),
+        message: expect.stringMatching(
+          /^model\.layers\.1\.mlp\.experts\.2: gate and up projections have different global scales \([\d.e-]+ vs 0\.5\): convert re-encodes the smaller one's block scales onto 0\.5 \(--strict refuses\)$/,
+        ),
       },
     ]);
+    expect(rep.convertible).toBe(true);
   });
 
   it('negative block scales only with --scan-scales, which also counts v2 losses and v1 bfloat16 subnormals', async () => {

@@ -17,6 +17,7 @@ interface ConvertFlags {
   threads?: number;
   device: DeviceChoice;
   checksums: boolean;
+  strict?: boolean;
   verify?: boolean;
   json?: boolean;
   quiet?: boolean;
@@ -55,6 +56,7 @@ export function convertCommand(out: Output): Command {
     )
     .option('--threads <n>', 'CPU threads for the transforms (default: all cores)', parseThreads)
     .option('--no-checksums', 'skip the sha256 of every output file and source shard in marlin_fp4_manifest.json')
+    .option('--strict', 'refuse fused parts (q/k/v, gate/up) whose global scales differ instead of re-encoding their block scales onto one (exit 2)')
     .option('--verify', 'then run `marlin-fp4 verify` on the output (all layers, M = 1,16,128); exit code 1 if it fails')
     .option('--json', 'print one machine-readable JSON report on stdout')
     .option('-q, --quiet', 'print nothing but warnings and errors')
@@ -79,6 +81,7 @@ export function convertCommand(out: Output): Command {
         threads: flags.threads,
         device: flags.device,
         checksums: flags.checksums,
+        strict: flags.strict,
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.tensor),
         onWarning: (w) => {
           progress.clear();

@@ -97,7 +97,8 @@ export function inspectCommand(out: Output): Command {
       'Report what a checkpoint is (ModelOpt or compressed-tensors NVFP4, MXFP4, already Marlin, not quantized), ' +
         'its architecture, shards and sizes, its quantized linears and MoE expert layers with their shapes, what ' +
         'convert would convert and pass through, the output size for --layout v2 and v1, and every problem convert ' +
-        'would stop at (shape rules per layout, missing scales, fused shards with differing global scales). Reads the ' +
+        'would stop at (shape rules per layout, missing scales), and what it would warn about (fused parts with ' +
+        'differing global scales, whose block scales it re-encodes; v2 and v1 scale losses). Reads the ' +
         'headers and the scalar global scales only; --scan-scales also reads the block scales (1/8 of the weights).\n\n' +
         'Exits 0 when the checkpoint could be inspected, problems or not.',
     )

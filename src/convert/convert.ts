@@ -50,6 +50,8 @@ export interface ConvertOptions {
   device?: DeviceChoice;
   /** sha256 of every output file and source shard in the manifest (default true). */
   checksums?: boolean;
+  /** Refuse fused parts whose global scales differ instead of re-encoding their block scales (exit 2). */
+  strict?: boolean;
   onProgress?(p: ConvertProgress): void;
   /** Each warning as soon as it is known (they are all in the report too). */
   onWarning?(line: string): void;
@@ -87,9 +89,28 @@ export function defaultOutputDir(model: string): string {
   return `${resolve(model)}-marlin`;
 }
 
+const percent = (x: number) => `${(100 * x).toPrecision(3)}%`;
+
+/** The warning for a layer whose block scales were re-encoded onto a shared global scale. */
+export function reencodeWarning(l: LayerRecord): string | undefined {
+  const r = l.reencoded;
+  if (!r) return undefined;
+  const what =
+    l.kind === 'linear'
+      ? `global scale ${r.source_global} differs from its fused group's (${l.fused_group}: ${r.shared_global}, the largest)`
+      : `gate and up global scales differ in ${r.experts} expert${r.experts === 1 ? '' : 's'} (each stored with the larger)`;
+  const effect =
+    r.changed === 0
+      ? 'none changed value'
+      : `${r.changed} changed value${r.underflowed ? ` (${r.underflowed} became 0)` : ''}, largest relative change of a dequantized weight ${percent(r.max_relative_change)}`;
+  return `${l.name}: ${what}: ${r.scales} block scales re-encoded onto the shared global, ${effect} (--strict refuses)`;
+}
+
 function warningsFor(layers: LayerRecord[], layout: LayoutVersion, dtype: ActDtype): string[] {
   const out: string[] = [];
   for (const l of layers) {
+    const re = reencodeWarning(l);
+    if (re) out.push(re);
     if (l.zeroed_scales > 0) {
       out.push(`${l.name}: layout v2 (${dtype}) sets ${l.zeroed_scales} non-zero block scales below 2^-6 to 0: that data is lost`);
     }
@@ -118,7 +139,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
     const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
     try {
       startProfile(backend);
-      const plan = await timed('plan', planConversion(ckpt, flavour, { layout: opts.layout, dtype }));
+      const plan = await timed('plan', planConversion(ckpt, flavour, { layout: opts.layout, dtype, strict: opts.strict }));
       const records = layerRecords(plan);
       const layers = [...records.values()];
       const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);

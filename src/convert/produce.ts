@@ -1,5 +1,7 @@
 // Produces the bytes of one output tensor, as a sequence of chunks handed to `emit`, so that a
 // copy or an MoE stack is streamed (one chunk or one expert at a time), never held whole.
+// Block scales re-encoded onto a fused group's shared global are re-encoded here, in the read
+// buffer and before the transform, so the CPU and GPU backends see the same bytes.
 import { readTensorInto, type Checkpoint } from '../checkpoint/model-dir.js';
 import type { OutputTensor } from '../plan/plan.js';
 import { asInputError } from '../plan/linears.js';
@@ -16,6 +18,7 @@ import {
   type LinearShape,
   type RowSlice,
 } from '../transform/marlin.js';
+import { reencodeInPlace } from '../transform/reencode.js';
 import type { BufferPool } from './buffer-pool.js';
 import { timed } from './profile.js';
 
@@ -101,8 +104,11 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
       return;
     }
     case 'dense-scales': {
-      const { source, shape, scales } = p.linear;
-      await withInputs(ctx, [source.scale], (data) => emitScales(ctx, source.scale, data, shape, scales.sf, emit));
+      const { source, shape, scales, reencoding } = p.linear;
+      await withInputs(ctx, [source.scale], (data) => {
+        if (reencoding) reencodeInPlace(data[0]!, reencoding);
+        return emitScales(ctx, source.scale, data, shape, scales.sf, emit);
+      });
       return;
     }
     case 'dense-global':
@@ -137,10 +143,16 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
       return;
     }
     case 'stack-scales': {
-      const { group, part, parts, scales } = p.stack;
-      for (const ex of group.experts) {
+      const { group, part, parts, scales, reencodings } = p.stack;
+      for (const [e, ex] of group.experts.entries()) {
         const names = parts.map((role) => ex[role].scale);
-        await withInputs(ctx, names, (data) => emitScales(ctx, names[0]!, data, part, scales.sf, emit));
+        await withInputs(ctx, names, (data) => {
+          data.forEach((d, i) => {
+            const r = reencodings[e]![i];
+            if (r) reencodeInPlace(d, r);
+          });
+          return emitScales(ctx, names[0]!, data, part, scales.sf, emit);
+        });
       }
       return;
     }

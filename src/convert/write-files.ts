@@ -13,6 +13,7 @@ import { tensorBytes, type Plan } from '../plan/plan.js';
 import { buildManifest, MANIFEST_FILE, type Manifest, type ManifestFile } from '../format/manifest.js';
 import { marlinQuantConfig } from '../format/quant-config.js';
 import type { LayerRecord } from '../format/records.js';
+import { fusedGroupRecord } from '../plan/records.js';
 
 /**
  * hf_quant_config.json makes loaders treat a directory as ModelOpt NVFP4, which the output no
@@ -23,7 +24,13 @@ const DROPPED = new Set(['config.json', 'hf_quant_config.json', INDEX_FILE, MANI
 const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
 export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: Flavour, outDir: string): Promise<void> {
-  const config = { ...ckpt.config, quantization_config: marlinQuantConfig({ layout: plan.layout, dtype: plan.dtype, source: flavour.kind, original: flavour.original }) };
+  const config = { ...ckpt.config, quantization_config: marlinQuantConfig({
+      layout: plan.layout,
+      dtype: plan.dtype,
+      source: flavour.kind,
+      original: flavour.original,
+      fusedGroups: plan.groups.map((g) => g.members.map((m) => m.source.prefix)),
+    }) };
   await writeFile(join(outDir, 'config.json'), json(config));
 }
 
@@ -77,6 +84,7 @@ export async function writeManifest(
     layout: plan.layout,
     dtype: plan.dtype,
     layers,
+    fusedGroups: plan.groups.map(fusedGroupRecord),
     ignored: plan.ignored,
     files,
   });

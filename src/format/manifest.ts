@@ -3,7 +3,7 @@
 // writing it is convert's, reading and checking it integrity's.
 import { VERSION } from '../version.js';
 import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
-import type { LayerRecord } from './records.js';
+import type { FusedGroupRecord, LayerRecord } from './records.js';
 
 export const MANIFEST_FILE = 'marlin_fp4_manifest.json';
 export const MANIFEST_VERSION = 1;
@@ -22,6 +22,8 @@ export interface Manifest {
   layout: string;
   activation_dtype: string;
   layers: LayerRecord[];
+  /** Absent in manifests written before fused groups were recorded. */
+  fused_groups?: FusedGroupRecord[];
   ignored_modules: string[];
   /** Every file of the output but this manifest. */
   files: ManifestFile[];
@@ -32,6 +34,7 @@ export interface ManifestInput {
   layout: LayoutVersion;
   dtype: ActDtype;
   layers: LayerRecord[];
+  fusedGroups: FusedGroupRecord[];
   ignored: string[];
   files: ManifestFile[];
 }
@@ -47,6 +50,7 @@ export function buildManifest(m: ManifestInput): Manifest {
     layout: m.layout,
     activation_dtype: m.dtype,
     layers: m.layers,
+    fused_groups: m.fusedGroups,
     ignored_modules: m.ignored,
     files: [...m.files].sort(byName),
   };

@@ -15,15 +15,20 @@ export interface QuantConfigInput {
   source: keyof typeof SOURCE_FORMAT;
   /** The source's own quantization config, kept for provenance. */
   original: Record<string, unknown>;
+  /** Module prefixes of each fused group, in concatenation order along N. */
+  fusedGroups: string[][];
 }
 
-export function marlinQuantConfig({ layout, dtype, source, original }: QuantConfigInput): Record<string, unknown> {
+export function marlinQuantConfig({ layout, dtype, source, original, fusedGroups }: QuantConfigInput): Record<string, unknown> {
   return {
     quant_method: QUANT_METHOD,
     layout,
     activation_dtype: dtype,
     group_size: GROUP_SIZE,
     source_format: SOURCE_FORMAT[source],
+    // Parts that share one sf and one global scale, in concatenation order along N: a loader
+    // that fuses them concatenates their tensors (FORMAT.md section 8). marlin-fp4-vllm reads it.
+    fused_groups: fusedGroups,
     original_quantization_config: original,
   };
 }

@@ -22,6 +22,40 @@ export interface LayerRecord {
   zeroed_scales: number;
   /** Block scales below 2^-6: decoded wrongly by v1's bfloat16 kernel. */
   subnormal_scales: number;
+  /** The fused group a dense linear belongs to (its sf and global scale are the group's). */
+  fused_group?: string;
+  /** Present where block scales were re-encoded onto a shared global scale (FORMAT.md section 8.1). */
+  reencoded?: ReencodeRecord;
+}
+
+/** Block scales re-encoded onto a fused group's shared global scale (FORMAT.md section 8.1). */
+export interface ReencodeRecord {
+  /** Non-zero block scales re-encoded. */
+  scales: number;
+  /** Of those, the ones whose value (scale × global) changed: the E4M3 rounding was inexact. */
+  changed: number;
+  /** Of those, the ones that became 0. */
+  underflowed: number;
+  /** Largest relative change of a dequantized weight (1 where a scale became 0). */
+  max_relative_change: number;
+  /** A dense linear's own global scale, and the group's shared one it is stored with. */
+  source_global?: number;
+  shared_global?: number;
+  /** An MoE w13 stack: the experts whose gate and up global scales differ. */
+  experts?: number;
+}
+
+/** A fused group as the manifest lists it (FORMAT.md section 8). */
+export interface FusedGroupRecord {
+  /** The fused module vLLM would hold (`….qkv_proj`, `….gate_up_proj`). */
+  name: string;
+  /** The parts' prefixes in concatenation order along N. */
+  members: string[];
+  /** The global scale every part is stored with (the largest of the parts'). */
+  shared_global: number;
+  sf: number;
+  /** Concatenating the parts' tensors along N gives exactly the fused layer's Marlin tensors. */
+  concatenable: boolean;
 }
 
 /** A record as read back from a file someone may have edited: only name and kind are sure. */

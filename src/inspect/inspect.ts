@@ -10,7 +10,8 @@ import { readJsonObject } from '../checkpoint/json-file.js';
 import { MANIFEST_FILE } from '../format/manifest.js';
 import { findLinears, type ExpertGroup, type FoundLinears, type LinearSource } from '../plan/linears.js';
 import { readGlobalScale } from '../plan/global-scales.js';
-import { activationDtype, denseShape, fusedGlobalMismatches, planConversion, stackShape, tensorBytes } from '../plan/plan.js';
+import { activationDtype, denseShape, planConversion, stackShape, tensorBytes } from '../plan/plan.js';
+import { expertReencodeNotice, findFusedGroups, globalsDiffer, reencodeNotice, type GroupableLinear } from '../plan/fused-groups.js';
 import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
 import { inspectMarlin, type MarlinLayers } from './marlin.js';
 import { scanBlockScales, type ScaleScan } from './scales.js';
@@ -258,17 +259,23 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
       problems.push({ kind: 'global-scale', message: e.message });
     }
   }
-  const denseScales = found.dense.filter((l) => ws2.has(l)).map((l) => ({ source: l, ws2: ws2.get(l)! }));
-  problems.push(...fusedGlobalMismatches(denseScales).map((message) => ({ kind: 'fused-global-scale' as const, message })));
+  // Fused parts with different global scales: convert re-encodes them (not a problem unless --strict).
+  const groupable: GroupableLinear[] = [];
+  for (const l of found.dense) {
+    if (!ws2.has(l)) continue;
+    try {
+      groupable.push({ source: l, shape: denseShape(ckpt, l, 'v2'), sourceWs2: ws2.get(l)! });
+    } catch (e) {
+      if (!(e instanceof InputError)) throw e; // reported below, per layout
+    }
+  }
+  for (const g of findFusedGroups(groupable, 'v2')) {
+    if (globalsDiffer(g)) problems.push({ kind: 'fused-global-scale', message: reencodeNotice(g) });
+  }
   for (const g of found.groups) {
     g.experts.forEach((ex, e) => {
       const [a, b] = [ws2.get(ex.gate), ws2.get(ex.up)];
-      if (a !== undefined && b !== undefined && a !== b) {
-        problems.push({
-          kind: 'fused-global-scale',
-          message: `${g.prefix}.${e}: gate and up projections have different global scales (${a} vs ${b}); the fused w13 stack keeps one value per expert`,
-        });
-      }
+      if (a !== undefined && b !== undefined && a !== b) problems.push({ kind: 'fused-global-scale', message: expertReencodeNotice(`${g.prefix}.${e}`, a, b) });
     });
   }
 
@@ -324,7 +331,9 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
     problems.push(...scan.problems);
   }
 
-  const general = problems.filter((p) => p.layout === undefined && p.kind !== 'v1-bfloat16-subnormal');
+  // Findings convert accepts (with a warning) do not stand in its way.
+  const accepted = (p: Problem) => p.kind === 'v1-bfloat16-subnormal' || p.kind === 'fused-global-scale';
+  const general = problems.filter((p) => p.layout === undefined && !accepted(p));
   const v2 = layouts[0]!;
   const v1 = layouts[1]!;
   if (all.length === 0 && missing.length === 0) {
@@ -335,7 +344,7 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
   } else if (general.length === 0 && v1.tensor_bytes !== undefined) {
     report.verdict = 'convert would accept it only with --layout v1';
   } else {
-    const n = problems.filter((p) => p.layout !== 'v1').length;
+    const n = problems.filter((p) => p.layout !== 'v1' && !accepted(p)).length;
     report.verdict = `convert would refuse it: ${n} problem${n === 1 ? '' : 's'}`;
   }
   // A dtype convert can't guess is a problem with a one-flag fix: say so rather than refuse.

@@ -11,14 +11,24 @@ import { GATED_STACKS, stackName, stackPartShape, stackSizes, type ExpertRole, t
 import { biasTensor, inputScaleTensor, moduleTensors, type ModuleKind, type OutputLayout, type TensorSpec } from '../format/tensors.js';
 import { asInputError, findLinears, where, type ExpertGroup, type LinearSource } from './linears.js';
 import { readGlobalScale, readInputScale } from './global-scales.js';
-import { planScales, type ScaleOutcome } from './scale-plan.js';
+import { planScales, type ScaleOutcome, type ScalePart } from './scale-plan.js';
+import { findFusedGroups, globalsDiffer, partReencoding, sharedGlobal, strictRefusal, type FusedGroup } from './fused-groups.js';
+import type { Reencoding } from '../transform/reencode.js';
 
 export interface DenseLinear {
   source: LinearSource;
   shape: LinearShape;
+  /** The global scale the output encodes: the linear's own, or its fused group's shared one. */
   ws2: number;
+  /** The linear's own global scale (ModelOpt's weight_scale_2). */
+  sourceWs2: number;
   inputScale?: number;
+  /** sf is the fused group's where the linear is in one; the counts are the linear's own. */
   scales: ScaleOutcome;
+  /** The fused group (q/k/v, gate/up) the linear is part of. */
+  group?: FusedGroup<DenseLinear>;
+  /** How its block scales move onto the group's shared global, where its own global differs. */
+  reencoding?: Reencoding;
 }
 
 export interface MoeStack {
@@ -31,8 +41,10 @@ export interface MoeStack {
   /** Shape of one part (gate, up or down) of one expert. */
   part: LinearShape;
   parts: ExpertRole[];
-  /** Global scale per expert (gate's, checked equal to up's). */
+  /** Global scale per expert as stored: the largest of its parts' (sharedGlobal). */
   ws2: number[];
+  /** reencodings[e][p]: how part p of expert e moves onto ws2[e], where its own global differs. */
+  reencodings: (Reencoding | undefined)[][];
   /** One scale factor for the whole stack. */
   scales: ScaleOutcome;
 }
@@ -59,6 +71,8 @@ export interface Plan {
   dtype: ActDtype;
   shards: OutputShard[];
   dense: DenseLinear[];
+  /** Dense linears that share one scale factor and global scale (q/k/v, gate/up). */
+  groups: FusedGroup<DenseLinear>[];
   stacks: MoeStack[];
   /** Quantized modules kept as they are because the exclude/ignore list names them. */
   ignored: string[];
@@ -74,6 +88,8 @@ export interface PlanOptions {
    * the placeholder { sf: 1, lost: 0, subnormal: 0 }, and the plan must not be written.
    */
   scanScales?: boolean;
+  /** Refuse fused parts (dense or MoE gate/up) whose global scales differ instead of re-encoding them. */
+  strict?: boolean;
 }
 
 const UNSCANNED: ScaleOutcome = { sf: 1, lost: 0, subnormal: 0 };
@@ -82,11 +98,6 @@ const UNSCANNED: ScaleOutcome = { sf: 1, lost: 0, subnormal: 0 };
 export function moduleName(m: DenseLinear | MoeStack): string {
   return 'source' in m ? m.source.prefix : stackName(m.group.prefix, m.which);
 }
-
-const FUSED = [
-  ['q_proj', 'k_proj', 'v_proj'],
-  ['gate_proj', 'up_proj'],
-];
 
 export function tensorBytes(t: Pick<OutputTensor, 'dtype' | 'shape'>): number {
   return t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
@@ -100,10 +111,6 @@ export function activationDtype(ckpt: Checkpoint, option?: string): ActDtype {
   throw new InputError(
     `${join(ckpt.dir, 'config.json')}: torch_dtype is ${raw === undefined ? 'missing' : JSON.stringify(raw)}; pass --dtype float16 or --dtype bfloat16`,
   );
-}
-
-function globalScaleName(ws: number[], names: string[]): string {
-  return names.map((n, i) => `${n} ${ws[i]}`).join(', ');
 }
 
 /** A dense linear's shape under the layout, with its bias checked (an InputError otherwise). */
@@ -125,41 +132,33 @@ export function denseShape(ckpt: Checkpoint, lin: LinearSource, layout: LayoutVe
   return shape;
 }
 
-async function planDense(ckpt: Checkpoint, lin: LinearSource, { layout, dtype, scanScales }: PlanOptions): Promise<DenseLinear> {
+async function planDense(ckpt: Checkpoint, lin: LinearSource, { layout }: PlanOptions): Promise<DenseLinear> {
   const shape = denseShape(ckpt, lin, layout);
-  return {
-    source: lin,
-    shape,
-    ws2: await readGlobalScale(ckpt, lin),
-    inputScale: await readInputScale(ckpt, lin),
-    scales: scanScales === false ? UNSCANNED : await planScales(ckpt, [lin], layout, dtype),
-  };
+  const ws2 = await readGlobalScale(ckpt, lin);
+  return { source: lin, shape, ws2, sourceWs2: ws2, inputScale: await readInputScale(ckpt, lin), scales: UNSCANNED };
 }
 
-/** One message per fused group (q/k/v, gate/up) whose parts' global scales differ. */
-export function fusedGlobalMismatches(dense: { source: { prefix: string }; ws2: number }[]): string[] {
-  const out: string[] = [];
-  const byPrefix = new Map(dense.map((d) => [d.source.prefix, d]));
-  const parents = new Set(dense.map((d) => d.source.prefix.slice(0, d.source.prefix.lastIndexOf('.'))));
-  for (const parent of parents) {
-    for (const names of FUSED) {
-      const members = names.map((n) => byPrefix.get(`${parent}.${n}`)).filter((d) => !!d);
-      if (members.length < 2) continue;
-      const ws = members.map((m) => m.ws2);
-      if (ws.some((w) => w !== ws[0])) {
-        out.push(
-          `${parent}: fused ${members.map((m) => m.source.prefix.slice(parent.length + 1)).join('/')} have different global scales ` +
-            `(${globalScaleName(ws, members.map((m) => m.source.prefix.slice(parent.length + 1)))}); vLLM keeps one value for the fused layer, which would corrupt the others`,
-        );
-      }
+/**
+ * Fused groups share the largest of their parts' global scales and one scale factor over all
+ * their (re-encoded) block scales; every other dense linear has its own.
+ */
+async function planDenseScales(ckpt: Checkpoint, dense: DenseLinear[], { layout, dtype, scanScales, strict }: PlanOptions): Promise<FusedGroup<DenseLinear>[]> {
+  const groups = findFusedGroups(dense, layout);
+  for (const g of groups) {
+    if (strict && globalsDiffer(g)) throw strictRefusal(ckpt, g);
+    for (const m of g.members) {
+      m.group = g;
+      m.ws2 = g.shared;
+      m.reencoding = partReencoding(m.sourceWs2, g.shared);
     }
   }
-  return out;
-}
-
-function checkFusedGlobals(dense: DenseLinear[]): void {
-  const [first] = fusedGlobalMismatches(dense);
-  if (first) throw new InputError(first);
+  if (scanScales === false) return groups;
+  for (const g of groups) {
+    const { each } = await planScales(ckpt, g.members.map((m): ScalePart => ({ lin: m.source, reencoding: m.reencoding })), layout, dtype);
+    g.members.forEach((m, i) => (m.scales = each[i]!));
+  }
+  for (const d of dense) if (!d.group) d.scales = (await planScales(ckpt, [{ lin: d.source }], layout, dtype)).all;
+  return groups;
 }
 
 /** An expert group's sizes, checked against the layout (an InputError otherwise); ip = padded intermediate. */
@@ -193,20 +192,24 @@ export function stackShape(ckpt: Checkpoint, group: ExpertGroup, layout: LayoutV
   return stackSizes(hidden, intermediate, layout);
 }
 
-async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype, scanScales }: PlanOptions): Promise<MoeStack[]> {
+async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype, scanScales, strict }: PlanOptions): Promise<MoeStack[]> {
   const sizes = stackShape(ckpt, group, layout);
   const globals: Record<ExpertRole, number>[] = [];
   for (const [e, ex] of group.experts.entries()) {
     const [gate, up, down] = await Promise.all([readGlobalScale(ckpt, ex.gate), readGlobalScale(ckpt, ex.up), readGlobalScale(ckpt, ex.down)]);
-    if (gate !== up) {
+    if (strict && gate !== up) {
       throw new InputError(
-        `${group.prefix}.${e}: gate and up projections have different global scales (${gate} vs ${up}); the fused w13 stack keeps one value per expert`,
+        `${where(ckpt, ex.up.global)}: gate and up projections of ${group.prefix}.${e} have different global scales (${gate} vs ${up}); --strict refuses to re-encode their block scales onto one global`,
       );
     }
     globals.push({ gate, up, down });
   }
   const stacks: MoeStack[] = [];
   for (const { which, kind, parts } of GATED_STACKS) {
+    // Per expert, the parts share the largest of their globals; the others are re-encoded onto it.
+    const ws2 = globals.map((g) => sharedGlobal(parts.map((p) => g[p])));
+    const reencodings = globals.map((g, e) => parts.map((p) => partReencoding(g[p], ws2[e]!)));
+    const scope = group.experts.flatMap((ex, e) => parts.map((p, i): ScalePart => ({ lin: ex[p], reencoding: reencodings[e]![i] })));
     stacks.push({
       group,
       which,
@@ -214,9 +217,9 @@ async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype,
       sizes,
       part: stackPartShape(which, sizes),
       parts,
-      // One global per expert: its first part's (the parts' are checked equal above).
-      ws2: globals.map((g) => g[parts[0]!]),
-      scales: scanScales === false ? UNSCANNED : await planScales(ckpt, group.experts.flatMap((ex) => parts.map((role) => ex[role])), layout, dtype),
+      ws2,
+      reencodings,
+      scales: scanScales === false ? UNSCANNED : (await planScales(ckpt, scope, layout, dtype)).all,
     });
   }
   return stacks;
@@ -230,7 +233,7 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
   }
   const dense: DenseLinear[] = [];
   for (const lin of found.dense) dense.push(await planDense(ckpt, lin, opts));
-  checkFusedGlobals(dense);
+  const groups = await planDenseScales(ckpt, dense, opts);
   const stacks: MoeStack[] = [];
   for (const g of found.groups) stacks.push(...(await planStacks(ckpt, g, opts)));
 
@@ -288,5 +291,5 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     }
     shards.push({ file, tensors });
   }
-  return { layout, dtype, shards, dense, stacks, ignored: found.ignored, copied };
+  return { layout, dtype, shards, dense, groups, stacks, ignored: found.ignored, copied };
 }

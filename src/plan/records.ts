@@ -1,9 +1,15 @@
 // The record of each converted module, derived from the plan: convert writes it into every
 // shard's __metadata__ and the manifest (format/records.ts says where and how), and verify
 // compares what the output claims with the record the same plan gives.
-import type { LayerRecord } from '../format/records.js';
+import type { FusedGroupRecord, LayerRecord, ReencodeRecord } from '../format/records.js';
 import { moduleTensorNames } from '../format/tensors.js';
+import type { ReencodeEffect } from '../transform/reencode.js';
+import type { FusedGroup } from './fused-groups.js';
 import { moduleName, type DenseLinear, type MoeStack, type Plan } from './plan.js';
+
+function reencodeRecord(e: ReencodeEffect, extra: Pick<ReencodeRecord, 'source_global' | 'shared_global' | 'experts'>): ReencodeRecord {
+  return { scales: e.rescaled, changed: e.changed, underflowed: e.underflowed, max_relative_change: e.maxRelativeChange, ...extra };
+}
 
 export function denseRecord(plan: Plan, d: DenseLinear): LayerRecord {
   return {
@@ -15,6 +21,10 @@ export function denseRecord(plan: Plan, d: DenseLinear): LayerRecord {
     sf: d.scales.sf,
     zeroed_scales: d.scales.lost,
     subnormal_scales: d.scales.subnormal,
+    ...(d.group ? { fused_group: d.group.name } : {}),
+    ...(d.reencoding && d.scales.reencoded
+      ? { reencoded: reencodeRecord(d.scales.reencoded, { source_global: d.sourceWs2, shared_global: d.ws2 }) }
+      : {}),
   };
 }
 
@@ -31,6 +41,19 @@ export function stackRecord(plan: Plan, s: MoeStack): LayerRecord {
     intermediate: s.sizes.intermediate,
     zeroed_scales: s.scales.lost,
     subnormal_scales: s.scales.subnormal,
+    ...(s.scales.reencoded
+      ? { reencoded: reencodeRecord(s.scales.reencoded, { experts: s.reencodings.filter((parts) => parts.some((r) => r)).length }) }
+      : {}),
+  };
+}
+
+export function fusedGroupRecord(g: FusedGroup<DenseLinear>): FusedGroupRecord {
+  return {
+    name: g.name,
+    members: g.members.map((m) => m.source.prefix),
+    shared_global: g.shared,
+    sf: g.members[0]!.scales.sf,
+    concatenable: g.concatenable,
   };
 }
 

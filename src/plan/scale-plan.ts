@@ -1,6 +1,7 @@
 // Reads every block-scale tensor once before anything is written: a negative or NaN scale
 // fails the run up front, and v2's scale factors (needed in each shard's header metadata and
-// in the global scales) and the layout's losses are known in advance.
+// in the global scales) and the layout's losses are known in advance. A part re-encoded onto
+// its fused group's shared global counts with its re-encoded scales (from its histogram).
 import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import {
   lostScales,
@@ -10,6 +11,7 @@ import {
   subnormalScales,
   type ScaleStats,
 } from '../transform/scale-stats.js';
+import { mergeEffects, reencodeStats, type ReencodeEffect, type Reencoding } from '../transform/reencode.js';
 import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
 import { asInputError, type LinearSource } from './linears.js';
 
@@ -19,6 +21,14 @@ export interface ScaleOutcome {
   lost: number;
   /** Block scales below 2^-6, which the v1 bfloat16 kernel decodes wrongly. */
   subnormal: number;
+  /** Present where block scales were re-encoded onto a fused group's shared global. */
+  reencoded?: ReencodeEffect;
+}
+
+/** One part of a scale factor's scope, with the re-encoding its block scales get (if any). */
+export interface ScalePart {
+  lin: LinearSource;
+  reencoding?: Reencoding;
 }
 
 async function scan(ckpt: Checkpoint, lin: LinearSource): Promise<ScaleStats> {
@@ -31,16 +41,41 @@ async function scan(ckpt: Checkpoint, lin: LinearSource): Promise<ScaleStats> {
   }
 }
 
-/** One scale factor for all the given linears (one dense linear, or every part of a stack). */
+/**
+ * One scale factor over all the given parts (one dense linear, a fused group, or every part
+ * of a stack); `each` holds every part's own outcome under that factor (what a dense linear of
+ * a group records), `all` the whole scope's.
+ */
 export async function planScales(
   ckpt: Checkpoint,
-  linears: LinearSource[],
+  parts: ScalePart[],
   layout: LayoutVersion,
   dtype: ActDtype,
-): Promise<ScaleOutcome> {
+): Promise<{ all: ScaleOutcome; each: ScaleOutcome[] }> {
   const stats: ScaleStats[] = [];
-  for (const lin of linears) stats.push(await scan(ckpt, lin));
-  const all = mergeScaleStats(stats);
-  const sf = scaleFactor(all, layout, dtype);
-  return { sf, lost: lostScales(all, layout, sf), subnormal: subnormalScales(all) };
+  const effects: (ReencodeEffect | undefined)[] = [];
+  for (const { lin, reencoding } of parts) {
+    const source = await scan(ckpt, lin);
+    if (!reencoding) {
+      stats.push(source);
+      effects.push(undefined);
+      continue;
+    }
+    const { effect, after } = reencodeStats(source, reencoding);
+    stats.push(after);
+    effects.push(effect);
+  }
+  const merged = mergeScaleStats(stats);
+  const sf = scaleFactor(merged, layout, dtype);
+  const outcome = (s: ScaleStats, effect: ReencodeEffect | undefined): ScaleOutcome => ({
+    sf,
+    lost: lostScales(s, layout, sf),
+    subnormal: subnormalScales(s),
+    ...(effect ? { reencoded: effect } : {}),
+  });
+  const present = effects.filter((e): e is ReencodeEffect => !!e);
+  return {
+    all: outcome(merged, present.length ? mergeEffects(present) : undefined),
+    each: stats.map((s, i) => outcome(s, effects[i])),
+  };
 }
