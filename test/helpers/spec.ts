@@ -105,3 +105,41 @@ export function specScales(
     }),
   );
 }
+
+/** FORMAT.md section 4, v2 under bfloat16: the largest power of two with max(v) * sf <= 448 over the whole tensor; 1 otherwise. */
+export function specScaleFactor(s: Uint8Array, layout: 'v1' | 'v2', dtype: 'float16' | 'bfloat16'): number {
+  if (layout !== 'v2' || dtype !== 'bfloat16') return 1;
+  let max = 0;
+  for (const b of s) max = Math.max(max, e4m3(b));
+  if (max === 0) return 1; // all-zero scales: nothing to rescale
+  let sf = 1;
+  while (max * sf * 2 <= 448) sf *= 2;
+  return sf;
+}
+
+/** FORMAT.md section 4, v2: the processed global scale float32(ws2) * 2^(bias-7) / sf, as F32 bytes. */
+export function specGlobalV2(ws2: number, dtype: 'float16' | 'bfloat16', sf: number): Buffer {
+  const bias = dtype === 'float16' ? 14 : 126;
+  const b = Buffer.alloc(4);
+  b.writeFloatLE((Math.fround(ws2) * 2 ** (bias - 7)) / sf);
+  return b;
+}
+
+/**
+ * FORMAT.md section 8: a block scale re-encoded onto another global, s * own / shared rounded to
+ * the nearest E4M3 value, ties to the even byte; found by trying every byte.
+ */
+export function specReencode(s: Uint8Array, own: number, shared: number): Buffer {
+  return Buffer.from(
+    Array.from(s, (b) => {
+      const x = (e4m3(b) * own) / shared;
+      let best = 0;
+      for (let c = 1; c < 0x7f; c++) {
+        const d = Math.abs(e4m3(c) - x);
+        const bd = Math.abs(e4m3(best) - x);
+        if (d < bd || (d === bd && c % 2 === 0 && best % 2 === 1)) best = c;
+      }
+      return best;
+    }),
+  );
+}
