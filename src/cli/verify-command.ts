@@ -73,9 +73,11 @@ export function verifySummary(r: VerifyReport): string[] {
   const shown = r.layers.filter((l) => l.gemm !== undefined || !l.pass);
   const lines = shown.length ? table(r, shown) : [];
   const structOk = r.layers.filter((l) => l.errors.length === 0).length;
+  const reencoded = r.layers.filter((l) => l.errors.length === 0 && l.reencoded_max_relative_change !== undefined).length;
   lines.push(
     '',
     `structure: ${structOk} of ${r.layers_checked} converted layers byte-exact against the source` +
+      (reencoded ? ` (${reencoded} with block scales re-encoded onto a shared global: within the E4M3 rounding bound of the source's)` : '') +
       (r.copied_checked ? `, ${r.copied_checked} copied tensors checked` : ''),
     `GEMM: ${r.layers_gemm} layers at M = ${r.m.join(', ')}, relative Frobenius error bound ${r.tolerance} ` +
       `(${r.layout}, ${r.activation_dtype}; on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}, reference: ${r.reference_engine}; ${r.gemms} GEMMs)`,

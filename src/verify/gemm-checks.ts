@@ -1,7 +1,8 @@
 // GEMM step, one converted module at a time: at each M, on deterministic random activations,
 // the Marlin GEMM on the converted tensors (reading the layout directly) against the
 // reference GEMM on the source (dequantized per FORMAT.md section 1, with v2's clamp
-// applied), by relative Frobenius error against the tolerance.
+// applied; block scales re-encoded onto a fused group's shared global where they are), by
+// relative Frobenius error against the tolerance.
 import { globalScaleBytes } from '../format/tensors.js';
 import { clampedScales, gemmError, gemmMarlin, gemmReference, randomActivations } from './gemm.js';
 import { slab } from './bytes.js';
@@ -47,7 +48,7 @@ export async function checkGemms(ctx: VerifyContext, u: Unit, rep: LayerReport, 
       for (let p = 0; p < P; p++) {
         const part = l.src[e]![p]!;
         const ws2 = u.ws2[e]!;
-        const kept = clampedScales(part.scale, layout, u.scales.sf);
+        const kept = clampedScales(part.stored, layout, u.scales.sf);
         const ref = await gemmReference({ x, m, n, k, weight: part.weight, scale: kept.scales, ws2, dtype, threads }, backend);
         ctx.counts.gemms++;
         const err = gemmError(y, ref, { m, n, cols: width, col0: p * np });
@@ -56,8 +57,9 @@ export async function checkGemms(ctx: VerifyContext, u: Unit, rep: LayerReport, 
           c.expert = e;
           c.part = u.parts[p];
         }
-        if (kept.lost > 0) {
-          const exact = await gemmReference({ x, m, n, k, weight: part.weight, scale: part.scale, ws2, dtype, threads }, backend);
+        if (kept.lost > 0 || part.reencoded) {
+          // The source's own scales and global: what clamp and re-encoding cost (information).
+          const exact = await gemmReference({ x, m, n, k, weight: part.weight, scale: part.scale, ws2: part.ownWs2, dtype, threads }, backend);
           ctx.counts.gemms++;
           c.rel_err_vs_exact = gemmError(y, exact, { m, n, cols: width, col0: p * np }).rel;
         }

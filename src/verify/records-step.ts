@@ -1,5 +1,5 @@
 // Metadata step: the manifest's and every shard's records must describe each converted
-// module as the plan does (layout, dtype, shapes, sf), and list no module the source lacks.
+// module as the plan does (layout, dtype, shapes, sf, fused group), and list no module the source lacks.
 import { MANIFEST_FILE } from '../format/manifest.js';
 import { readShardMetadata, SHARD_METADATA_KEY, type LayerRecord, type ReadRecord } from '../format/records.js';
 import { denseRecord, stackRecord } from '../plan/records.js';
@@ -7,7 +7,7 @@ import type { VerifyContext } from './context.js';
 import type { Unit } from './units.js';
 
 /** The record fields a converted module's claims are checked on. */
-const CHECKED: readonly (keyof LayerRecord)[] = ['layout', 'activation_dtype', 'n', 'k', 'np', 'kp', 'sf'];
+const CHECKED: readonly (keyof LayerRecord)[] = ['layout', 'activation_dtype', 'n', 'k', 'np', 'kp', 'sf', 'fused_group'];
 
 export interface Claims {
   manifest: Map<string, ReadRecord>;

@@ -31,7 +31,7 @@ export interface GemmCheck {
   part?: string;
   rel_err: number;
   max_abs_err: number;
-  /** Only where v2 zeroed scales: the error against the source's exact weights (information). */
+  /** Only where v2 zeroed scales or scales were re-encoded: the error against the source's exact weights (information). */
   rel_err_vs_exact?: number;
   pass: boolean;
   error?: string;
@@ -43,6 +43,13 @@ export interface LayerReport extends Pick<LayerRecord, 'name' | 'kind' | 'n' | '
   errors: string[];
   /** Block scales v2 set to 0 (expected differences, data lost by the format). */
   zeroed_scales: number;
+  /** The fused group a dense linear belongs to. */
+  fused_group?: string;
+  /**
+   * Where block scales were re-encoded onto a shared global (FORMAT.md section 8.1): the largest
+   * relative change of a dequantized weight found against the source (within the bound, or an error).
+   */
+  reencoded_max_relative_change?: number;
   /** Absent when the layer was not selected for GEMMs. */
   gemm?: GemmCheck[];
   /** Worst relative error per M over the layer's GEMMs. */

@@ -2,10 +2,14 @@
 // and shapes; the packed weight unpacked back equals the source weight byte for byte; the
 // processed scales decoded back equal the source scales with v2's clamp applied (a scale the
 // clamp zeroes must be 0 exactly there); the padding is zero; the global scale is the one the
-// source's weight_scale_2 gives; input scales travel unchanged.
+// source's weight_scale_2 gives; input scales travel unchanged. Block scales re-encoded onto a
+// fused group's shared global are checked against the source's own within the bound of the
+// E4M3 rounding (reencoded.ts), and against the exact re-encoding.
 import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../format/tensors.js';
 import { decodeScales, processGlobalScale, unpackWeight } from '../transform/marlin.js';
+import { reencodeInPlace } from '../transform/reencode.js';
+import { checkReencodedScales } from './reencoded.js';
 import { clampedScales } from './gemm.js';
 import { asInputError } from '../plan/linears.js';
 import { diffBytes, hex, slab } from './bytes.js';
@@ -15,8 +19,11 @@ import type { Unit } from './units.js';
 
 /** What the GEMM step needs of a module that passed far enough to be multiplied. */
 export interface Loaded {
-  /** Per expert, per part: source weight and block scales. */
-  src: { weight: Buffer; scale: Buffer }[][];
+  /**
+   * Per expert, per part: source weight and block scales, the part's own global scale, and the
+   * scales as the output should hold them (re-encoded onto the stored global; the same buffer where not).
+   */
+  src: { weight: Buffer; scale: Buffer; ownWs2: number; stored: Buffer; reencoded: boolean }[][];
   weight: Buffer;
   scales: Buffer;
   global: Buffer;
@@ -51,7 +58,20 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
   rep.sf = sf;
 
   const src: Loaded['src'] = [];
-  for (const parts of u.experts) src.push(await Promise.all(parts.map(async (lin) => ({ weight: await readTensor(s, lin.weight), scale: await readTensor(s, lin.scale) }))));
+  for (const [e, parts] of u.experts.entries()) {
+    src.push(
+      await Promise.all(
+        parts.map(async (lin, p) => {
+          const [weight, scale] = await Promise.all([readTensor(s, lin.weight), readTensor(s, lin.scale)]);
+          const r = u.reencodings[e]![p];
+          const stored = r ? Buffer.from(scale) : scale;
+          if (r) reencodeInPlace(stored, r);
+          return { weight, scale, ownWs2: r?.own ?? u.ws2[e]!, stored, reencoded: !!r };
+        }),
+      ),
+    );
+  }
+  if (u.group) rep.fused_group = u.group;
 
   // Tensors: names, dtypes, shapes as the plan has them.
   const E = u.experts.length;
@@ -72,7 +92,8 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
   for (let e = 0; e < E; e++) {
     const who = (p: number) => (u.kind === 'linear' ? '' : `expert ${e} ${u.parts[p]}: `);
     for (let p = 0; p < P; p++) {
-      const { weight, scale } = src[e]![p]!;
+      const part = src[e]![p]!;
+      const { weight, scale } = part;
       const where = { totalNp: shape.np * P, colOffset: p * shape.np };
       if (wAll) {
         const unpacked = await unpackWeight(u.tensors.weight.name, slab(wAll, e, E), shape, where, backend);
@@ -86,19 +107,34 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
       }
       if (!sAll) continue;
       const decoded = await decodeScales(u.tensors.scales.name, slab(sAll, e, E), shape, { layout, sf }, where, backend);
-      const want = clampedScales(scale, layout, sf);
+      if (part.reencoded) {
+        // Against the source's own scales and global, within the bound of the E4M3 rounding.
+        const b = checkReencodedScales(decoded.scales, scale, part.ownWs2, u.ws2[e]!, layout, sf);
+        rep.reencoded_max_relative_change = Math.max(rep.reencoded_max_relative_change ?? 0, b.maxRelativeChange);
+        if (b.outside > 0) {
+          const g = shape.k / 16;
+          errs.push(
+            `${who(p)}weight_scale: ${b.outside} block scales outside the re-encoding bound max(2^-4·x, 2^-10) of the source's ` +
+              `(x = scale · ${part.ownWs2} / ${u.ws2[e]}), first at [${Math.floor(b.first / g)}, ${b.first % g}] ` +
+              `(decodes to ${hex(decoded.scales[b.first])}, source ${hex(scale[b.first])})`,
+          );
+        }
+      }
+      // Exactly the bytes convert's rule gives (the re-encoded source where it applies).
+      const want = clampedScales(part.stored, layout, sf);
       rep.zeroed_scales += want.lost;
       const ds = diffBytes(decoded.scales, want.scales);
       if (ds.count > 0) {
         const g = shape.k / 16;
         errs.push(
           `${who(p)}weight_scale: ${ds.count} block scales differ from the source${want.lost ? ` (after v2's clamp, which zeroes ${want.lost})` : ''}, ` +
-            `first at [${Math.floor(ds.first / g)}, ${ds.first % g}] (decodes to ${hex(decoded.scales[ds.first])}, source ${hex(scale[ds.first])})`,
+            `first at [${Math.floor(ds.first / g)}, ${ds.first % g}] (decodes to ${hex(decoded.scales[ds.first])}, ` +
+            `${part.reencoded ? `re-encoded source ${hex(part.stored[ds.first])}` : `source ${hex(scale[ds.first])}`})`,
         );
       }
       if (decoded.paddingNonzero > 0) errs.push(`${who(p)}weight_scale: ${decoded.paddingNonzero} non-zero bytes in the padding`);
     }
-    // One global per expert (gate's for w13: the plan checked it equal to up's).
+    // One global per expert (a fused group's, or w13's, shared one: the largest of its parts').
     // The same rule as convert's: a stored value that overflows or rounds to 0 is the
     // source's error (one line naming its tensor, exit code 2), not a failed layer.
     let wantG: Buffer;

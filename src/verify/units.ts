@@ -6,6 +6,7 @@ import { moduleName, type DenseLinear, type MoeStack, type OutputTensor, type Pl
 import type { LinearSource } from '../plan/linears.js';
 import type { ScaleOutcome } from '../plan/scale-plan.js';
 import type { LinearShape } from '../transform/marlin.js';
+import type { Reencoding } from '../transform/reencode.js';
 import type { LayerReport } from './report.js';
 
 /** One converted module as verify sees it: its source linears and its expected tensors. */
@@ -20,8 +21,12 @@ export interface Unit {
   /** Shape of one part. */
   shape: LinearShape;
   scales: ScaleOutcome;
-  /** Global scale per expert (the source's weight_scale_2). */
+  /** Global scale per expert as stored (a fused group's shared one: the largest of its parts'). */
   ws2: number[];
+  /** [expert][part]: how that part's block scales move onto ws2, where its own global differs. */
+  reencodings: (Reencoding | undefined)[][];
+  /** The fused group a dense linear belongs to. */
+  group?: string;
   /** The dense linear (absent for a stack). */
   dense?: DenseLinear;
   stack?: MoeStack;
@@ -50,6 +55,8 @@ export function unitsOf(plan: Plan, byName: Map<string, OutputTensor>): Unit[] {
       shape: d.shape,
       scales: d.scales,
       ws2: [d.ws2],
+      reencodings: [[d.reencoding]],
+      group: d.group?.name,
       dense: d,
     });
   }
@@ -64,6 +71,7 @@ export function unitsOf(plan: Plan, byName: Map<string, OutputTensor>): Unit[] {
       shape: s.part,
       scales: s.scales,
       ws2: s.ws2,
+      reencodings: s.reencodings,
       stack: s,
     });
   }

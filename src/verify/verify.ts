@@ -104,6 +104,12 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
       if (layout === 'v1' && dtype === 'bfloat16' && loaded && u.scales.subnormal > 0) {
         ctx.warnings.push(`${u.name}: ${u.scales.subnormal} block scales below 2^-6, which the v1 bfloat16 kernel decodes wrongly (not emulated by this check)`);
       }
+      if (rep.reencoded_max_relative_change !== undefined) {
+        ctx.warnings.push(
+          `${u.name}: block scales re-encoded onto a shared global scale (FORMAT.md §8.1): checked against the source within the E4M3 rounding bound; ` +
+            `largest relative change of a dequantized weight ${(100 * rep.reencoded_max_relative_change).toPrecision(3)}%`,
+        );
+      }
       if (rep.zeroed_scales > 0) ctx.warnings.push(`${u.name}: layout v2 (${dtype}) set ${rep.zeroed_scales} non-zero block scales to 0 (expected; that data is lost)`);
     }
     const copiedChecked = opts.skipCopied ? 0 : await checkCopied(ctx);

@@ -13,7 +13,7 @@ import type { GenerateOptions, ModelDims } from './types.js';
 export const COMMAND = 'node build/tools/fixture-generator/cli.js';
 
 const USAGE = `usage: ${COMMAND} <out-dir> (--preset NAME | --arch llama|qwen3-moe) --flavour modelopt|compressed-tensors
-       [--shards N] [--layers N] [--seed S] [--expert-names proj|w] [--no-zeros] [--set key=value ...]
+       [--shards N] [--layers N] [--seed S] [--expert-names proj|w] [--no-zeros] [--split-globals] [--set key=value ...]
 presets: ${Object.keys(PRESETS).join(', ')}
 --set keys: ${DIMENSION_KEYS.join(', ')}`;
 
@@ -32,6 +32,7 @@ export function parseCliArgs(argv: string[]): { dir: string; options: GenerateOp
       seed: { type: 'string' },
       'expert-names': { type: 'string' },
       'no-zeros': { type: 'boolean' },
+      'split-globals': { type: 'boolean' },
       set: { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h' },
     },
@@ -51,6 +52,7 @@ export function parseCliArgs(argv: string[]): { dir: string; options: GenerateOp
     seed: int('seed', values.seed) ?? 1,
     expertNames: values['expert-names'] ?? 'proj',
     zeros: !values['no-zeros'],
+    splitGlobals: values['split-globals'],
   };
   if (values.layers !== undefined) options.layers = int('layers', values.layers);
   for (const kv of values.set ?? []) {
