@@ -77,7 +77,7 @@ export function verifySummary(r: VerifyReport): string[] {
   lines.push(
     '',
     `structure: ${structOk} of ${r.layers_checked} converted layers byte-exact against the source` +
-      (reencoded ? ` (${reencoded} with block scales re-encoded onto a shared global: within the E4M3 rounding bound of the source's)` : '') +
+      (reencoded ? ` (${reencoded} of them against the source re-encoded onto a shared global, within the E4M3 rounding bound)` : '') +
       (r.copied_checked ? `, ${r.copied_checked} copied tensors checked` : ''),
     `GEMM: ${r.layers_gemm} layers at M = ${r.m.join(', ')}, relative Frobenius error bound ${r.tolerance} ` +
       `(${r.layout}, ${r.activation_dtype}; on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}, reference: ${r.reference_engine}; ${r.gemms} GEMMs)`,
