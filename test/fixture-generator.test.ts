@@ -526,6 +526,33 @@ describe('generateModel', () => {
     }
   });
 
+  it('splitGlobals: the parts of every fused group get different global scales, and nothing else changes', async () => {
+    const scalars = async (t: { chunks(): Iterable<Uint8Array> }) => Buffer.concat([...t.chunks()]).readFloatLE(0);
+    for (const preset of ['llama-tiny', 'qwen3-moe-tiny'] as const) {
+      const plain = planTensors(resolveOptions({ preset, flavour: 'modelopt' }));
+      const split = planTensors(resolveOptions({ preset, flavour: 'modelopt', splitGlobals: true }));
+      expect(split.map((t) => t.name)).toEqual(plain.map((t) => t.name));
+      const ws2 = new Map<string, number>();
+      for (const [i, t] of split.entries()) {
+        if (t.name.endsWith('.weight_scale_2')) {
+          ws2.set(t.name.slice(0, -'.weight_scale_2'.length), await scalars(t));
+          continue;
+        }
+        // Codes, block scales, input scales and unquantized tensors: the same bytes.
+        expect(Buffer.concat([...t.chunks()]).equals(Buffer.concat([...plain[i]!.chunks()])), t.name).toBe(true);
+      }
+      const groups = [...ws2.keys()].flatMap((p) => {
+        const parent = p.slice(0, p.lastIndexOf('.'));
+        if (p.endsWith('.q_proj')) return [['q_proj', 'k_proj', 'v_proj'].map((n) => `${parent}.${n}`)];
+        if (p.endsWith('.gate_proj')) return [['gate_proj', 'up_proj'].map((n) => `${parent}.${n}`)];
+        return [];
+      });
+      expect(groups.length).toBeGreaterThan(preset === 'qwen3-moe-tiny' ? 6 : 3);
+      for (const g of groups) expect(new Set(g.map((p) => ws2.get(p))).size, g.join(', ')).toBe(g.length);
+    }
+    expect(parseCliArgs(['out', '--preset', 'llama-tiny', '--flavour', 'modelopt', '--split-globals'])).toMatchObject({ options: { splitGlobals: true } });
+  });
+
   it('assignShards keeps name order, fills every shard, and handles one tensor per shard', () => {
     const plan = [10, 1000, 1, 1, 1, 5000, 3].map((bytes, i) => ({ name: `t${i}`, bytes }));
     for (let n = 1; n <= plan.length; n++) {
