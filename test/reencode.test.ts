@@ -2,8 +2,8 @@
 // against the literal transcription of FORMAT.md section 8 (test/helpers/spec.ts), its counts
 // against a direct count, and verify's bound against every byte at many ratios.
 import { describe, expect, it } from 'vitest';
+import { e4m3Value } from '../src/transform/block-scales.js';
 import {
-  e4m3Value,
   reencodeBound,
   reencodeInPlace,
   reencodeStats,
@@ -11,6 +11,8 @@ import {
   roundToE4m3,
 } from '../src/transform/reencode.js';
 import { scanScales } from '../src/transform/scale-stats.js';
+import { clampedScales } from '../src/verify/gemm.js';
+import { checkReencodedScales } from '../src/verify/reencoded.js';
 import { specReencode } from './helpers/spec.js';
 
 /** Global scales as checkpoints hold them (float32), from a small deterministic generator. */
@@ -121,5 +123,40 @@ describe('reencoding', () => {
     const data = Buffer.from(Array.from({ length: 0x77 - 0x10 }, (_, i) => 0x10 + i)); // 2^-5 .. 240
     const { effect } = reencodeStats(scanScales('t', data, data.length), reencoding(0.25, 0.5));
     expect(effect).toEqual({ rescaled: data.length, changed: 0, underflowed: 0, maxRelativeChange: 0 });
+  });
+});
+
+describe("verify's check of re-encoded scales (src/verify/reencoded.ts)", () => {
+  const [own, shared] = [Math.fround(0.0123), Math.fround(0.0456)];
+  const r = reencoding(own, shared);
+  const stored = Buffer.from(ALL_BYTES);
+  reencodeInPlace(stored, r);
+
+  for (const [layout, sf] of [
+    ['v1', 1],
+    ['v2', 1],
+    ['v2', 64],
+  ] as const) {
+    it(`${layout} sf ${sf}: the re-encoding (with v2's clamp) passes; a scale one step off where the bound is tight fails`, () => {
+      const kept = Buffer.from(clampedScales(stored, layout, sf).scales);
+      const ok = checkReencodedScales(kept, ALL_BYTES, own, shared, layout, sf);
+      expect(ok.outside).toBe(0);
+      expect(ok.maxRelativeChange).toBeGreaterThan(0);
+      // Two steps up from a normal re-encoded scale: at least 1.5 steps from x, beyond half a step.
+      const i = kept.findIndex((b) => b >= 0x40 && b < 0x70);
+      const bad = Buffer.from(kept);
+      bad[i]! += 2;
+      const found = checkReencodedScales(bad, ALL_BYTES, own, shared, layout, sf);
+      expect(found).toMatchObject({ outside: 1, first: i });
+    });
+  }
+
+  it('a 0 only where the rounding or the clamp allows it', () => {
+    const zeroed = Buffer.from(stored);
+    const i = zeroed.findIndex((b) => b >= 0x30);
+    zeroed[i] = 0;
+    expect(checkReencodedScales(zeroed, ALL_BYTES, own, shared, 'v2', 1)).toMatchObject({ outside: 1, first: i });
+    // With an sf small enough that v2 would clamp that value, the same 0 is consistent.
+    expect(checkReencodedScales(zeroed, ALL_BYTES, own, shared, 'v2', 2 ** -12).outside).toBe(0);
   });
 });

@@ -6,21 +6,14 @@
 // The mapping depends on the byte only, so it is a 256-entry table applied before the Marlin
 // transform (on either backend the transform then sees the same bytes), and its effect on a
 // tensor follows from the tensor's byte histogram, without a second pass over the data.
+import { e4m3Value } from './block-scales.js';
 import type { ScaleStats } from './scale-stats.js';
 
-/** E4M3 (no sign) value of bytes 0x00..0x7E, ascending; 0x7F is NaN. */
-const E4M3_VALUES: readonly number[] = Array.from({ length: 0x7f }, (_, b) => {
-  const e = b >> 3;
-  const m = b & 7;
-  return e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7);
-});
+/** The non-negative E4M3 values, bytes 0x00..0x7E, ascending (0x7F is NaN). */
+const E4M3_VALUES: readonly number[] = Array.from({ length: 0x7f }, (_, b) => e4m3Value(b));
 
 /** Largest finite E4M3 value. */
 export const E4M3_MAX = 448;
-
-export function e4m3Value(byte: number): number {
-  return E4M3_VALUES[byte & 0x7f] ?? NaN;
-}
 
 /**
  * The E4M3 byte nearest to x (0 <= x <= 448), ties to the even byte (mantissa bit 0 clear),

@@ -1,9 +1,11 @@
 // verify's check of block scales re-encoded onto a fused group's shared global (FORMAT.md
 // section 8.1): each stored scale against the source's own, within the bound the E4M3
 // rounding implies, |s' − s·own/shared| <= max(x·2^-4, 2^-10) with x = s·own/shared, and a 0
-// also where v2's clamp (stored values below 2^-6 / sf) may have taken a value the bound allows.
+// also where v2's clamp (stored values below 2^-6 / sf, block-scales.ts) may have taken a value
+// the bound allows.
 // Independent of the re-encoding table convert used: only the bound is shared.
-import { e4m3Value, reencodeBound } from '../transform/reencode.js';
+import { e4m3Value, scaleIsLost } from '../transform/block-scales.js';
+import { reencodeBound } from '../transform/reencode.js';
 import type { LayoutVersion } from '../transform/marlin.js';
 
 export interface ReencodedCheck {
@@ -27,7 +29,10 @@ export function checkReencodedScales(
   layout: LayoutVersion,
   sf: number,
 ): ReencodedCheck {
-  const clampBelow = layout === 'v2' ? 2 ** -6 / sf : 0;
+  // The largest value v2's clamp sets to 0 (its lost bytes are the smallest ones): a stored 0
+  // is consistent where the bound allows a value that small.
+  let lostUpTo = -Infinity;
+  for (let b = 1; b < 0x7f && scaleIsLost(b, layout, sf); b++) lostUpTo = e4m3Value(b);
   let outside = 0;
   let first = -1;
   let maxRelativeChange = 0;
@@ -36,7 +41,7 @@ export function checkReencodedScales(
     const d = e4m3Value(decoded[i]!);
     const x = (s * own) / shared;
     const bound = reencodeBound(x) * SLACK;
-    const ok = Math.abs(d - x) <= bound || (d === 0 && x - bound < clampBelow);
+    const ok = Math.abs(d - x) <= bound || (d === 0 && x - bound <= lostUpTo);
     if (!ok) {
       if (first < 0) first = i;
       outside++;
