@@ -24,6 +24,10 @@ GENERATED = {
     # 4 heads / 2 KV heads, I 256: every layer splits over 2 and 4 ranks at Marlin boundaries.
     "llama-tp": ["--preset", "llama-tiny", "--flavour", "modelopt", "--seed", "3", "--set", "heads=4", "--set", "kvHeads=2", "--set", "intermediateSize=256"],
     "qwen3-moe-tp": ["--preset", "qwen3-moe-tiny", "--flavour", "modelopt", "--seed", "3", "--set", "heads=4", "--set", "kvHeads=4", "--set", "intermediateSize=256"],
+    # Fused parts (q/k/v, gate/up, each expert's gate/up) with different global scales: convert
+    # re-encodes their block scales onto the largest (docs/FORMAT.md §8.1).
+    "llama-split-globals": ["--preset", "llama-tiny", "--flavour", "modelopt", "--seed", "3", "--split-globals"],
+    "qwen3-moe-split-globals": ["--preset", "qwen3-moe-tiny", "--flavour", "modelopt", "--seed", "3", "--split-globals"],
 }
 
 

@@ -89,3 +89,40 @@ def test_moe_experts_match_the_source(converted, name):
             x2 = torch.randn(3, w2.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(100 + e))
             y2 = reference_marlin_gemm(x2, tensors[f"{prefix}.w2_weight"][e], tensors[f"{prefix}.w2_weight_scale"][e], tensors[f"{prefix}.w2_weight_scale_2"][e : e + 1], w2.shape[0], ckpt.activation_dtype)
             assert relative_error(y2, x2 @ w2.T) < TOLERANCE, (prefix, e)
+
+
+#: docs/FORMAT.md §8.1: a re-encoded block scale moves a weight by at most 2^-4 of itself
+#: (or 2^-10 of the shared global per unit of code, below E4M3's normal range).
+REENCODING_BOUND = 2.0**-4
+
+
+@pytest.mark.parametrize("name", ["llama-split-globals", "qwen3-moe-split-globals"])
+def test_parts_with_different_globals_load_and_stay_within_the_reencoding_bound(converted, name):
+    # The parts share one processed global (the loader refuses otherwise), and their product is
+    # the source's within the bound of the re-encoding, which is not exact here.
+    directory, source_dir = converted(name)
+    ckpt = MarlinCheckpoint(str(directory))
+    source = NvFp4Source(str(source_dir))
+    tensors = load_rank(str(directory))
+    x = torch.randn(7, ckpt.config["hidden_size"] * 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    errors = {}
+    for layer, prefixes in fused_layer_groups(ckpt).items():
+        w = source_weight(source, prefixes)
+        n, k = w.shape
+        y = reference_marlin_gemm(x[:, :k], tensors[f"{layer}.weight"], tensors[f"{layer}.weight_scale"], tensors[f"{layer}.weight_scale_2"], n, ckpt.activation_dtype)
+        errors[layer] = relative_error(y, x[:, :k] @ w.T)
+    fused = [layer for layer, prefixes in fused_layer_groups(ckpt).items() if len(prefixes) > 1]
+    assert fused
+    for layer, err in errors.items():
+        assert err < REENCODING_BOUND, (layer, err)
+        if layer not in fused:
+            assert err < TOLERANCE, layer
+    assert max(errors[layer] for layer in fused) > TOLERANCE  # re-encoded, not exact
+    # MoE: each expert's gate and up share the larger of their globals in w13.
+    for prefix in ckpt.moe_prefixes():
+        for e in range(tensors[f"{prefix}.w13_weight"].shape[0]):
+            w13 = torch.cat([source.dequantize(f"{prefix}.{e}.gate_proj"), source.dequantize(f"{prefix}.{e}.up_proj")])
+            x13 = torch.randn(3, w13.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(e))
+            y = reference_marlin_gemm(x13, tensors[f"{prefix}.w13_weight"][e], tensors[f"{prefix}.w13_weight_scale"][e], tensors[f"{prefix}.w13_weight_scale_2"][e : e + 1], w13.shape[0], ckpt.activation_dtype)
+            err = relative_error(y, x13 @ w13.T)
+            assert TOLERANCE < err < REENCODING_BOUND, (prefix, e, err)
