@@ -65,7 +65,8 @@ void check_case(int64_t m, int64_t n, int64_t k, bool pad, Layout layout, ActDty
   a.dt = dt;
   a.weight = w.data();
   a.scales = s.data();
-  const float gv = 0.37f;
+  // A stored global scale as a converter writes it: weight_scale_2 times 2^(bias - 7).
+  const float gv = std::ldexp(0.37f, exponent_bias(dt) - 7);
   uint32_t fb;
   std::memcpy(&fb, &gv, 4);
   a.global_bits = layout == Layout::V2 ? fb : act_bits(gv, dt);
@@ -86,9 +87,9 @@ void check_case(int64_t m, int64_t n, int64_t k, bool pad, Layout layout, ActDty
   const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
   const bool ok = bad == 0 && rel < 1e-5;
   if (!ok) ++g_fail;
-  std::printf("%s m=%-4lld n=%-5lld np=%-5lld k=%-5lld kp=%-5lld %s %s mt=%d ksplit=%d rel=%.2e maxabs=%.2e nonfinite=%lld\n",
+  std::printf("%s m=%-4lld n=%-5lld np=%-5lld k=%-5lld kp=%-5lld %s %s mt=%d depth=%d rel=%.2e maxabs=%.2e nonfinite=%lld\n",
               ok ? "PASS" : "FAIL", (long long)m, (long long)n, (long long)np, (long long)k, (long long)kp,
-              layout == Layout::V1 ? "v1" : "v2", dt == ActDtype::BF16 ? "bf16" : "f16", t.m_tiles, t.ksplit, rel, maxabs,
+              layout == Layout::V1 ? "v1" : "v2", dt == ActDtype::BF16 ? "bf16" : "f16", t.m_tiles, t.depth, rel, maxabs,
               (long long)bad);
 }
 
@@ -104,7 +105,8 @@ void run_checks() {
       check_case(100, 512, 768, false, lay, dt, {}, seed++);
       check_case(130, 384, 4096, true, lay, dt, {}, seed++);
       for (int mt : {1, 2, 4})
-        for (int ks : {1, 3, 7}) check_case(45, 320, 1088, true, lay, dt, {ks, mt}, seed++);
+        for (int depth : {4, 6, 10}) check_case(45, 320, 1088, true, lay, dt, {mt, depth, 1}, seed++);
+      check_case(3, 4096, 4096, false, lay, dt, {1, 6, 3}, seed++);
     }
 }
 
@@ -114,17 +116,23 @@ std::string fmt_us(double us) {
   return b;
 }
 
+std::string speedup(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2fx", x);
+  return b;
+}
+
 void print_table(const cuda::BenchReport& rep, const char* title) {
   std::printf("\n## %s: %s, copy %.0f GB/s, L2 %lld MB, cuBLAS: %s\n", title, rep.device.c_str(), rep.copy_gbs,
               (long long)(rep.l2_bytes >> 20), rep.cublas.c_str());
-  std::printf("| N x K | M | ours us | cuBLAS us | speed-up | ours TFLOP/s | weight GB/s | %% copy | plan |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| N x K | M | ours us | cuBLAS us | speed-up | ours TFLOP/s | weight GB/s | %% copy | dequant us | plan |\n|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rep.rows) {
     const double flop = 2.0 * r.m * r.n * r.k;
     const double gbs = r.weight_bytes / (r.ours_us * 1e3);
-    std::printf("| %lldx%lld | %lld | %s | %s | %s | %.1f | %.0f | %.0f%% | %s |\n", (long long)r.n, (long long)r.k, (long long)r.m,
+    std::printf("| %lldx%lld | %lld | %s | %s | %s | %.1f | %.0f | %.0f%% | %s | %s |\n", (long long)r.n, (long long)r.k, (long long)r.m,
                 fmt_us(r.ours_us).c_str(), r.cublas_us > 0 ? fmt_us(r.cublas_us).c_str() : "-",
-                r.cublas_us > 0 ? (fmt_us(r.cublas_us / r.ours_us * 100) + "%").c_str() : "-", flop / (r.ours_us * 1e6), gbs,
-                100.0 * gbs / rep.copy_gbs, r.plan.c_str());
+                r.cublas_us > 0 ? speedup(r.cublas_us / r.ours_us).c_str() : "-", flop / (r.ours_us * 1e6), gbs,
+                100.0 * gbs / rep.copy_gbs, r.dequant_us > 0 ? fmt_us(r.dequant_us).c_str() : "-", r.plan.c_str());
   }
   std::fflush(stdout);
 }
@@ -168,16 +176,25 @@ int main(int argc, char** argv) {
       print_table(cuda::run_gemm_bench(o), "fp16, default plan");
     }
     if (variants) {
-      for (int mt : {1, 2, 4})
-        for (int ks : {1, 2, 4, 8, 16}) {
+      for (int group : {1, 2, 4, 8})
+        for (int depth : {4, 6}) {
           cuda::BenchOptions o;
-          o.shapes = {{28672, 8192}, {8192, 28672}, {4096, 4096}};
-          o.ms = mt == 1 ? std::vector<int64_t>{1, 16} : mt == 2 ? std::vector<int64_t>{32} : std::vector<int64_t>{128};
-          o.tuning = {ks, mt};
+          o.shapes = {{28672, 8192}, {8192, 28672}, {10240, 8192}, {8192, 8192}, {4096, 4096}};
+          o.ms = {1, 16};
+          o.tuning = {1, depth, 1, group};
           o.cublas = false;
           o.iters = 20;
-          print_table(cuda::run_gemm_bench(o), ("variant mt=" + std::to_string(mt) + " ksplit=" + std::to_string(ks)).c_str());
+          print_table(cuda::run_gemm_bench(o), ("variant mt=1 depth=" + std::to_string(depth) + " group=" + std::to_string(group)).c_str());
         }
+      for (int group : {1, 4, 8}) {
+        cuda::BenchOptions o;
+        o.shapes = {{28672, 8192}, {4096, 4096}};
+        o.ms = {32, 128};
+        o.tuning = {0, 0, 1, group};
+        o.cublas = false;
+        o.iters = 20;
+        print_table(cuda::run_gemm_bench(o), ("variant mt=auto group=" + std::to_string(group)).c_str());
+      }
     }
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());

@@ -29,6 +29,7 @@ struct BenchRow {
   int64_t n = 0, k = 0, m = 0, np = 0, kp = 0;
   double ours_us = 0;      // median per call (the zeroing of y included when K is split)
   double cublas_us = -1;   // median per call; -1 when cuBLAS was not timed
+  double dequant_us = -1;  // launch_marlin_dequant alone (for the dense-GEMM route at large M)
   double weight_bytes = 0; // packed weight + processed scales + global
   std::string plan;        // the kernel's work split
 };

@@ -54,8 +54,8 @@ struct Params {
   int m, k, n, np;
   int rows;            // K/16 rows that hold real input features
   int nchunks;         // Np / 64
-  int ksplit, rows_per_split, mblocks;
   int v1;
+  int group;           // adjacent chunks read side by side by a team of warps (divides nchunks and W)
   float gmul;          // 128 · global value
 };
 
@@ -133,18 +133,50 @@ __device__ __forceinline__ void block_mma(float (&acc)[MT][8][4], const Stage<MT
   }
 }
 
+// Adds a warp's partial 16·MT x 64 tile of chunk c into y (atomically: other warps own other
+// K ranges of the same chunk) and clears it.
+template <int MT>
+__device__ __forceinline__ void flush(float (&acc)[MT][8][4], const Params& p, int mb, int c, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = (mb * MT + mt) * 16 + g + 8 * h;
+      if (row < p.m) {
+        float* out = p.y + (size_t)row * p.n;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          const int col = 64 * c + 8 * nt + 2 * q;
+          if (col < p.n) atomicAdd(out + col, acc[mt][nt][2 * h] * p.gmul);
+          if (col + 1 < p.n) atomicAdd(out + col + 1, acc[mt][nt][2 * h + 1] * p.gmul);
+        }
+      }
+    }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+}
+
+// Persistent, stream-K: blockIdx.y picks the 16·MT-row tile of M; the warps of the x-slice share
+// the (chunk, K/16 row) steps of the whole weight evenly, chunk-major, each walking a contiguous
+// range and flushing its partial tile whenever its chunk changes.
 template <bool BF16, int MT, int W, int P, int MINB>
 __global__ void __launch_bounds__(W * 32, MINB) marlin_fast_kernel(const Params p) {
-  extern __shared__ float red[];  // [W][MT*32][32] partial sums
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  int b = blockIdx.x;
-  const int mb = b % p.mblocks;
-  b /= p.mblocks;
-  const int ks = b % p.ksplit, c = b / p.ksplit;
-  const int r0 = ks * p.rows_per_split, r1 = min(p.rows, r0 + p.rows_per_split);
-  const int first = r0 + warp;
-  const int nsteps = first < r1 ? (r1 - first + W - 1) / W : 0;
+  const int mb = blockIdx.y;
+  // Teams of `group` warps of one block walk (group of chunks, row) steps; warp wg of a team
+  // takes chunk group·G + wg, so a team reads G·512 contiguous bytes of each row.
+  const int G = p.group, wg = warp % G;
+  const int64_t total = (int64_t)(p.nchunks / G) * p.rows;
+  const int64_t gw = ((int64_t)blockIdx.x * W + warp) / G, nw = (int64_t)gridDim.x * W / G;
+  const int64_t s0 = total * gw / nw, s1 = total * (gw + 1) / nw;
+  const int nsteps = (int)(s1 - s0);
+  if (nsteps <= 0) return;
 
   // This lane's two rows of each 16-row tile, as 32-bit words (two k each).
   const uint32_t* xrow[MT][2];
@@ -153,24 +185,29 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_fast_kernel(const Params 
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int row = mb * 16 * MT + mt * 16 + g + 8 * h;
+      const int row = (mb * MT + mt) * 16 + g + 8 * h;
       ok[mt][h] = row < p.m;
       xrow[mt][h] = reinterpret_cast<const uint32_t*>(p.x) + (size_t)(ok[mt][h] ? row : 0) * (p.k / 2);
     }
 
-  auto load = [&](int i, Stage<MT>& st) {
-    const int r = first + i * W;
-    st.w = ld_stream(p.w + ((size_t)r * p.nchunks + c) * 32 + lane);
-    const uint8_t* sp = p.v1 ? p.s + (size_t)(r >> 1) * 2 * p.np + 128 * c + 16 * g + 8 * (r & 1)
-                             : p.s + (size_t)r * p.np + 64 * c + 8 * g;
+  // The load cursor: chunk lc, row lr of the next step to fetch.
+  int lc = (int)(s0 / p.rows) * G + wg, lr = (int)(s0 % p.rows);
+  auto load = [&](Stage<MT>& st) {
+    st.w = ld_stream(p.w + ((size_t)lr * p.nchunks + lc) * 32 + lane);
+    const uint8_t* sp = p.v1 ? p.s + (size_t)(lr >> 1) * 2 * p.np + 128 * lc + 16 * g + 8 * (lr & 1)
+                             : p.s + (size_t)lr * p.np + 64 * lc + 8 * g;
     st.s = ld_u2(sp);
-    const int kw = r * 8 + q;
+    const int kw = lr * 8 + q;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       st.a[mt][0] = ok[mt][0] ? __ldg(xrow[mt][0] + kw) : 0u;
       st.a[mt][1] = ok[mt][1] ? __ldg(xrow[mt][1] + kw) : 0u;
       st.a[mt][2] = ok[mt][0] ? __ldg(xrow[mt][0] + kw + 4) : 0u;
       st.a[mt][3] = ok[mt][1] ? __ldg(xrow[mt][1] + kw + 4) : 0u;
+    }
+    if (++lr == p.rows) {
+      lr = 0;
+      lc += G;
     }
   };
 
@@ -185,79 +222,130 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_fast_kernel(const Params 
   Stage<MT> buf[P];
 #pragma unroll
   for (int u = 0; u < P; ++u)
-    if (u < nsteps) load(u, buf[u]);
-  for (int base = 0; base < nsteps; base += P) {
+    if (u < nsteps) load(buf[u]);
+  // Segments: the steps of one chunk. The ring buf holds the next P steps in order buf[0..P-1];
+  // the flush sits outside the unrolled loop, and a segment that ends inside a round of P
+  // rotates the ring so that its head is buf[0] again.
+  int cur_c = (int)(s0 / p.rows) * G + wg, first_row = (int)(s0 % p.rows);
+  for (int done = 0; done < nsteps;) {
+    const int seg = min(nsteps - done, p.rows - first_row);
+    for (int i = 0; i < seg; i += P) {
 #pragma unroll
-    for (int u = 0; u < P; ++u) {
-      if (base + u < nsteps) {
-        const Stage<MT> cur = buf[u];
-        if (base + u + P < nsteps) load(base + u + P, buf[u]);
-        uint32_t s01, s23, s45, s67;
-        scale_pairs<BF16>(cur.s.x, s01, s23);
-        scale_pairs<BF16>(cur.s.y, s45, s67);
-        block_mma<BF16, MT>(acc, cur, cur.w.x, 0, s01);
-        block_mma<BF16, MT>(acc, cur, cur.w.y, 1, s23);
-        block_mma<BF16, MT>(acc, cur, cur.w.z, 2, s45);
-        block_mma<BF16, MT>(acc, cur, cur.w.w, 3, s67);
+      for (int u = 0; u < P; ++u) {
+        if (i + u < seg) {
+          const Stage<MT> cur = buf[u];
+          if (done + i + u + P < nsteps) load(buf[u]);
+          uint32_t sj0, sj1, sj2, sj3;
+          scale_pairs<BF16>(cur.s.x, sj0, sj1);
+          scale_pairs<BF16>(cur.s.y, sj2, sj3);
+          block_mma<BF16, MT>(acc, cur, cur.w.x, 0, sj0);
+          block_mma<BF16, MT>(acc, cur, cur.w.y, 1, sj1);
+          block_mma<BF16, MT>(acc, cur, cur.w.z, 2, sj2);
+          block_mma<BF16, MT>(acc, cur, cur.w.w, 3, sj3);
+        }
       }
     }
+    flush<MT>(acc, p, mb, cur_c, lane);
+    cur_c += G;
+    first_row = 0;
+    done += seg;
+    for (int t = seg % P; t > 0 && done < nsteps; --t) {
+      const Stage<MT> head = buf[0];
+#pragma unroll
+      for (int u = 0; u + 1 < P; ++u) buf[u] = buf[u + 1];
+      buf[P - 1] = head;
+    }
   }
+}
 
-  // Partial sums of the W warps meet in shared memory; every thread then sums some elements.
-  constexpr int kElems = MT * 32;  // accumulator registers per lane
+// The dense weight W'[n, k] = e2m1 · v · 2^-7 in the activation dtype (exact), [n, k] row-major,
+// for products that are better done by a dense GEMM (multiply its result by 128 · global): one
+// warp per (K/16 row, chunk) tile, lane t writing exactly its B-fragment registers.
+template <bool BF16>
+__global__ void __launch_bounds__(256) marlin_dequant_kernel(const Params p, uint4* __restrict__ dense) {
+  __shared__ uint32_t tile[64][64 + 4];  // [n][k/2] of 64 columns x 128 k, padded against bank conflicts
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int row_groups = (p.rows + 7) / 8;
+  const int64_t units = (int64_t)row_groups * p.nchunks;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const int c = (int)(u % p.nchunks), r0 = (int)(u / p.nchunks) * 8, r = r0 + warp;
+    if (r < p.rows) {
+      const uint4 w = ld_stream(p.w + ((size_t)r * p.nchunks + c) * 32 + lane);
+      const uint8_t* sp = p.v1 ? p.s + (size_t)(r >> 1) * 2 * p.np + 128 * c + 16 * g + 8 * (r & 1) : p.s + (size_t)r * p.np + 64 * c + 8 * g;
+      const uint2 sv = ld_u2(sp);
+      uint32_t sj[4];
+      scale_pairs<BF16>(sv.x, sj[0], sj[1]);
+      scale_pairs<BF16>(sv.y, sj[2], sj[3]);
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) red[((warp * kElems) + (mt * 8 + nt) * 4 + i) * 32 + lane] = acc[mt][nt][i];
-  __syncthreads();
-  for (int e = threadIdx.x; e < kElems * 32; e += W * 32) {
-    float v = 0.0f;
-#pragma unroll
-    for (int ww = 0; ww < W; ++ww) v += red[ww * kElems * 32 + e];
-    const int reg = e / 32, ln = e % 32;
-    const int mt = reg / 32, nt = (reg / 4) % 8, i = reg % 4;
-    const int row = mb * 16 * MT + mt * 16 + (ln >> 2) + 8 * (i >> 1);
-    const int col = 64 * c + 8 * nt + 2 * (ln & 3) + (i & 1);
-    if (row >= p.m || col >= p.n) continue;
-    float* out = p.y + (size_t)row * p.n + col;
-    if (p.ksplit > 1) atomicAdd(out, v * p.gmul);
-    else *out = v * p.gmul;
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t s0 = __byte_perm(sj[j], 0, 0x1010), s1 = __byte_perm(sj[j], 0, 0x3232);
+        const int n = 16 * j + g, kw = warp * 8 + q;
+        tile[n][kw] = mul2(dequant_pair<BF16, 0>(words[j]), s0, BF16);
+        tile[n][kw + 4] = mul2(dequant_pair<BF16, 1>(words[j]), s0, BF16);
+        tile[n + 8][kw] = mul2(dequant_pair<BF16, 2>(words[j]), s1, BF16);
+        tile[n + 8][kw + 4] = mul2(dequant_pair<BF16, 3>(words[j]), s1, BF16);
+      }
+    }
+    __syncthreads();
+    // 64 rows of 16 uint4 (128 k); only real rows and k.
+    for (int i = threadIdx.x; i < 64 * 16; i += 256) {
+      const int n = i / 16, v = i % 16;
+      const int64_t col = 64ll * c + n, k8 = (int64_t)r0 * 2 + v;  // in units of 8 k
+      if (col < p.n && k8 * 8 < p.k) {
+        const uint32_t* t = &tile[n][v * 4];
+        dense[(col * p.k) / 8 + k8] = make_uint4(t[0], t[1], t[2], t[3]);
+      }
+    }
+    __syncthreads();
   }
 }
 
 struct Config {
   int mt, warps;
-  size_t smem;
   const void* fn;
-  void (*launch)(const Params&, int blocks, size_t smem, cudaStream_t);
+  void (*launch)(const Params&, dim3 grid, cudaStream_t);
+  int per_sm = 0;  // resident blocks per SM (filled once)
 };
 
 template <bool BF16, int MT, int W, int P, int MINB>
-Config config() {
-  Config c;
-  c.mt = MT;
-  c.warps = W;
-  c.smem = (size_t)W * MT * 32 * 32 * sizeof(float);
-  c.fn = reinterpret_cast<const void*>(&marlin_fast_kernel<BF16, MT, W, P, MINB>);
-  c.launch = [](const Params& p, int blocks, size_t smem, cudaStream_t s) {
-    marlin_fast_kernel<BF16, MT, W, P, MINB><<<blocks, W * 32, smem, s>>>(p);
-  };
+Config& config() {
+  static Config c = [] {
+    Config k;
+    k.mt = MT;
+    k.warps = W;
+    k.fn = reinterpret_cast<const void*>(&marlin_fast_kernel<BF16, MT, W, P, MINB>);
+    k.launch = [](const Params& p, dim3 grid, cudaStream_t s) { marlin_fast_kernel<BF16, MT, W, P, MINB><<<grid, W * 32, 0, s>>>(p); };
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.per_sm, k.fn, W * 32, 0), "reading the GEMM's occupancy");
+    k.per_sm = std::max(k.per_sm, 1);
+    return k;
+  }();
   return c;
 }
 
-Config pick_config(ActDtype dt, int mt) {
+Config& pick_config(ActDtype dt, int mt, int depth) {
   const bool bf16 = dt == ActDtype::BF16;
+  if (mt == 1 && depth == 4) return bf16 ? config<true, 1, 8, 4, 2>() : config<false, 1, 8, 4, 2>();
+  if (mt == 1 && depth == 10) return bf16 ? config<true, 1, 4, 10, 3>() : config<false, 1, 4, 10, 3>();
   if (mt == 1) return bf16 ? config<true, 1, 8, 6, 2>() : config<false, 1, 8, 6, 2>();
   if (mt == 2) return bf16 ? config<true, 2, 8, 4, 1>() : config<false, 2, 8, 4, 1>();
   return bf16 ? config<true, 4, 4, 2, 1>() : config<false, 4, 4, 2, 1>();
 }
 
+int sm_count() {
+  static int sms = [] {
+    int dev = 0, n = 0;
+    check(cudaGetDevice(&dev), "reading the current device");
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "reading the SM count");
+    return n;
+  }();
+  return sms;
+}
+
 struct Plan {
-  Config cfg;
+  Config* cfg = nullptr;
   Params p;
-  int blocks = 0;
+  dim3 grid;
 };
 
 Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
@@ -274,7 +362,7 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   if (mt == 0) mt = a.m <= 16 ? 1 : a.m <= 32 ? 2 : 4;
   if (mt != 1 && mt != 2 && mt != 4) throw InvalidInput("m_tiles must be 1, 2 or 4");
   Plan pl;
-  pl.cfg = pick_config(a.dt, mt);
+  pl.cfg = &pick_config(a.dt, mt, t.depth);
   Params& p = pl.p;
   p.x = a.x;
   p.w = reinterpret_cast<const uint4*>(a.weight);
@@ -286,27 +374,23 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   p.np = (int)a.np;
   p.rows = (int)(a.k / kGroup);
   p.nchunks = (int)(a.np / kTileN);
-  p.mblocks = (int)((a.m + 16 * mt - 1) / (16 * mt));
   p.v1 = a.layout == Layout::V1;
   p.gmul = 128.0f * marlin_global_value(a.global_bits, a.layout, a.dt);
-  int ksplit = t.ksplit;
-  if (ksplit <= 0) {
-    // Enough blocks for about four full waves, each warp keeping at least 8 K/16 rows.
-    int dev = 0, sms = 0, per_sm = 0;
-    check(cudaGetDevice(&dev), "reading the current device");
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "reading the SM count");
-    check(cudaFuncSetAttribute(pl.cfg.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.cfg.smem), "raising the GEMM's shared memory");
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pl.cfg.fn, pl.cfg.warps * 32, pl.cfg.smem), "reading the GEMM's occupancy");
-    const int64_t tiles = (int64_t)p.nchunks * p.mblocks, want = 4ll * sms * std::max(per_sm, 1);
-    const int64_t most = std::max<int64_t>(1, p.rows / (8 * pl.cfg.warps));
-    ksplit = (int)std::min<int64_t>(most, std::max<int64_t>(1, (want + tiles - 1) / tiles));
-  }
-  ksplit = std::max(1, std::min(ksplit, p.rows));
-  p.rows_per_split = (p.rows + ksplit - 1) / ksplit;
-  p.ksplit = (p.rows + p.rows_per_split - 1) / p.rows_per_split;
-  const int64_t blocks = (int64_t)p.nchunks * p.ksplit * p.mblocks;
-  if (blocks > 0x7fffffffll) throw InvalidInput("shape too large for the fast GEMM");
-  pl.blocks = (int)blocks;
+  p.group = 1;
+  const int want_group = t.group > 0 ? t.group : pl.cfg->warps;
+  for (int gsz = pl.cfg->warps; gsz > 1; gsz /= 2)
+    if (gsz <= want_group && p.nchunks % gsz == 0) {
+      p.group = gsz;
+      break;
+    }
+  const int64_t mblocks = (a.m + 16 * mt - 1) / (16 * mt);
+  if (mblocks > 65535) throw InvalidInput("M too large for the fast GEMM");
+  // One wave of resident blocks, shared among the row tiles of M (at least one block each).
+  const int64_t slots = (int64_t)sm_count() * pl.cfg->per_sm * std::max(1, t.waves);
+  const int64_t total = (int64_t)(p.nchunks / p.group) * p.rows;  // team steps
+  int64_t bx = std::max<int64_t>(1, slots / mblocks);
+  bx = std::min<int64_t>(bx, (total * p.group + pl.cfg->warps - 1) / pl.cfg->warps);
+  pl.grid = dim3((unsigned)bx, (unsigned)mblocks);
   return pl;
 }
 
@@ -314,17 +398,27 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
 
 std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
-  return "m_tiles=" + std::to_string(pl.cfg.mt) + " warps=" + std::to_string(pl.cfg.warps) + " ksplit=" +
-         std::to_string(pl.p.ksplit) + " blocks=" + std::to_string(pl.blocks);
+  return "m_tiles=" + std::to_string(pl.cfg->mt) + " warps=" + std::to_string(pl.cfg->warps) + " group=" +
+         std::to_string(pl.p.group) + " grid=" +
+         std::to_string(pl.grid.x) + "x" + std::to_string(pl.grid.y);
 }
 
 void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  check(cudaFuncSetAttribute(pl.cfg.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.cfg.smem), "raising the GEMM's shared memory");
-  if (pl.p.ksplit > 1) check(cudaMemsetAsync(a.y, 0, (size_t)(a.m * a.n) * sizeof(float), s), "zeroing the GEMM's output");
-  pl.cfg.launch(pl.p, pl.blocks, pl.cfg.smem, s);
+  check(cudaMemsetAsync(a.y, 0, (size_t)(a.m * a.n) * sizeof(float), s), "zeroing the GEMM's output");
+  pl.cfg->launch(pl.p, pl.grid, s);
   check(cudaGetLastError(), "launching the fast Marlin GEMM");
+}
+
+float launch_marlin_dequant(const FastGemmDevice& a, uint16_t* dense, void* stream) {
+  const Plan pl = make_plan(a, {});
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int blocks = sm_count() * 8;
+  if (a.dt == ActDtype::BF16) marlin_dequant_kernel<true><<<blocks, 256, 0, s>>>(pl.p, reinterpret_cast<uint4*>(dense));
+  else marlin_dequant_kernel<false><<<blocks, 256, 0, s>>>(pl.p, reinterpret_cast<uint4*>(dense));
+  check(cudaGetLastError(), "launching the Marlin dequantization");
+  return pl.p.gmul;
 }
 
 void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning) {

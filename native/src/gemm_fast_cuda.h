@@ -26,16 +26,24 @@ struct FastGemmDevice {
 
 // How the work is cut; 0 = chosen from the shape and the device. Exposed for the bench harness.
 struct FastGemmTuning {
-  int ksplit = 0;     // blocks along K (> 1: partial sums added atomically into a zeroed y)
-  int m_tiles = 0;    // 16-row tiles per block: 1, 2 or 4
+  int m_tiles = 0;  // 16-row tiles of M per warp: 1, 2 or 4
+  int depth = 0;    // steps each warp fetches ahead (m_tiles 1: 4, 6 or 10)
+  int waves = 1;    // resident-block waves in the grid
+  int group = 0;    // adjacent 64-column chunks a team of warps reads side by side (0: the block's warps)
 };
 
-// Enqueues the GEMM on a stream (nullptr: the default stream); zeroes y first when it splits K.
+// Enqueues the GEMM on a stream (nullptr: the default stream), zeroing y first (the warps add
+// their partial tiles into it).
 // Checks the shapes (InvalidInput) but does not synchronize.
 void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTuning& tuning = {});
 
-// What launch_marlin_fast would choose, as "m_tiles=.. ksplit=.. blocks=..".
+// What launch_marlin_fast would choose, as "m_tiles=.. warps=.. grid=XxY".
 std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& tuning = {});
+
+// Enqueues the dequantization of the converted weight into a dense [n, k] matrix in the
+// activation dtype, W' = e2m1 · v · 2^-7 (exact); returns the factor (128 · global value) that
+// turns x @ W'^T into Y. For large M, where a dense GEMM on W' outruns the fused kernel.
+float launch_marlin_dequant(const FastGemmDevice& a, uint16_t* dense, void* stream);
 
 // Host buffers in, float32 out (same arguments as gemm_marlin_cpu), for verify.
 void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning = {});
