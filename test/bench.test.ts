@@ -25,7 +25,7 @@ describe('bench arguments', () => {
 
   it('derives TFLOP/s, weight GB/s, % of copy and the speed-up from the times', () => {
     const f = benchFigures({ n: 1000, k: 2000, m: 10, np: 1024, kp: 2048, oursUs: 2, cublasUs: 5, dequantUs: null, weightBytes: 4e6, plan: '' }, 4000);
-    expect(f.tflops).toBeCloseTo(0.02, 10);
+    expect(f.tflops).toBeCloseTo(20, 10); // 2·10·1000·2000 flop in 2 us
     expect(f.weightGBs).toBeCloseTo(2000, 6);
     expect(f.pctCopy).toBeCloseTo(50, 6);
     expect(f.speedup).toBeCloseTo(2.5, 10);
