@@ -83,6 +83,11 @@ for (const [backend, title, usable] of BACKENDS) {
               const y = await gemmMarlin({ x, m, k: c.k, n: c.n, np, kp, layout, dtype, weight, scales, global }, backend);
               expect(y.length).toBe(m * c.n);
               const ref = f32(await g.bytes(`${c.name}.ref.y.m${m}.${d}`));
+              if (backend === 'cuda') {
+                // The simple CUDA kernel, the fast one's test reference, agrees with it.
+                const simple = await gemmMarlin({ x, m, k: c.k, n: c.n, np, kp, layout, dtype, weight, scales, global, kernel: 'simple' }, backend);
+                expect(gemmError(y, simple).rel, `M = ${m} fast vs simple`).toBeLessThan(1e-5);
+              }
               const exact = gemmError(y, ref);
               if (!kept) {
                 expect(exact.rel, `M = ${m}`).toBeLessThan(defaultTolerance(dtype));
@@ -171,6 +176,46 @@ for (const [backend, title, usable] of BACKENDS) {
     });
   });
 }
+
+describe.skipIf(!gpu)(`fast vs simple Marlin GEMM kernel on the ${gpuTitle}: random packed tensors`, () => {
+  // Random words (every E2M1 code), random processed scale bytes with some zeroed ones, a stored
+  // global scale as a converter writes it; padded N and K, M not a multiple of 16.
+  for (const layout of ['v1', 'v2'] as const) {
+    for (const [dtype] of DTYPES) {
+      it(`${layout} ${dtype}`, async () => {
+        let seed = 11;
+        for (const [m, n, np, k, kp] of [
+          [1, 64, 64, 64, 64],
+          [5, 192, 256, 320, 384],
+          [17, 200, 320, 544, 608],
+          [33, 1000, 1088, 2048, 2112],
+          [100, 512, 512, 768, 768],
+          [130, 384, 448, 4096, 4160],
+        ] as const) {
+          seed++;
+          const rnd = randomActivations(1, (kp / 16) * np * 5, 'bfloat16', seed);
+          const weight = rnd.subarray(0, (kp / 16) * 2 * np * 4);
+          const scales = Buffer.from(rnd.subarray((kp / 16) * 2 * np * 4));
+          for (let i = 0; i < scales.length; i++) scales[i] = scales[i]! % 16 === 0 ? 0 : 0x40 + (scales[i]! % 0x80);
+          const bias = dtype === 'bfloat16' ? 126 : 14;
+          const gv = 0.375 * 2 ** (bias - 7); // exact in float16 and bfloat16
+          const global = Buffer.alloc(layout === 'v2' ? 4 : 2);
+          if (layout === 'v2') global.writeFloatLE(gv);
+          else global.writeUInt16LE(dtype === 'bfloat16' ? new Uint32Array(new Float32Array([gv]).buffer)[0]! >>> 16 : 0x5200); // float16 48 = 0.375 * 2^7
+          const x = randomActivations(m, k, dtype, seed);
+          const args = { x, m, k, n, np, kp, layout, dtype, weight, scales: scales.subarray(0, (kp / 16) * np), global };
+          const fast = await gemmMarlin(args, 'cuda');
+          const simple = await gemmMarlin({ ...args, kernel: 'simple' }, 'cuda');
+          const err = gemmError(fast, simple);
+          expect(err.nonFinite, `${m}x${n}x${k}`).toBe(0);
+          expect(err.rel, `${m}x${n}x${k}`).toBeLessThan(1e-5);
+          const cpu = await gemmMarlin(args, 'cpu');
+          expect(gemmError(fast, cpu).rel, `${m}x${n}x${k} vs CPU`).toBeLessThan(1e-5);
+        }
+      });
+    }
+  }
+});
 
 describe('GEMM arguments and helpers', () => {
   it('rejects wrong sizes and shapes with the reason', async () => {

@@ -1,12 +1,18 @@
-// Node-API bindings of the verification GEMMs; the arithmetic is in gemm_cpu.cc / gemm_cuda.cu.
+// Node-API bindings of the GEMMs: verify's (the arithmetic is in gemm_cpu.cc, gemm_cuda.cu and
+// gemm_fast_cuda.cu) and bench's (gemm_bench_cuda.cu).
 //
-//   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?}, backend?)
+//   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?, kernel?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T read from the converted Marlin tensors
 //        (weight I32 [kp/16, 2np], scales processed F8 [kp/16, np], global: its stored bytes,
-//        2 under v1 (F16/BF16), 4 under v2 (F32)).
+//        2 under v1 (F16/BF16), 4 under v2 (F32)). kernel (CUDA only): 'fast' (default, the
+//        tensor-core kernel of gemm_fast_cuda.cu) or 'simple' (gemm_cuda.cu's reference kernel).
 //   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T with W dequantized from the NVFP4 source
 //        (weight U8 [n, k/2], scale F8_E4M3 [n, k/16], ws2 = weight_scale_2).
+//   gemmBench({shapes: [[n, k], ...], ms: [...], dtype, iters?, warmup?})
+//     -> Promise<{device, cublas, copyGBs, l2Bytes, rows: [{n, k, m, np, kp, oursUs, cublasUs,
+//        dequantUs, weightBytes, plan}]}>: the fast GEMM and cuBLAS timed on the GPU (gemm_bench.h);
+//        rejects with "CUDA unavailable: ..." without a usable device.
 //   gpuGemmEngine() -> string: what gemmReference(…, 'cuda') multiplies with,
 //     "cublas (<library>)" or "cuda-kernel (<why not cuBLAS>)".
 // x is raw float16 / bfloat16 bits (dtype), m*k*2 bytes. backend: 'cpu' (default) or 'cuda'.
@@ -21,7 +27,9 @@
 #include "gemm_cpu.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
+#include "gemm_bench.h"
 #include "gemm_cuda.h"
+#include "gemm_fast_cuda.h"
 #endif
 
 namespace mfp4::bindings {
@@ -80,6 +88,12 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   a.layout = get_layout(env, o);
   a.dt = get_dtype(env, o);
   const int threads = (int)get_int_or(env, o, "threads", 0);
+  bool simple = false;
+  if (o.Has("kernel") && !o.Get("kernel").IsUndefined()) {
+    const std::string kernel = o.Get("kernel").ToString();
+    if (kernel != "fast" && kernel != "simple") type_error(env, "kernel must be 'fast' or 'simple'");
+    simple = kernel == "simple";
+  }
   try {
     check_marlin_gemm(a);
   } catch (const InvalidInput& e) {
@@ -107,10 +121,11 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
 #if !defined(MFP4_WITH_CUDA)
   if (cuda) return rejected(env, kNoCuda);
 #endif
-  return start(env, o, out, [a, xs, wcopy, cuda, threads]() {
+  return start(env, o, out, [a, xs, wcopy, cuda, threads, simple]() {
     if (cuda) {
 #if defined(MFP4_WITH_CUDA)
-      cuda::gemm_marlin(a);
+      if (simple) cuda::gemm_marlin(a);
+      else cuda::gemm_marlin_fast(a);
 #endif
       return;
     }
@@ -161,6 +176,78 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
   });
 }
 
+#if defined(MFP4_WITH_CUDA)
+// bench's report as a plain JS object.
+Napi::Value bench_report(Napi::Env env, const cuda::BenchReport& rep) {
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("device", rep.device);
+  r.Set("cublas", rep.cublas);
+  r.Set("copyGBs", rep.copy_gbs);
+  r.Set("l2Bytes", (double)rep.l2_bytes);
+  Napi::Array rows = Napi::Array::New(env, rep.rows.size());
+  for (size_t i = 0; i < rep.rows.size(); ++i) {
+    const cuda::BenchRow& b = rep.rows[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("n", (double)b.n);
+    o.Set("k", (double)b.k);
+    o.Set("m", (double)b.m);
+    o.Set("np", (double)b.np);
+    o.Set("kp", (double)b.kp);
+    o.Set("oursUs", b.ours_us);
+    o.Set("cublasUs", b.cublas_us >= 0 ? Napi::Value(Napi::Number::New(env, b.cublas_us)) : env.Null());
+    o.Set("dequantUs", b.dequant_us >= 0 ? Napi::Value(Napi::Number::New(env, b.dequant_us)) : env.Null());
+    o.Set("weightBytes", b.weight_bytes);
+    o.Set("plan", b.plan);
+    rows.Set((uint32_t)i, o);
+  }
+  r.Set("rows", rows);
+  return r;
+}
+#endif
+
+[[maybe_unused]] std::vector<int64_t> int_list(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsArray()) type_error(env, std::string("expected an array for '") + what + "'");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<int64_t> out;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    const Napi::Value e = a.Get(i);
+    if (!e.IsNumber()) type_error(env, std::string("expected numbers in '") + what + "'");
+    const double d = e.As<Napi::Number>().DoubleValue();
+    if (!(d >= 1 && d <= 1e9) || d != (double)(int64_t)d) throw Napi::RangeError::New(env, std::string("'") + what + "' holds " + std::to_string(d) + ", not a positive whole number");
+    out.push_back((int64_t)d);
+  }
+  return out;
+}
+
+Napi::Value GemmBench(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "gemmBench({shapes: [[n, k], ...], ms: [...], dtype, iters?, warmup?})";
+  if (info.Length() < 1 || !info[0].IsObject()) type_error(env, usage);
+  Napi::Object o = info[0].As<Napi::Object>();
+  if (!o.Get("shapes").IsArray()) type_error(env, usage);
+  Napi::Array shapes = o.Get("shapes").As<Napi::Array>();
+#if defined(MFP4_WITH_CUDA)
+  cuda::BenchOptions opts;
+  for (uint32_t i = 0; i < shapes.Length(); ++i) {
+    const std::vector<int64_t> nk = int_list(env, shapes.Get(i), "shapes");
+    if (nk.size() != 2) type_error(env, "each shape must be [n, k]");
+    opts.shapes.push_back({nk[0], nk[1]});
+  }
+  opts.ms = int_list(env, o.Get("ms"), "ms");
+  if (opts.shapes.empty() || opts.ms.empty()) throw Napi::RangeError::New(env, "gemmBench needs at least one shape and one M");
+  opts.dt = get_dtype(env, o);
+  opts.iters = (int)get_int_or(env, o, "iters", opts.iters);
+  opts.warmup = (int)get_int_or(env, o, "warmup", opts.warmup);
+  auto report = std::make_shared<cuda::BenchReport>();
+  WorkerGuard g(env);
+  return g.Start([opts, report]() { *report = cuda::run_gemm_bench(opts); },
+                 [report](Napi::Env e) -> Napi::Value { return bench_report(e, *report); });
+#else
+  (void)shapes;
+  return rejected(env, std::string("CUDA unavailable: ") + kNoCuda);
+#endif
+}
+
 Napi::Value GpuGemmEngine(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
 #if defined(MFP4_WITH_CUDA)
@@ -176,6 +263,7 @@ void RegisterGemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmMarlin", Napi::Function::New(env, GemmMarlin));
   exports.Set("gemmReference", Napi::Function::New(env, GemmReference));
   exports.Set("gpuGemmEngine", Napi::Function::New(env, GpuGemmEngine));
+  exports.Set("gemmBench", Napi::Function::New(env, GemmBench));
 }
 
 }  // namespace mfp4::bindings

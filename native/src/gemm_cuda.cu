@@ -241,6 +241,13 @@ void gemm_marlin(const MarlinGemmArgs& a) {
   check(cudaMemcpy(a.y, dy.p, (size_t)(a.m * a.n) * 4, cudaMemcpyDeviceToHost), "running the Marlin GEMM kernel");
 }
 
+void* cublas_for_bench(void*& handle, std::string& why) {
+  Cublas& cb = cublas();
+  handle = cb.handle;
+  why = cb.why;
+  return cb.handle ? cb.lib : nullptr;
+}
+
 std::string reference_engine() {
   Cublas& cb = cublas();
   return cb.handle ? "cublas (" + cb.library + ")" : "cuda-kernel (" + cb.why + ")";

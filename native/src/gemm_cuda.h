@@ -21,5 +21,10 @@ std::string gemm_reference(const ReferenceGemmArgs& a);
 // "cuda-kernel (<why cuBLAS could not be loaded>)". Tries to load cuBLAS once.
 std::string reference_engine();
 
+// The dlopen'ed libcublas (for dlsym) and its handle, for the bench's bf16/fp16 comparison;
+// nullptr (and why) when none could be loaded. Callers must not use the handle concurrently
+// with gemm_reference.
+void* cublas_for_bench(void*& handle, std::string& why);
+
 }  // namespace cuda
 }  // namespace mfp4

@@ -5,6 +5,7 @@ import { Command, CommanderError } from 'commander';
 import { EnvironmentError, EXIT, InputError, VerificationFailed } from '../errors.js';
 import { liveStagedOutputs } from '../convert/output-dir.js';
 import { VERSION } from '../version.js';
+import { benchCommand } from './bench-command.js';
 import { convertCommand } from './convert-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { consoleOutput, type Output } from './output.js';
@@ -23,6 +24,7 @@ export function buildProgram(out: Output): Command {
   program.addCommand(convertCommand(out).exitOverride());
   program.addCommand(verifyCommand(out).exitOverride());
   program.addCommand(inspectCommand(out).exitOverride());
+  program.addCommand(benchCommand(out).exitOverride());
   return program;
 }
 

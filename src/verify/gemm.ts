@@ -24,6 +24,8 @@ export interface MarlinGemmInput {
   /** The stored global scale: 2 bytes (F16/BF16) under v1, 4 (F32) under v2. */
   global: Uint8Array;
   threads?: number;
+  /** CUDA only: 'fast' (default, the tensor-core kernel) or 'simple' (the plain reference kernel). */
+  kernel?: 'fast' | 'simple';
 }
 
 export interface ReferenceGemmInput {
@@ -41,8 +43,47 @@ export interface ReferenceGemmInput {
   threads?: number;
 }
 
+/** One timed shape and M of `gemmBench` (microseconds are medians per call). */
+export interface GemmBenchRow {
+  n: number;
+  k: number;
+  m: number;
+  np: number;
+  kp: number;
+  /** The fast Marlin GEMM, the zeroing of its float32 output included. */
+  oursUs: number;
+  /** cuBLAS GemmEx on a dense W [n, k] of the activation dtype; null when cuBLAS could not be loaded. */
+  cublasUs: number | null;
+  /** Dequantizing the Marlin weight into that dense W (timed for M >= 128 only), else null. */
+  dequantUs: number | null;
+  /** Packed weight + processed scales + global scale. */
+  weightBytes: number;
+  /** The kernel's work split. */
+  plan: string;
+}
+
+export interface GemmBenchReport {
+  device: string;
+  /** "cublasGemmEx", or why cuBLAS was not timed. */
+  cublas: string;
+  /** Device-to-device copy bandwidth, bytes read + written, GB/s. */
+  copyGBs: number;
+  l2Bytes: number;
+  rows: GemmBenchRow[];
+}
+
+export interface GemmBenchInput {
+  /** [n, k] pairs. */
+  shapes: [number, number][];
+  ms: number[];
+  dtype: ActDtype;
+  iters?: number;
+  warmup?: number;
+}
+
 interface GemmAddon {
   gemmMarlin(input: MarlinGemmInput, backend?: Backend): Promise<Float32Array>;
+  gemmBench(input: GemmBenchInput): Promise<GemmBenchReport>;
   gemmReference(input: ReferenceGemmInput, backend?: Backend): Promise<Float32Array>;
   gpuGemmEngine(): string;
 }
@@ -54,6 +95,14 @@ function native(): NativeAddon & GemmAddon {
 /** X @ W^T read from the converted Marlin tensors: Float32Array [m, n]. */
 export function gemmMarlin(input: MarlinGemmInput, backend: Backend = 'cpu'): Promise<Float32Array> {
   return native().gemmMarlin(input, backend);
+}
+
+/**
+ * The fast Marlin GEMM and cuBLAS timed on the GPU (random weights, rotated through more than
+ * twice the L2; CUDA events; medians). Rejects with "CUDA unavailable: …" without a usable GPU.
+ */
+export function gemmBench(input: GemmBenchInput): Promise<GemmBenchReport> {
+  return native().gemmBench(input);
 }
 
 /**

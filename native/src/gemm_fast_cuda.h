@@ -1,0 +1,52 @@
+// The tensor-core Marlin FP4 GEMM (gemm_fast_cuda.cu): Y[M, N] = X[M, K] @ W^T read straight
+// from a converted linear (packed I32 weight, processed S0E5M3 scales, processed global scale),
+// float32 out. Plain C++ so that the bindings and the bench harness compile with the host
+// compiler; failures throw cuda::CudaError.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "gemm_cpu.h"
+
+namespace mfp4 {
+namespace cuda {
+
+// Device pointers and shapes of one launch. The output y [m, n] is float32; x is [m, k]
+// float16 / bfloat16 bits (dt).
+struct FastGemmDevice {
+  const uint16_t* x = nullptr;
+  int64_t m = 0, k = 0, n = 0, np = 0, kp = 0;
+  Layout layout = Layout::V2;
+  ActDtype dt = ActDtype::BF16;
+  const uint32_t* weight = nullptr;  // I32 [kp/16, 2*np]
+  const uint8_t* scales = nullptr;   // processed F8 [kp/16, np]
+  uint32_t global_bits = 0;          // stored global scale bits (see MarlinGemmArgs)
+  float* y = nullptr;                // [m, n]
+};
+
+// How the work is cut; 0 = chosen from the shape and the device. Exposed for the bench harness.
+struct FastGemmTuning {
+  int m_tiles = 0;  // 16-row tiles of M per warp: 1, 2 or 4
+  int depth = 0;    // steps each warp fetches ahead (m_tiles 1: 4, 6 or 10)
+  int waves = 1;    // resident-block waves in the grid
+  int group = 0;    // adjacent 64-column chunks a team of warps reads side by side (0: the block's warps)
+};
+
+// Enqueues the GEMM on a stream (nullptr: the default stream), zeroing y first (the warps add
+// their partial tiles into it).
+// Checks the shapes (InvalidInput) but does not synchronize.
+void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTuning& tuning = {});
+
+// What launch_marlin_fast would choose, as "m_tiles=.. warps=.. grid=XxY".
+std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& tuning = {});
+
+// Enqueues the dequantization of the converted weight into a dense [n, k] matrix in the
+// activation dtype, W' = e2m1 · v · 2^-7 (exact); returns the factor (128 · global value) that
+// turns x @ W'^T into Y. For large M, where a dense GEMM on W' outruns the fused kernel.
+float launch_marlin_dequant(const FastGemmDevice& a, uint16_t* dense, void* stream);
+
+// Host buffers in, float32 out (same arguments as gemm_marlin_cpu), for verify.
+void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning = {});
+
+}  // namespace cuda
+}  // namespace mfp4
