@@ -6,6 +6,23 @@ export const QUANT_METHOD = 'marlin_fp4';
 /** NVFP4's block (group) size: one scale per 16 weights along K. */
 export const GROUP_SIZE = 16;
 
+/**
+ * What serves the output: the vLLM plugin in integrations/vllm and the vLLM sources (file →
+ * commit) its calls were written against. Recorded in config.json so a reader of a converted
+ * checkpoint knows which vLLM it was made for; test/serving-record.test.ts keeps this equal to
+ * the plugin's own record (integrations/vllm/src/marlin_fp4_vllm/vllm_sources.py).
+ */
+export const SERVING = {
+  plugin: 'marlin-fp4-vllm',
+  vllm_sources: {
+    'vllm/model_executor/layers/quantization/modelopt.py': '00155cdecca722d98e34234c3d172725b7720b7d',
+    'vllm/model_executor/layers/quantization/utils/marlin_utils_fp4.py': '00d52e93333741b205e70acb9217a2849f173696',
+    'vllm/model_executor/layers/fused_moe/fused_marlin_moe.py': '00a130a03146d74300d01c0bcf806f323f887fbb',
+    'vllm/model_executor/layers/quantization/__init__.py': '0034007debee2a009e030804f2cde7953aff78c6',
+    'vllm/plugins/__init__.py': '01425553bdbed63400efa72ff14a8f4ffe20bada',
+  },
+} as const;
+
 /** The source flavour as the output names it. */
 const SOURCE_FORMAT = { modelopt: 'modelopt-nvfp4', 'compressed-tensors': 'compressed-tensors-nvfp4' } as const;
 
@@ -30,5 +47,6 @@ export function marlinQuantConfig({ layout, dtype, source, original, fusedGroups
     // that fuses them concatenates their tensors (FORMAT.md section 8). marlin-fp4-vllm reads it.
     fused_groups: fusedGroups,
     original_quantization_config: original,
+    serving: SERVING,
   };
 }
