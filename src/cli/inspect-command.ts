@@ -3,6 +3,10 @@ import { inspectCheckpoint, type InspectReport, type LayoutEstimate } from '../i
 import type { ActDtype } from '../transform/marlin.js';
 import { bytes } from './format.js';
 import { resolveModelArg } from './resolve.js';
+import { appendStepSummary } from './ci-output.js';
+import { jsonReport } from './json-report.js';
+import { inspectMarkdown } from './step-summary.js';
+import { MANIFEST_FILE } from '../format/manifest.js';
 import type { Output } from './output.js';
 
 interface InspectFlags {
@@ -115,9 +119,12 @@ export function inspectCommand(out: Output): Command {
         'Exit codes: 0 inspected (problems or not), 2 unreadable input or usage, 3 environment (network), 4 internal error.',
     )
     .action(async (model: string, flags: InspectFlags) => {
-      const resolved = await resolveModelArg(out, model, flags);
-      const report = await inspectCheckpoint({ model: resolved.dir, dtype: flags.dtype, scanScales: flags.scanScales });
-      if (flags.json) out.json({ model, ...(resolved.hub ? { hub: resolved.hub } : {}), ...report });
+      // A repo id is read with range requests: headers and scalars, never the weights.
+      const resolved = await resolveModelArg(out, model, flags, { headersOnly: true, extraFiles: [MANIFEST_FILE] });
+      const report = await inspectCheckpoint({ model: resolved.dir, remote: resolved.remote, dtype: flags.dtype, scanScales: flags.scanScales });
+      if (resolved.hub && resolved.remote) resolved.hub.downloaded_bytes = resolved.remote.fetched();
+      appendStepSummary(inspectMarkdown(report, model, resolved.hub?.downloaded_bytes).join('\n'));
+      if (flags.json) out.json(jsonReport('inspect', { model, ...(resolved.hub ? { hub: resolved.hub } : {}), ...report }));
       else if (flags.quiet) for (const line of problemLines(report)) out.line(line);
       else for (const line of inspectSummary(report, model)) out.line(line);
     });

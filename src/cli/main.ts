@@ -9,6 +9,9 @@ import { convertCommand } from './convert-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { consoleOutput, type Output } from './output.js';
 import { verifyCommand } from './verify-command.js';
+import { uploadCommand } from './upload-command.js';
+import { annotation, appendStepSummary, inGithubActions } from './ci-output.js';
+import { failureMarkdown } from './step-summary.js';
 
 export function buildProgram(out: Output): Command {
   const program = new Command('marlin-fp4')
@@ -19,10 +22,15 @@ export function buildProgram(out: Output): Command {
     .version(VERSION, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s, write) => write(s) });
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      // Usage errors are annotations too under GitHub Actions.
+      outputError: (s, write) => write(inGithubActions() && s.startsWith('error: ') ? `${annotation('error', s.slice(7).trim())}\n` : s),
+    });
   program.addCommand(convertCommand(out).exitOverride());
   program.addCommand(verifyCommand(out).exitOverride());
   program.addCommand(inspectCommand(out).exitOverride());
+  program.addCommand(uploadCommand(out).exitOverride());
   return program;
 }
 
@@ -51,6 +59,16 @@ export async function main(argv: string[]): Promise<number> {
   onSignal('SIGINT', 130);
   onSignal('SIGTERM', 143);
   const program = buildProgram(out);
+  const code = await run(program, argv, out);
+  // Under GitHub Actions the job summary says which command failed and why.
+  if (code !== EXIT.ok && lastError) appendStepSummary(failureMarkdown(argv[2] ?? '', lastError, code).join('\n'));
+  return code;
+}
+
+let lastError: string | undefined;
+
+async function run(program: Command, argv: string[], consoleOut: Output): Promise<number> {
+  const out: Output = { ...consoleOut, error: (s) => ((lastError = s), consoleOut.error(s)) };
   try {
     await program.parseAsync(argv);
     return EXIT.ok;

@@ -1,10 +1,9 @@
 // `marlin-fp4 inspect`: what a checkpoint is and what `convert` would do with it, from the
 // headers and the scalar global scales only (block scales too with scanScales; never the
 // weights). Problems are collected, not thrown: an inspect that finds problems succeeded.
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { openCheckpoint, type Checkpoint } from '../checkpoint/model-dir.js';
+import { openCheckpoint, type Checkpoint, type ShardSource } from '../checkpoint/model-dir.js';
 import { detectFormat, type Detected, type Flavour } from '../checkpoint/flavour.js';
 import { readJsonObject } from '../checkpoint/json-file.js';
 import { MANIFEST_FILE } from '../format/manifest.js';
@@ -19,6 +18,8 @@ import type { Problem } from './problem.js';
 export interface InspectOptions {
   /** A local model directory. */
   model: string;
+  /** Shards read from elsewhere (a Hub repo, by range requests) instead of from `model`. */
+  remote?: ShardSource;
   /** Activation dtype to judge for (default: config.json's torch_dtype). */
   dtype?: ActDtype;
   /** Also read every block-scale tensor (1/8 of the weights): negative/NaN scales, v2 losses, v1 bfloat16 subnormals. */
@@ -144,7 +145,7 @@ function moeSizes(ckpt: Checkpoint, g: ExpertGroup): { experts: number; hidden: 
 
 export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectReport> {
   const started = performance.now();
-  const ckpt = await openCheckpoint(opts.model);
+  const ckpt = await openCheckpoint(opts.model, opts.remote);
   try {
     const det = detectFormat(ckpt);
     const arch = ckpt.config.architectures;
@@ -172,7 +173,7 @@ export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectRe
       seconds: 0,
     };
     for (const shard of ckpt.shards) {
-      const bytes = (await stat(join(ckpt.dir, shard))).size;
+      const bytes = ckpt.readers.get(shard)!.header.fileSize;
       report.shards.push({ file: shard, bytes, tensors: ckpt.readers.get(shard)!.header.tensors.size });
       report.total_bytes += bytes;
     }
