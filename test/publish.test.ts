@@ -8,6 +8,7 @@ import { appendFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, MODELS, tempDir, type CliResult } from './helpers/models.js';
+import { REPORT_SCHEMAS } from '../src/cli/report-schemas.js';
 import { repoFromDir, startHub, type FakeHub, type HubFile } from './helpers/hub-server.js';
 
 const FIXTURE = join(MODELS, 'llama-tiny-modelopt');
@@ -96,6 +97,7 @@ describe('convert <repo> --push-to-hub <new repo>', () => {
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(report).toMatchObject({ report: 'convert', schema_version: 1, tool: { name: 'marlin-fp4' } });
+    expect(REPORT_SCHEMAS.convert.safeParse(report).error?.issues ?? []).toEqual([]);
     expect(report.verify.passed).toBe(true);
     expect(report.hub).toMatchObject({ repo: SOURCE, revision: 'main', commit: SHA });
     expect(report.upload).toMatchObject({ repo: 'me/Llama-tiny-marlin', branch: 'main', created: true, private: false });
@@ -156,6 +158,7 @@ describe('upload <dir> <repo>', () => {
     expect(again.code).toBe(0);
     const rep = JSON.parse(again.stdout);
     expect(rep).toMatchObject({ report: 'upload', created: false, uploaded_bytes: 0 });
+    expect(REPORT_SCHEMAS.upload.safeParse(rep).error?.issues ?? []).toEqual([]);
     expect(puts()).toBe(before);
     const remote = await download('me/resume');
     for (const [name, bytes] of files(dir)) expect(remote.get(name)!.equals(bytes), name).toBe(true);

@@ -9,8 +9,8 @@ import type { RandomAccessFile } from '../safetensors/index.js';
 
 /** Reads below this size fetch a whole block and keep it. */
 const BLOCK = 64 * 1024;
-/** Ranges this close together are fetched as one. */
-const COALESCE_GAP = 256 * 1024;
+/** Ranges this close together are fetched as one (a round trip costs more than this many bytes). */
+const COALESCE_GAP = 64 * 1024;
 /** A coalesced request is at most this long. */
 const MAX_REQUEST = 4 * 1024 * 1024;
 const PARALLEL = 8;

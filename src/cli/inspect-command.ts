@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { inspectCheckpoint, type InspectReport, type LayoutEstimate } from '../inspect/inspect.js';
 import type { ActDtype } from '../transform/marlin.js';
@@ -36,7 +37,8 @@ function estimate(e: LayoutEstimate, inputBytes: number): string {
 export function inspectSummary(r: InspectReport, model: string): string[] {
   const lines: string[] = [];
   const kv = (k: string, v: string) => lines.push(`${k.padEnd(14)}${v}`);
-  kv('model', model === r.path ? r.path : `${model} (${r.path})`);
+  // A local path as given; a repo id with the snapshot it was read from.
+  kv('model', model === r.path || resolve(model) === r.path ? model : `${model} (${r.path})`);
   kv('format', r.description);
   kv('architecture', `${r.architecture ?? '(none in config.json)'}${r.model_type ? ` (${r.model_type})` : ''}, torch_dtype ${r.torch_dtype ?? '(none)'}`);
   kv('files', `${plural(r.shards.length, 'shard')}, ${bytes(r.total_bytes)}, ${plural(r.tensors, 'tensor')}; ${plural(r.other_files.length, 'other file')}`);
@@ -65,6 +67,10 @@ export function inspectSummary(r: InspectReport, model: string): string[] {
     );
     const dt = `${c.activation_dtype}${c.activation_dtype_from === 'assumed' ? ' (assumed)' : c.activation_dtype_from === 'option' ? ' (--dtype)' : ''}`;
     for (const e of c.layouts) kv(`output ${e.layout}`, `${estimate(e, c.converted.bytes + c.passed_through.bytes)}${e.tensor_bytes === undefined ? '' : `; ${dt}`}`);
+  }
+  if (r.modules) {
+    const n = (fate: string) => r.modules!.filter((m) => m.fate === fate).length;
+    kv('modules', `${n('converted')} converted, ${n('passed-through')} passed through, ${n('refused')} refused (--json lists each)`);
   }
   if (r.scales) {
     const s = r.scales;
