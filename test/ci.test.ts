@@ -1,7 +1,7 @@
 // What CI sees: --json reports against their published schemas, GitHub Actions annotations and the
 // step summary, progress lines without a terminal, inspect's module list, inspect <repo-id> by
 // range requests only, and the Hub settings read as huggingface_hub reads them.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { envFlag, hubOffline, hubToken, tokenPath } from '../src/checkpoint/hub-env.js';
 import { frontMatter, renderModelCard, type CardInfo } from '../src/convert/model-card.js';
 import { jsonSchema, REPORT_SCHEMAS } from '../src/cli/report-schemas.js';
+import { generateModel } from '../tools/fixture-generator/generate.js';
 import { BIN, MODELS, ROOT, mutateModel, tempDir, type CliResult } from './helpers/models.js';
 import { repoFromDirOnDisk, startHub, type FakeHub } from './helpers/hub-server.js';
 
@@ -150,9 +151,7 @@ describe('inspect <repo-id> reads headers by range requests and downloads nothin
   beforeAll(async () => {
     // 14 MB in two shards, served from disk: big enough that reading it whole would show.
     model = join(work, 'generated');
-    const g = spawnSync(process.execPath, [join(ROOT, 'fixtures', 'generate.mjs'), model, '--preset', 'llama-tiny', '--flavour', 'modelopt', '--shards', '2',
-      ...['hiddenSize=1024', 'intermediateSize=2048', 'layers=2', 'vocabSize=1024', 'heads=8', 'kvHeads=2', 'headDim=128'].flatMap((s) => ['--set', s])]);
-    expect(g.status).toBe(0);
+    await generateModel(model, { preset: 'llama-tiny', flavour: 'modelopt', shards: 2, hiddenSize: 1024, intermediateSize: 2048, layers: 2, vocabSize: 1024, heads: 8, kvHeads: 2, headDim: 128 });
     hub = await startHub(new Map([['acme/moe', repoFromDirOnDisk(model, 'e'.repeat(40))]]));
   });
   afterAll(() => hub?.close());

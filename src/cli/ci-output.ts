@@ -23,7 +23,7 @@ export function appendStepSummary(markdown: string, env: NodeJS.ProcessEnv = pro
   const file = env.GITHUB_STEP_SUMMARY;
   if (!inGithubActions(env) || !file) return;
   try {
-    appendFileSync(file, markdown.endsWith('\n') ? markdown : `${markdown}\n`);
+    appendFileSync(file, `${markdown.trimEnd()}\n\n`); // a blank line between the commands' sections
   } catch {
     // A summary that cannot be written must not fail the conversion it describes.
   }

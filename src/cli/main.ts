@@ -13,6 +13,16 @@ import { uploadCommand } from './upload-command.js';
 import { annotation, appendStepSummary, inGithubActions } from './ci-output.js';
 import { failureMarkdown } from './step-summary.js';
 
+// Usage errors (printed by commander) are annotations too under GitHub Actions, and go into the
+// step summary like the others.
+const commanderOutput = {
+  writeErr: (s: string) => process.stderr.write(s),
+  outputError: (s: string, write: (s: string) => void) => {
+    if (s.startsWith('error: ')) lastError = s.slice(7).trim();
+    write(inGithubActions() && s.startsWith('error: ') ? `${annotation('error', s.slice(7).trim())}\n` : s);
+  },
+};
+
 export function buildProgram(out: Output): Command {
   const program = new Command('marlin-fp4')
     .description(
@@ -22,15 +32,10 @@ export function buildProgram(out: Output): Command {
     .version(VERSION, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
-    .configureOutput({
-      writeErr: (s) => process.stderr.write(s),
-      // Usage errors are annotations too under GitHub Actions.
-      outputError: (s, write) => write(inGithubActions() && s.startsWith('error: ') ? `${annotation('error', s.slice(7).trim())}\n` : s),
-    });
-  program.addCommand(convertCommand(out).exitOverride());
-  program.addCommand(verifyCommand(out).exitOverride());
-  program.addCommand(inspectCommand(out).exitOverride());
-  program.addCommand(uploadCommand(out).exitOverride());
+    .configureOutput(commanderOutput);
+  for (const command of [convertCommand(out), verifyCommand(out), inspectCommand(out), uploadCommand(out)]) {
+    program.addCommand(command.exitOverride().configureOutput(commanderOutput));
+  }
   return program;
 }
 

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import type { ConvertReport } from '../convert/convert.js';
 import type { InspectReport } from '../inspect/inspect.js';
 import type { UploadReport } from '../publish/upload.js';
-import type { VerifyReport } from '../verify/verify.js';
+import type { VerifyReport } from '../verify/report.js';
 import { SCHEMA_VERSION, type ReportKind } from './json-report.js';
 
 const int = z.int().min(0);

@@ -21,7 +21,7 @@ export function convertMarkdown(r: ConvertReport, source: string): string[] {
         ['output', code(r.output)],
         ['format', `${r.flavour} NVFP4 → Marlin FP4 ${r.layout}, ${r.activation_dtype}`],
         ['layers', `${dense} linear, ${moe} MoE expert layers converted; ${r.copied_tensors} tensors copied`],
-        ['size', `${r.shards} shards, ${bytes(r.bytes_out)} of tensors`],
+        ['size', `${r.shards} shard${r.shards === 1 ? '' : 's'}, ${bytes(r.bytes_out)} of tensors`],
         ['time', `${seconds(r.seconds)} on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}, peak RSS ${bytes(r.peak_rss_bytes)}`],
         ['warnings', r.warnings.length ? String(r.warnings.length) : 'none'],
       ],
@@ -36,7 +36,7 @@ export function verifyMarkdown(r: VerifyReport): string[] {
     `### marlin-fp4 verify: ${r.passed ? '✅ PASS' : '❌ FAIL'}`,
     '',
     `- structure: ${r.layers.filter((l) => l.errors.length === 0).length} of ${r.layers_checked} converted layers byte-exact against the source`,
-    `- GEMMs: ${r.layers_gemm} layers at M = ${r.m.join(', ')}, worst relative error ${worst.toExponential(2)} (bound ${r.tolerance}; ${r.gemms} GEMMs, reference ${r.reference_engine})`,
+    `- GEMMs: ${r.layers_gemm} layers at M = ${r.m.join(', ')}, worst relative error ${worst === 0 ? '0' : worst.toExponential(2)} (bound ${r.tolerance}; ${r.gemms} GEMMs, reference ${r.reference_engine})`,
   ];
   if (r.failed_layers.length) lines.push(`- failed layers: ${r.failed_layers.slice(0, 10).map(code).join(', ')}${r.failed_layers.length > 10 ? ', …' : ''}`);
   for (const e of r.errors.slice(0, 10)) lines.push(`- ${e}`);

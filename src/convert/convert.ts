@@ -139,11 +139,12 @@ function checkAgainstHub(dir: string, shards: string[], digests: Map<string, Fil
   return checked;
 }
 
-async function cardInfo(ckpt: Checkpoint, format: string, layout: string, dtype: string, layers: number, outDir: string, opts: ConvertOptions): Promise<CardInfo> {
+async function cardInfo(ckpt: Checkpoint, format: string, layout: string, dtype: string, layers: number, opts: ConvertOptions): Promise<CardInfo> {
   const card = ckpt.otherFiles.includes(CARD_FILE) ? await readFile(join(ckpt.dir, CARD_FILE), 'utf8') : undefined;
   const arch = ckpt.config.architectures;
   return {
-    name: opts.targetRepo ?? basename(outDir),
+    // Named after the source, not the output path: the same input gives the same bytes anywhere.
+    name: opts.targetRepo ?? `${basename(opts.hub?.repo ?? ckpt.dir)}-marlin`,
     target_repo: opts.targetRepo,
     source: { repo: opts.hub?.repo, commit: opts.hub?.commit, name: basename(ckpt.dir), format, card, licenceFiles: licenceFiles(ckpt.otherFiles) },
     layout,
@@ -210,7 +211,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           files.push('model.safetensors.index.json');
         }
         files.push(...(await copyOtherFiles(ckpt, staged.tmp, staged.dir)));
-        files.push(...(await writeModelCard(staged.tmp, await cardInfo(ckpt, flavour.kind, plan.layout, dtype, layers.length, staged.dir, opts))));
+        files.push(...(await writeModelCard(staged.tmp, await cardInfo(ckpt, flavour.kind, plan.layout, dtype, layers.length, opts))));
         for (const f of files) if (!shardDigests.has(join(staged.tmp, f))) hashes?.add(join(staged.tmp, f));
         const digests = new Map([...((await hashes?.done()) ?? []), ...shardDigests]);
         const checkedAgainstHub = opts.hub ? checkAgainstHub(ckpt.dir, ckpt.shards, digests, opts.hub) : 0;

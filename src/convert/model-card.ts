@@ -108,7 +108,7 @@ export function verificationLines(v: CardVerification | undefined): string[] {
     '',
     `- structure: ${v.layers_checked} converted layers unpacked and decoded back, byte-exact against the source`,
     `- GEMMs: ${v.layers_gemm} layers at M = ${v.m.join(', ')} (${v.gemms} GEMMs on the ${where}, reference ${v.reference_engine}),` +
-      ` worst relative Frobenius error ${v.worst_rel_err.toExponential(2)} (bound ${v.tolerance})`,
+      ` worst relative Frobenius error ${v.worst_rel_err === 0 ? '0' : v.worst_rel_err.toExponential(2)} (bound ${v.tolerance})`,
   ];
 }
 
