@@ -11,6 +11,7 @@
 //   convert/                writing the plan
 //   verify/                 proving a converted checkpoint against its source
 //   inspect/                what a checkpoint is and what convert would do
+//   publish/                uploading a converted checkpoint to the Hub
 //   cli/                    the commands
 //
 // The imports are read from the sources' text (static `import … from`, `export … from` and
@@ -33,6 +34,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ['convert'],
   ['verify'],
   ['inspect'],
+  ['publish'],
   ['cli'],
 ];
 

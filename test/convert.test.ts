@@ -166,7 +166,11 @@ describe.each(FIXTURES)('convert %s', (fixture) => {
   it('writes config, index, manifest and the model\'s other files', async () => {
     const files = (await readdir(out)).sort();
     const srcFiles = (await readdir(join(MODELS, fixture))).filter((f) => f !== 'hf_quant_config.json').sort();
-    expect(files).toEqual([...srcFiles, 'marlin_fp4_manifest.json'].sort());
+    expect(files).toEqual([...srcFiles, 'README.md', 'marlin_fp4_manifest.json'].sort());
+    // The model card: what the checkpoint is (the card's own tests are in test/publish.test.ts and test/ci.test.ts).
+    const card = await readFile(join(out, 'README.md'), 'utf8');
+    expect(card).toContain(`# ${fixture}-marlin\n`);
+    expect(card).toContain('| layout | Marlin FP4 v2');
     const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
     const srcConfig = JSON.parse(await readFile(join(MODELS, fixture, 'config.json'), 'utf8'));
     expect(config.quantization_config).toMatchObject({ quant_method: 'marlin_fp4', layout: 'v2', activation_dtype: 'bfloat16', group_size: 16 });

@@ -112,32 +112,60 @@ describe('convert <org/name>', () => {
     expect(first.code).toBe(0);
     expect(first.stdout).toContain(`wrote ${join(cwd, 'llama-tiny-ct-marlin')}:`);
     expect(readFileSync(join(home, 'hub', 'models--acme--llama-tiny-ct', 'refs', 'main'), 'utf8')).toBe(SHA);
-    expect([...tree(snapshot()).keys()].sort()).toEqual(readdirSync(FIXTURE).sort());
+    // The README is carried over (kept as SOURCE_MODEL_CARD.md beside our card).
+    expect([...tree(snapshot()).keys()].sort()).toEqual([...readdirSync(FIXTURE), 'README.md'].sort());
   });
 
   it('fetches only the files it needs, through the endpoints the library documents', () => {
     const got = hub.requests.filter((q) => q.method === 'GET' && q.path.includes('/resolve/') && q.range === undefined).map((q) => q.path.split('/').pop()).sort();
-    expect(got).toEqual(readdirSync(FIXTURE).sort());
-    expect(hub.requests.some((q) => /README|original|consolidated/.test(q.path))).toBe(false);
+    expect(got).toEqual([...readdirSync(FIXTURE), 'README.md'].sort());
+    expect(hub.requests.some((q) => /original|consolidated/.test(q.path))).toBe(false);
     expect(hub.requests.some((q) => q.path === `/api/models/${REPO}/revision/main`)).toBe(true);
     expect(hub.requests.some((q) => q.path === `/api/models/${REPO}/tree/${SHA}`)).toBe(true);
   });
 
-  it('gives the same bytes as converting the local directory', () => {
+  it('gives the same bytes as converting the local directory; the Hub source is recorded and its shards checked', () => {
     const a = tree(local);
     const b = tree(join(cwd, 'llama-tiny-ct-marlin'));
-    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+    // The repo's README becomes SOURCE_MODEL_CARD.md; the model cards differ (base_model).
+    expect([...b.keys()].sort()).toEqual([...a.keys(), 'SOURCE_MODEL_CARD.md'].sort());
+    expect(b.get('SOURCE_MODEL_CARD.md')!.toString()).toBe('# tiny\n');
+    expect(b.get('README.md')!.toString()).toContain(`base_model: "${REPO}"\nbase_model_relation: quantized\n`);
+    expect(a.get('README.md')!.toString()).not.toContain('base_model');
     for (const [name, bytes] of a) {
-      if (name === 'marlin_fp4_manifest.json') continue;
+      if (name === 'marlin_fp4_manifest.json' || name === 'README.md') continue;
       expect(b.get(name)!.equals(bytes), name).toBe(true);
     }
-    // The manifest differs only in the source path (the cached snapshot).
+    // The manifest differs in the source (the cached snapshot, the Hub provenance) and the cards.
     const ma = JSON.parse(a.get('marlin_fp4_manifest.json')!.toString());
     const mb = JSON.parse(b.get('marlin_fp4_manifest.json')!.toString());
     expect(mb.source.path).toBe(snapshot());
-    delete ma.source.path;
-    delete mb.source.path;
+    expect(mb.source.hub).toEqual({ repo: REPO, revision: 'main', commit: SHA, shards_checked_against_hub: 2 });
+    expect(ma.source.hub).toBeUndefined();
+    for (const m of [ma, mb]) {
+      delete m.source.path;
+      delete m.source.hub;
+      m.files = m.files.filter((f: { name: string }) => f.name !== 'README.md' && f.name !== 'SOURCE_MODEL_CARD.md');
+    }
     expect(mb).toEqual(ma);
+  });
+
+  it('refuses a cached shard whose sha256 differs from the one the Hub publishes (exit 3, no output)', async () => {
+    const shard = join(snapshot(), 'model-00002-of-00002.safetensors');
+    const { realpathSync, writeFileSync } = await import('node:fs');
+    const blob = realpathSync(shard);
+    const good = readFileSync(blob);
+    const bad = Buffer.from(good);
+    bad[bad.length - 1] ^= 0xff;
+    writeFileSync(blob, bad);
+    try {
+      const r = await run(['convert', REPO, '-o', join(work, 'damaged')], { HF_HUB_OFFLINE: '1' });
+      expect(r.code).toBe(3);
+      expect(r.stderr).toMatch(/^error: .*model-00002-of-00002\.safetensors: sha256 [0-9a-f]{64} differs from the [0-9a-f]{64} the Hub publishes for acme\/llama-tiny-ct@0123456789ab: the cached download is damaged; delete it from the Hugging Face cache and run again\n$/);
+      expect(existsSync(join(work, 'damaged'))).toBe(false);
+    } finally {
+      writeFileSync(blob, good);
+    }
   });
 
   it('uses the cache the second time (no file is fetched again)', async () => {

@@ -25,6 +25,7 @@ describe('manifest checksums', () => {
   it('list every output file and source shard with its size and sha256', async () => {
     const m = await readManifest(out);
     expect(m.files.map((f) => f.name)).toEqual([
+      'README.md',
       'config.json',
       'generation_config.json',
       'model-00001-of-00002.safetensors',
@@ -48,7 +49,7 @@ describe('manifest checksums', () => {
   it('check clean on an untouched output', async () => {
     const c = await checkManifest(out);
     expect(c.problems).toEqual([]);
-    expect(c.checked).toBe(6);
+    expect(c.checked).toBe(7);
   });
 
   it('find a flipped byte, a missing file and an unlisted shard', async () => {

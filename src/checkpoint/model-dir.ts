@@ -5,7 +5,7 @@ import { basename, join, resolve } from 'node:path';
 import { listModelFiles } from './model-files.js';
 import { z } from 'zod';
 import { InputError } from '../errors.js';
-import { SafetensorsError, SafetensorsReader, type TensorEntry } from '../safetensors/index.js';
+import { SafetensorsError, SafetensorsReader, type RandomAccessFile, type SafetensorsHeader, type TensorEntry } from '../safetensors/index.js';
 import { readJsonObject } from './json-file.js';
 
 export const INDEX_FILE = 'model.safetensors.index.json';
@@ -50,7 +50,19 @@ function safeShardName(indexPath: string, file: string): string {
   return file;
 }
 
-export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
+/**
+ * Shards that are not in the directory but read from elsewhere (a Hub repo by range requests,
+ * checkpoint/resolve-model.ts): their names join the directory's files, and they are opened
+ * through `open`.
+ */
+export interface ShardSource {
+  files: string[];
+  open(file: string): Promise<RandomAccessFile>;
+  /** Called with each shard's header once read (e.g. to fetch its scalars in one go). */
+  opened?(file: string, header: SafetensorsHeader): Promise<void>;
+}
+
+export async function openCheckpoint(modelDir: string, remote?: ShardSource): Promise<Checkpoint> {
   const dir = resolve(modelDir);
   const st = await stat(dir).catch(() => undefined);
   if (!st) throw new InputError(`${modelDir}: no such directory`);
@@ -73,7 +85,8 @@ export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
   if (!config) throw new InputError(`${configPath}: missing (a model directory needs config.json)`);
   const hfQuantConfig = await readJson('hf_quant_config.json');
 
-  const files = [...listed.files.keys()].sort();
+  const isRemote = (rel: string) => remote?.files.includes(rel) === true && !listed.files.has(rel);
+  const files = [...new Set([...listed.files.keys(), ...(remote?.files ?? [])])].sort();
   let shards: string[];
   let weightMap: Record<string, string> | undefined;
   const indexPath = join(dir, INDEX_FILE);
@@ -85,7 +98,7 @@ export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
     }
     weightMap = parsed.data.weight_map;
     shards = [...new Set(Object.values(weightMap).map((f) => safeShardName(indexPath, f)))];
-    for (const s of shards) if (!usable(s)) throw new InputError(`${indexPath}: names shard ${s}, which does not exist`);
+    for (const s of shards) if (!isRemote(s) && !usable(s)) throw new InputError(`${indexPath}: names shard ${s}, which does not exist`);
   } else {
     for (const rel of listed.refused.keys()) if (rel.endsWith('.safetensors') && !rel.includes('/')) usable(rel);
     shards = files.filter((f) => f.endsWith('.safetensors') && !f.includes('/'));
@@ -99,11 +112,15 @@ export async function openCheckpoint(modelDir: string): Promise<Checkpoint> {
   };
   try {
     for (const shard of shards) {
-      const reader = await SafetensorsReader.open(join(dir, shard), { realPath: listed.files.get(shard), noFollow: true }).catch((e) => {
+      const opened = isRemote(shard)
+        ? SafetensorsReader.fromFile(await remote!.open(shard), join(dir, shard))
+        : SafetensorsReader.open(join(dir, shard), { realPath: listed.files.get(shard), noFollow: true });
+      const reader = await opened.catch((e) => {
         if (e instanceof SafetensorsError) throw new InputError(e.message);
         throw e;
       });
       readers.set(shard, reader);
+      if (isRemote(shard)) await remote!.opened?.(shard, reader.header);
       for (const entry of reader.header.tensors.values()) {
         const prev = tensors.get(entry.name);
         if (prev) throw new InputError(`${join(dir, shard)}: tensor ${entry.name}: also in ${prev.shard}`);

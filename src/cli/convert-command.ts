@@ -6,10 +6,19 @@ import { ProgressLine } from './progress.js';
 import { parseThreads, type Output } from './output.js';
 import { resolveModelArg } from './resolve.js';
 import { verifyCheckpoint } from '../verify/verify.js';
+import type { VerifyReport } from '../verify/report.js';
+import { InputError } from '../errors.js';
+import { recordVerification, type CardVerification } from '../convert/model-card.js';
+import { MANIFEST_FILE } from '../format/manifest.js';
+import { appendStepSummary } from './ci-output.js';
+import { jsonReport } from './json-report.js';
+import { convertMarkdown, verifyMarkdown } from './step-summary.js';
+import { checkRepoId, push, type PushFlags } from './upload-command.js';
 import { verificationFailed, verifySummary } from './verify-command.js';
 
-interface ConvertFlags {
+interface ConvertFlags extends PushFlags {
   output?: string;
+  pushToHub?: string;
   revision?: string;
   layout: LayoutVersion;
   dtype?: ActDtype;
@@ -58,19 +67,26 @@ export function convertCommand(out: Output): Command {
     .option('--no-checksums', 'skip the sha256 of every output file and source shard in marlin_fp4_manifest.json')
     .option('--strict', 'refuse fused parts (q/k/v, gate/up) whose global scales differ instead of re-encoding their block scales onto one (exit 2)')
     .option('--verify', 'then run `marlin-fp4 verify` on the output (all layers, M = 1,16,128); exit code 1 if it fails')
+    .option('--push-to-hub <repo-id>', 'then verify the output and, when it passes, upload it to this Hub model repo (see `marlin-fp4 upload`)')
+    .option('--branch <name>', 'with --push-to-hub: the branch to commit to (default: main)')
+    .option('--private', 'with --push-to-hub: create the repo private')
+    .option('--commit-message <text>', 'with --push-to-hub: the commit title')
     .option('--json', 'print one machine-readable JSON report on stdout')
     .option('-q, --quiet', 'print nothing but warnings and errors')
     .addHelpText(
       'after',
       '\nExamples:\n' +
         '  $ marlin-fp4 convert ./Llama-3.1-8B-Instruct-FP4            # writes ./Llama-3.1-8B-Instruct-FP4-marlin\n' +
+        '  $ marlin-fp4 convert nvidia/Llama-3.1-8B-Instruct-FP4 --push-to-hub my-org/Llama-3.1-8B-Instruct-FP4-marlin\n' +
         '  $ marlin-fp4 convert model/ -o out/ --layout v2 --dtype bfloat16 --json\n' +
         '  $ marlin-fp4 convert nvidia/Llama-3.1-8B-Instruct-FP4       # downloads into the HF cache, writes ./Llama-3.1-8B-Instruct-FP4-marlin\n\n' +
         'Exit codes: 0 ok, 1 verification failed (--verify), 2 bad input or usage, 3 environment, 4 internal error.',
     )
     .action(async (model: string, flags: ConvertFlags) => {
+      if (flags.pushToHub) checkRepoId(flags.pushToHub, '--push-to-hub');
+      else if (flags.branch || flags.private || flags.commitMessage) throw new InputError('--branch, --private and --commit-message apply with --push-to-hub');
       const src = await resolveModelArg(out, model, flags);
-      const progress = new ProgressLine('converting', out.progressAllowed(flags));
+      const progress = new ProgressLine('converting', out.progressMode(flags));
       const shown = new Set<string>();
       const report = await convert({
         model: src.dir,
@@ -82,6 +98,8 @@ export function convertCommand(out: Output): Command {
         device: flags.device,
         checksums: flags.checksums,
         strict: flags.strict,
+        hub: src.hub,
+        targetRepo: flags.pushToHub,
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.tensor),
         onWarning: (w) => {
           progress.clear();
@@ -90,12 +108,15 @@ export function convertCommand(out: Output): Command {
         },
       }).finally(() => progress.clear());
       for (const w of report.warnings) if (!shown.has(w)) out.warn(w);
+      appendStepSummary(convertMarkdown(report, model).join('\n'));
       if (!flags.json && !flags.quiet) for (const line of summary(report)) out.line(line);
-      if (!flags.verify) {
-        if (flags.json) out.json(report);
+      // The Hub source's provenance, as inspect prints it (the manifest records it too).
+      const body = { ...report, ...(src.hub ? { hub: src.hub } : {}) };
+      if (!flags.verify && !flags.pushToHub) {
+        if (flags.json) out.json(jsonReport('convert', body));
         return;
       }
-      const vprogress = new ProgressLine('verifying', out.progressAllowed(flags));
+      const vprogress = new ProgressLine('verifying', out.progressMode(flags));
       const verified = await verifyCheckpoint({
         dir: report.output,
         source: report.input,
@@ -104,9 +125,30 @@ export function convertCommand(out: Output): Command {
         onProgress: (p) => vprogress.count(p.done, p.total, `${p.stage === 'gemm' ? 'GEMM' : 'structure'} ${p.layer}`),
       }).finally(() => vprogress.clear());
       if (!flags.json) for (const w of verified.warnings) out.warn(w);
-      if (flags.json) out.json({ ...report, verify: verified });
-      else if (flags.quiet) verifySummary(verified).filter((l) => l.startsWith('  ') || l.startsWith('FAIL')).forEach((l) => out.line(l));
-      else for (const line of ['', ...verifySummary(verified)]) out.line(line);
-      if (!verified.passed) throw verificationFailed(verified);
+      appendStepSummary(verifyMarkdown(verified).join('\n'));
+      if (flags.quiet) verifySummary(verified).filter((l) => l.startsWith('  ') || l.startsWith('FAIL')).forEach((l) => out.line(l));
+      else if (!flags.json) for (const line of ['', ...verifySummary(verified)]) out.line(line);
+      if (!verified.passed) {
+        if (flags.json) out.json(jsonReport('convert', { ...body, verify: verified }));
+        throw verificationFailed(verified);
+      }
+      // The model card says what verify found; the manifest's entry for it follows.
+      await recordVerification(report.output, MANIFEST_FILE, cardVerification(verified));
+      const upload = flags.pushToHub ? await push(out, report.output, flags.pushToHub, flags) : undefined;
+      if (flags.json) out.json(jsonReport('convert', { ...body, verify: verified, ...(upload ? { upload } : {}) }));
     });
+}
+
+/** What the model card says about a passed verify. */
+function cardVerification(v: VerifyReport): CardVerification {
+  return {
+    layers_checked: v.layers_checked,
+    layers_gemm: v.layers_gemm,
+    gemms: v.gemms,
+    m: v.m,
+    tolerance: v.tolerance,
+    worst_rel_err: Math.max(0, ...v.layers.flatMap((l) => (l.worst ?? []).map((w) => w.rel_err))),
+    device: v.device,
+    reference_engine: v.reference_engine,
+  };
 }

@@ -1,8 +1,13 @@
+import { resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { inspectCheckpoint, type InspectReport, type LayoutEstimate } from '../inspect/inspect.js';
 import type { ActDtype } from '../transform/marlin.js';
 import { bytes } from './format.js';
 import { resolveModelArg } from './resolve.js';
+import { appendStepSummary } from './ci-output.js';
+import { jsonReport } from './json-report.js';
+import { inspectMarkdown } from './step-summary.js';
+import { MANIFEST_FILE } from '../format/manifest.js';
 import type { Output } from './output.js';
 
 interface InspectFlags {
@@ -32,7 +37,8 @@ function estimate(e: LayoutEstimate, inputBytes: number): string {
 export function inspectSummary(r: InspectReport, model: string): string[] {
   const lines: string[] = [];
   const kv = (k: string, v: string) => lines.push(`${k.padEnd(14)}${v}`);
-  kv('model', model === r.path ? r.path : `${model} (${r.path})`);
+  // A local path as given; a repo id with the snapshot it was read from.
+  kv('model', model === r.path || resolve(model) === r.path ? model : `${model} (${r.path})`);
   kv('format', r.description);
   kv('architecture', `${r.architecture ?? '(none in config.json)'}${r.model_type ? ` (${r.model_type})` : ''}, torch_dtype ${r.torch_dtype ?? '(none)'}`);
   kv('files', `${plural(r.shards.length, 'shard')}, ${bytes(r.total_bytes)}, ${plural(r.tensors, 'tensor')}; ${plural(r.other_files.length, 'other file')}`);
@@ -61,6 +67,10 @@ export function inspectSummary(r: InspectReport, model: string): string[] {
     );
     const dt = `${c.activation_dtype}${c.activation_dtype_from === 'assumed' ? ' (assumed)' : c.activation_dtype_from === 'option' ? ' (--dtype)' : ''}`;
     for (const e of c.layouts) kv(`output ${e.layout}`, `${estimate(e, c.converted.bytes + c.passed_through.bytes)}${e.tensor_bytes === undefined ? '' : `; ${dt}`}`);
+  }
+  if (r.modules) {
+    const n = (fate: string) => r.modules!.filter((m) => m.fate === fate).length;
+    kv('modules', `${n('converted')} converted, ${n('passed-through')} passed through, ${n('refused')} refused (--json lists each)`);
   }
   if (r.scales) {
     const s = r.scales;
@@ -116,9 +126,12 @@ export function inspectCommand(out: Output): Command {
         'Exit codes: 0 inspected (problems or not), 2 unreadable input or usage, 3 environment (network), 4 internal error.',
     )
     .action(async (model: string, flags: InspectFlags) => {
-      const resolved = await resolveModelArg(out, model, flags);
-      const report = await inspectCheckpoint({ model: resolved.dir, dtype: flags.dtype, scanScales: flags.scanScales });
-      if (flags.json) out.json({ model, ...(resolved.hub ? { hub: resolved.hub } : {}), ...report });
+      // A repo id is read with range requests: headers and scalars, never the weights.
+      const resolved = await resolveModelArg(out, model, flags, { headersOnly: true, extraFiles: [MANIFEST_FILE] });
+      const report = await inspectCheckpoint({ model: resolved.dir, remote: resolved.remote, dtype: flags.dtype, scanScales: flags.scanScales });
+      if (resolved.hub && resolved.remote) resolved.hub.downloaded_bytes = resolved.remote.fetched();
+      appendStepSummary(inspectMarkdown(report, model, resolved.hub?.downloaded_bytes).join('\n'));
+      if (flags.json) out.json(jsonReport('inspect', { model, ...(resolved.hub ? { hub: resolved.hub } : {}), ...report }));
       else if (flags.quiet) for (const line of problemLines(report)) out.line(line);
       else for (const line of inspectSummary(report, model)) out.line(line);
     });

@@ -10,6 +10,19 @@ import { convertCommand } from './convert-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { consoleOutput, type Output } from './output.js';
 import { verifyCommand } from './verify-command.js';
+import { uploadCommand } from './upload-command.js';
+import { annotation, appendStepSummary, inGithubActions } from './ci-output.js';
+import { failureMarkdown } from './step-summary.js';
+
+// Usage errors (printed by commander) are annotations too under GitHub Actions, and go into the
+// step summary like the others.
+const commanderOutput = {
+  writeErr: (s: string) => process.stderr.write(s),
+  outputError: (s: string, write: (s: string) => void) => {
+    if (s.startsWith('error: ')) lastError = s.slice(7).trim();
+    write(inGithubActions() && s.startsWith('error: ') ? `${annotation('error', s.slice(7).trim())}\n` : s);
+  },
+};
 
 export function buildProgram(out: Output): Command {
   const program = new Command('marlin-fp4')
@@ -20,11 +33,10 @@ export function buildProgram(out: Output): Command {
     .version(VERSION, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s, write) => write(s) });
-  program.addCommand(convertCommand(out).exitOverride());
-  program.addCommand(verifyCommand(out).exitOverride());
-  program.addCommand(inspectCommand(out).exitOverride());
-  program.addCommand(benchCommand(out).exitOverride());
+    .configureOutput(commanderOutput);
+  for (const command of [convertCommand(out), verifyCommand(out), inspectCommand(out), benchCommand(out), uploadCommand(out)]) {
+    program.addCommand(command.exitOverride().configureOutput(commanderOutput));
+  }
   return program;
 }
 
@@ -53,6 +65,16 @@ export async function main(argv: string[]): Promise<number> {
   onSignal('SIGINT', 130);
   onSignal('SIGTERM', 143);
   const program = buildProgram(out);
+  const code = await run(program, argv, out);
+  // Under GitHub Actions the job summary says which command failed and why.
+  if (code !== EXIT.ok && lastError) appendStepSummary(failureMarkdown(argv[2] ?? '', lastError, code).join('\n'));
+  return code;
+}
+
+let lastError: string | undefined;
+
+async function run(program: Command, argv: string[], consoleOut: Output): Promise<number> {
+  const out: Output = { ...consoleOut, error: (s) => ((lastError = s), consoleOut.error(s)) };
   try {
     await program.parseAsync(argv);
     return EXIT.ok;

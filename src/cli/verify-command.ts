@@ -7,6 +7,9 @@ import { seconds } from './format.js';
 import { parseThreads, type Output } from './output.js';
 import { ProgressLine } from './progress.js';
 import { resolveModelArg } from './resolve.js';
+import { appendStepSummary } from './ci-output.js';
+import { jsonReport } from './json-report.js';
+import { verifyMarkdown } from './step-summary.js';
 
 interface VerifyFlags {
   source?: string;
@@ -136,7 +139,7 @@ export function verifyCommand(out: Output): Command {
     .action(async (dir: string | undefined, flags: VerifyFlags) => {
       if (flags.revision !== undefined && flags.source === undefined) throw new InputError(`--revision ${flags.revision}: applies to a Hub repo id given as --source`);
       const source = flags.source === undefined ? undefined : (await resolveModelArg(out, flags.source, flags)).dir;
-      const progress = new ProgressLine('verifying', out.progressAllowed(flags));
+      const progress = new ProgressLine('verifying', out.progressMode(flags));
       const report = await verifyCheckpoint({
         dir,
         source,
@@ -149,7 +152,8 @@ export function verifyCommand(out: Output): Command {
         onProgress: (p) => progress.count(p.done, p.total, `${p.stage === 'gemm' ? 'GEMM' : 'structure'} ${p.layer}`),
       }).finally(() => progress.clear());
       for (const w of report.warnings) if (!flags.json) out.warn(w);
-      if (flags.json) out.json(report);
+      appendStepSummary(verifyMarkdown(report).join('\n'));
+      if (flags.json) out.json(jsonReport('verify', report));
       else if (flags.quiet) verifySummary(report).filter((l) => l.startsWith('  ') || l.startsWith('PASS') || l.startsWith('FAIL')).forEach((l) => out.line(l));
       else for (const line of verifySummary(report)) out.line(line);
       if (!report.passed) throw verificationFailed(report);

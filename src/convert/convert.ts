@@ -15,7 +15,12 @@ import { envInteger, fileError } from '../errors.js';
 import { forEachLimited, writeShard } from './write-shard.js';
 import { copyOtherFiles, writeConfig, writeIndex, writeManifest } from './write-files.js';
 import { HashQueue, type FileDigest } from '../integrity/sha256.js';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+import type { Checkpoint } from '../checkpoint/model-dir.js';
+import { EnvironmentError } from '../errors.js';
+import { VERSION } from '../version.js';
+import { CARD_FILE, licenceFiles, writeModelCard, type CardInfo } from './model-card.js';
 
 // Shards converted side by side (MARLIN_FP4_SHARDS_AT_ONCE overrides): writes to one file
 // serialize in the kernel, so several files in flight keep the cores copying. With the CPU
@@ -55,6 +60,19 @@ export interface ConvertOptions {
   onProgress?(p: ConvertProgress): void;
   /** Each warning as soon as it is known (they are all in the report too). */
   onWarning?(line: string): void;
+  /** The source came from the Hub: recorded in the manifest, its shards checked against the Hub's sha256. */
+  hub?: HubSource;
+  /** The Hub repo the output is meant for (convert --push-to-hub): named in the model card. */
+  targetRepo?: string;
+}
+
+/** What convert needs to know of a Hub source (checkpoint/resolve-model.ts's HubSource has it). */
+export interface HubSource {
+  repo: string;
+  revision: string;
+  commit: string;
+  /** sha256 the Hub publishes for each LFS file, by path. */
+  lfs_sha256: Record<string, string>;
 }
 
 export interface ConvertProgress {
@@ -121,6 +139,43 @@ function warningsFor(layers: LayerRecord[], layout: LayoutVersion, dtype: ActDty
   return out;
 }
 
+/**
+ * Source shards against the sha256 the Hub publishes for them: a download damaged on the way
+ * or on disk is caught here, before any output appears. Returns how many were compared.
+ */
+function checkAgainstHub(dir: string, shards: string[], digests: Map<string, FileDigest>, hub: HubSource): number {
+  let checked = 0;
+  for (const shard of shards) {
+    const got = digests.get(join(dir, shard))?.sha256;
+    const want = hub.lfs_sha256[shard];
+    if (!got || !want) continue;
+    if (got !== want) {
+      throw new EnvironmentError(
+        `${join(dir, shard)}: sha256 ${got} differs from the ${want} the Hub publishes for ${hub.repo}@${hub.commit.slice(0, 12)}: ` +
+          'the cached download is damaged; delete it from the Hugging Face cache and run again',
+      );
+    }
+    checked++;
+  }
+  return checked;
+}
+
+async function cardInfo(ckpt: Checkpoint, format: string, layout: string, dtype: string, layers: number, opts: ConvertOptions): Promise<CardInfo> {
+  const card = ckpt.otherFiles.includes(CARD_FILE) ? await readFile(join(ckpt.dir, CARD_FILE), 'utf8') : undefined;
+  const arch = ckpt.config.architectures;
+  return {
+    // Named after the source, not the output path: the same input gives the same bytes anywhere.
+    name: opts.targetRepo ?? `${basename(opts.hub?.repo ?? ckpt.dir)}-marlin`,
+    target_repo: opts.targetRepo,
+    source: { repo: opts.hub?.repo, commit: opts.hub?.commit, name: basename(ckpt.dir), format, card, licenceFiles: licenceFiles(ckpt.otherFiles) },
+    layout,
+    activation_dtype: dtype,
+    architecture: Array.isArray(arch) ? arch.map(String).join(', ') : typeof arch === 'string' ? arch : undefined,
+    converted_layers: layers,
+    tool_version: VERSION,
+  };
+}
+
 export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
   const started = performance.now();
   if (opts.threads !== undefined) setThreads(opts.threads);
@@ -177,8 +232,10 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           files.push('model.safetensors.index.json');
         }
         files.push(...(await copyOtherFiles(ckpt, staged.tmp, staged.dir)));
+        files.push(...(await writeModelCard(staged.tmp, await cardInfo(ckpt, flavour.kind, plan.layout, dtype, layers.length, opts))));
         for (const f of files) if (!shardDigests.has(join(staged.tmp, f))) hashes?.add(join(staged.tmp, f));
         const digests = new Map([...((await hashes?.done()) ?? []), ...shardDigests]);
+        const checkedAgainstHub = opts.hub ? checkAgainstHub(ckpt.dir, ckpt.shards, digests, opts.hub) : 0;
         const entry = async (dir: string, name: string): Promise<ManifestFile> => {
           const d = digests.get(join(dir, name));
           return d ? { name, bytes: d.bytes, sha256: d.sha256 } : { name, bytes: (await stat(join(dir, name))).size };
@@ -191,6 +248,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           await Promise.all(files.map((f) => entry(staged.tmp, f))),
           await Promise.all(ckpt.shards.map((f) => entry(ckpt.dir, f))),
           staged.tmp,
+          opts.hub && { repo: opts.hub.repo, revision: opts.hub.revision, commit: opts.hub.commit, shards_checked_against_hub: checkedAgainstHub },
         );
       } finally {
         await hashes?.close();

@@ -10,16 +10,18 @@ import type { Checkpoint } from '../checkpoint/model-dir.js';
 import { INDEX_FILE } from '../checkpoint/model-dir.js';
 import type { Flavour } from '../checkpoint/flavour.js';
 import { tensorBytes, type Plan } from '../plan/plan.js';
-import { buildManifest, MANIFEST_FILE, type Manifest, type ManifestFile } from '../format/manifest.js';
+import { buildManifest, MANIFEST_FILE, type HubProvenance, type Manifest, type ManifestFile } from '../format/manifest.js';
 import { marlinQuantConfig } from '../format/quant-config.js';
 import type { LayerRecord } from '../format/records.js';
 import { fusedGroupRecord } from '../plan/records.js';
+import { CARD_FILE, SOURCE_CARD_FILE } from './model-card.js';
 
 /**
  * hf_quant_config.json makes loaders treat a directory as ModelOpt NVFP4, which the output no
- * longer is; its content is kept inside config.json's original_quantization_config.
+ * longer is; its content is kept inside config.json's original_quantization_config. README.md
+ * becomes our model card, the source's kept as SOURCE_MODEL_CARD.md (model-card.ts).
  */
-const DROPPED = new Set(['config.json', 'hf_quant_config.json', INDEX_FILE, MANIFEST_FILE]);
+const DROPPED = new Set(['config.json', 'hf_quant_config.json', INDEX_FILE, MANIFEST_FILE, CARD_FILE, SOURCE_CARD_FILE]);
 
 const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
@@ -78,9 +80,10 @@ export async function writeManifest(
   files: ManifestFile[],
   sourceShards: ManifestFile[],
   outDir: string,
+  hub?: HubProvenance,
 ): Promise<Manifest> {
   const manifest = buildManifest({
-    source: { path: ckpt.dir, format: flavour.kind, shards: sourceShards },
+    source: { path: ckpt.dir, format: flavour.kind, ...(hub ? { hub } : {}), shards: sourceShards },
     layout: plan.layout,
     dtype: plan.dtype,
     layers,

@@ -15,10 +15,29 @@ export interface ManifestFile {
   sha256?: string;
 }
 
+/** Where a source from the Hugging Face Hub came from. */
+export interface HubProvenance {
+  repo: string;
+  /** The revision asked for (branch, tag or commit). */
+  revision: string;
+  /** The commit it pointed at. */
+  commit: string;
+  /** Source shards whose sha256 was compared with the sha256 the Hub publishes (its LFS oid), and equal. */
+  shards_checked_against_hub: number;
+}
+
+export interface ManifestSource {
+  path: string;
+  format: string;
+  /** Set when the source was a Hub repo id. */
+  hub?: HubProvenance;
+  shards: ManifestFile[];
+}
+
 export interface Manifest {
   format_version: typeof MANIFEST_VERSION;
   tool: { name: 'marlin-fp4'; version: string };
-  source: { path: string; format: string; shards: ManifestFile[] };
+  source: ManifestSource;
   layout: string;
   activation_dtype: string;
   layers: LayerRecord[];
@@ -30,7 +49,7 @@ export interface Manifest {
 }
 
 export interface ManifestInput {
-  source: { path: string; format: string; shards: ManifestFile[] };
+  source: ManifestSource;
   layout: LayoutVersion;
   dtype: ActDtype;
   layers: LayerRecord[];

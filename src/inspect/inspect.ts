@@ -1,10 +1,9 @@
 // `marlin-fp4 inspect`: what a checkpoint is and what `convert` would do with it, from the
 // headers and the scalar global scales only (block scales too with scanScales; never the
 // weights). Problems are collected, not thrown: an inspect that finds problems succeeded.
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { openCheckpoint, type Checkpoint } from '../checkpoint/model-dir.js';
+import { openCheckpoint, type Checkpoint, type ShardSource } from '../checkpoint/model-dir.js';
 import { detectFormat, type Detected, type Flavour } from '../checkpoint/flavour.js';
 import { readJsonObject } from '../checkpoint/json-file.js';
 import { MANIFEST_FILE } from '../format/manifest.js';
@@ -20,6 +19,8 @@ import type { Problem } from './problem.js';
 export interface InspectOptions {
   /** A local model directory. */
   model: string;
+  /** Shards read from elsewhere (a Hub repo, by range requests) instead of from `model`. */
+  remote?: ShardSource;
   /** Activation dtype to judge for (default: config.json's torch_dtype). */
   dtype?: ActDtype;
   /** Also read every block-scale tensor (1/8 of the weights): negative/NaN scales, v2 losses, v1 bfloat16 subnormals. */
@@ -59,6 +60,21 @@ export interface LayoutEstimate {
   unavailable?: string;
 }
 
+/** What convert does with one module (its tensors' common prefix). */
+export interface ModuleFate {
+  name: string;
+  /** linear: an NVFP4 linear; moe-experts: a stack of NVFP4 experts; other: not quantized (norms, embeddings, …). */
+  kind: 'linear' | 'moe-experts' | 'other';
+  /** With convert's default layout (v2): converted, passed through unchanged, or refused (convert would stop). */
+  fate: 'converted' | 'passed-through' | 'refused';
+  /** Why it is passed through or refused. */
+  reason?: string;
+  /** Set when layout v1 would refuse it (and v2 not). */
+  v1_refused?: string;
+  tensors: number;
+  bytes: number;
+}
+
 export interface Conversion {
   activation_dtype: ActDtype;
   /** Where activation_dtype came from. */
@@ -88,6 +104,8 @@ export interface InspectReport {
   scales?: ScaleScan;
   /** Already-converted checkpoints: the converted layers and their scale counts. */
   marlin_layers?: MarlinLayers;
+  /** Every module with what convert would do with it (NVFP4 checkpoints). */
+  modules?: ModuleFate[];
   problems: Problem[];
   /** What convert would do, in one line. */
   verdict: string;
@@ -145,7 +163,7 @@ function moeSizes(ckpt: Checkpoint, g: ExpertGroup): { experts: number; hidden: 
 
 export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectReport> {
   const started = performance.now();
-  const ckpt = await openCheckpoint(opts.model);
+  const ckpt = await openCheckpoint(opts.model, opts.remote);
   try {
     const det = detectFormat(ckpt);
     const arch = ckpt.config.architectures;
@@ -167,13 +185,14 @@ export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectRe
       conversion: undefined,
       scales: undefined,
       marlin_layers: undefined,
+      modules: undefined,
       problems: [],
       verdict: '',
       convertible: false,
       seconds: 0,
     };
     for (const shard of ckpt.shards) {
-      const bytes = (await stat(join(ckpt.dir, shard))).size;
+      const bytes = ckpt.readers.get(shard)!.header.fileSize;
       report.shards.push({ file: shard, bytes, tensors: ckpt.readers.get(shard)!.header.tensors.size });
       report.total_bytes += bytes;
     }
@@ -251,12 +270,18 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
 
   // Global scales (scalars): positive finite, equal across fused shards.
   const ws2 = new Map<LinearSource, number>();
+  /** Per module prefix, why convert would refuse it: for v2 (and v1). */
+  const refused = { v2: new Map<string, string>(), v1: new Map<string, string>() };
+  const groupOf = new Map<LinearSource, string>();
+  for (const g of found.groups) for (const ex of g.experts) for (const l of [ex.gate, ex.up, ex.down]) groupOf.set(l, g.prefix);
   for (const lin of all) {
     try {
       ws2.set(lin, await readGlobalScale(ckpt, lin));
     } catch (e) {
       if (!(e instanceof InputError)) throw e;
       problems.push({ kind: 'global-scale', message: e.message });
+      const module = groupOf.get(lin) ?? lin.prefix;
+      for (const m of [refused.v2, refused.v1]) if (!m.has(module)) m.set(module, e.message);
     }
   }
   // Fused parts with different global scales: convert re-encodes them (not a problem unless --strict).
@@ -289,6 +314,7 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
       } catch (e) {
         if (!(e instanceof InputError)) throw e;
         problems.push({ kind: 'shape', layout, message: e.message });
+        if (!refused[layout].has(lin.prefix)) refused[layout].set(lin.prefix, e.message);
       }
     }
     for (const g of found.groups) {
@@ -297,6 +323,7 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
       } catch (e) {
         if (!(e instanceof InputError)) throw e;
         problems.push({ kind: 'shape', layout, message: e.message });
+        if (!refused[layout].has(g.prefix)) refused[layout].set(g.prefix, e.message);
       }
     }
     const est: LayoutEstimate = { layout, shapes_ok: problems.length === before };
@@ -325,6 +352,8 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
     layouts,
   };
 
+  report.modules = moduleFates(ckpt, found, consumed, refused);
+
   if (opts.scanScales) {
     const scan = await scanBlockScales(ckpt, found, dtype);
     report.scales = scan.scan;
@@ -351,4 +380,42 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
   if (from === 'assumed' && general.every((p) => p.kind === 'dtype') && v2.tensor_bytes !== undefined) {
     report.verdict = 'convert would accept it with --dtype float16 or --dtype bfloat16 (config.json gives no torch_dtype)';
   }
+}
+
+/** The module a tensor belongs to: its name without the last component. */
+const moduleOf = (tensor: string) => (tensor.includes('.') ? tensor.slice(0, tensor.lastIndexOf('.')) : tensor);
+
+/** Every module of an NVFP4 checkpoint, in tensor-name order, with what convert does with it. */
+function moduleFates(ckpt: Checkpoint, found: FoundLinears, consumed: Set<string>, refused: { v2: Map<string, string>; v1: Map<string, string> }): ModuleFate[] {
+  const out = new Map<string, ModuleFate>();
+  const add = (name: string, kind: ModuleFate['kind'], tensor: string) => {
+    const m = out.get(name) ?? { name, kind, fate: 'converted' as ModuleFate['fate'], tensors: 0, bytes: 0 };
+    m.tensors++;
+    m.bytes += bytesOf(ckpt, tensor);
+    out.set(name, m);
+  };
+  const owner = new Map<string, { name: string; kind: ModuleFate['kind'] }>();
+  for (const lin of found.dense) for (const t of lin.members) owner.set(t, { name: lin.prefix, kind: 'linear' });
+  for (const g of found.groups) for (const ex of g.experts) for (const l of [ex.gate, ex.up, ex.down]) for (const t of l.members) owner.set(t, { name: g.prefix, kind: 'moe-experts' });
+  const ignored = new Set(found.ignored);
+  for (const name of [...ckpt.tensors.keys()].sort()) {
+    const o = consumed.has(name) ? owner.get(name) : undefined;
+    const module = o?.name ?? moduleOf(name);
+    add(module, o?.kind ?? (ignored.has(module) ? 'linear' : 'other'), name);
+  }
+  for (const m of out.values()) {
+    if (ignored.has(m.name)) {
+      m.fate = 'passed-through';
+      m.reason = 'on the exclude/ignore list of the quantization config';
+    } else if (m.kind === 'other') {
+      m.fate = 'passed-through';
+      m.reason = 'not quantized';
+    } else if (refused.v2.has(m.name)) {
+      m.fate = 'refused';
+      m.reason = refused.v2.get(m.name);
+    } else if (refused.v1.has(m.name)) {
+      m.v1_refused = refused.v1.get(m.name);
+    }
+  }
+  return [...out.values()];
 }

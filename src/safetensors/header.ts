@@ -1,8 +1,7 @@
-import type { FileHandle } from 'node:fs/promises';
 import { z } from 'zod';
 import { DTYPE_SIZE, isDtype, type Dtype } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
-import { openRegularFile, readExactly } from './io.js';
+import { openRegularFile, readExactly, type RandomAccessFile } from './io.js';
 import { findDuplicateKey } from './json-keys.js';
 import { checkJsonLimits } from './json-limits.js';
 
@@ -221,7 +220,7 @@ export async function readHeader(path: string): Promise<SafetensorsHeader> {
  * Shared with SafetensorsReader so the header and the tensor bytes come from the same open
  * file, not from whatever sits at `path` by the time a second open() would run.
  */
-export async function readHeaderFrom(handle: FileHandle, path: string): Promise<SafetensorsHeader> {
+export async function readHeaderFrom(handle: RandomAccessFile, path: string): Promise<SafetensorsHeader> {
   const fail = (reason: string) => new SafetensorsError(path, undefined, reason);
   const { size } = await handle.stat();
   if (size < 8) throw fail(`file is ${size} bytes, too short for the 8-byte header length prefix`);

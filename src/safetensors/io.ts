@@ -10,13 +10,23 @@ import { SafetensorsError } from './errors.js';
 export const MAX_IO_CHUNK = 1 << 30;
 
 /**
+ * What reading needs of a file: positional reads, its size, closing. A local FileHandle is one;
+ * so is a file on the Hugging Face Hub read with HTTP range requests (checkpoint/hub-ranges.ts).
+ */
+export interface RandomAccessFile {
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number }>;
+  close(): Promise<void>;
+}
+
+/**
  * Fills `buf` from `position`, looping because a positional read may legally return fewer
  * bytes than asked. Hitting end-of-file means the file is shorter than its header claims
  * (or was truncated after we looked at it), which is a property of the file, hence a
  * SafetensorsError rather than a generic I/O error.
  */
 export async function readExactly(
-  handle: FileHandle,
+  handle: RandomAccessFile,
   buf: Uint8Array,
   position: number,
   file: string,

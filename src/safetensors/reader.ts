@@ -1,8 +1,7 @@
 import { constants as bufferConstants } from 'node:buffer';
-import type { FileHandle } from 'node:fs/promises';
 import { SafetensorsError } from './errors.js';
 import { readHeaderFrom, type SafetensorsHeader, type TensorEntry } from './header.js';
-import { openRegularFile, readExactly, type OpenOptions } from './io.js';
+import { openRegularFile, readExactly, type OpenOptions, type RandomAccessFile } from './io.js';
 
 /**
  * Random access to the tensors of one safetensors file. Holds a single read-only handle and
@@ -13,13 +12,18 @@ export class SafetensorsReader {
   private closed = false;
 
   private constructor(
-    private readonly handle: FileHandle,
+    private readonly handle: RandomAccessFile,
     readonly header: SafetensorsHeader,
   ) {}
 
   /** Regular files only, opened without blocking (see openRegularFile). */
   static async open(path: string, opts: OpenOptions = {}): Promise<SafetensorsReader> {
     const { handle } = await openRegularFile(path, opts);
+    return SafetensorsReader.fromFile(handle, path);
+  }
+
+  /** Reads through an already open file (local, or remote by range requests); closes it on failure. */
+  static async fromFile(handle: RandomAccessFile, path: string): Promise<SafetensorsReader> {
     try {
       return new SafetensorsReader(handle, await readHeaderFrom(handle, path));
     } catch (e) {
