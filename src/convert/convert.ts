@@ -3,7 +3,7 @@
 import { join, resolve } from 'node:path';
 import { openCheckpoint } from '../checkpoint/model-dir.js';
 import { requireNvfp4 } from '../checkpoint/flavour.js';
-import { activationDtype, planConversion, tensorBytes } from '../plan/plan.js';
+import { activationDtype, planConversion, SCANS_AT_ONCE, shardModules, tensorBytes } from '../plan/plan.js';
 import { resolveBackend, setThreads, type ActDtype, type Backend, type DeviceChoice, type LayoutVersion } from '../transform/marlin.js';
 import { BufferPool } from './buffer-pool.js';
 import { reportProfile, startProfile, timed } from './profile.js';
@@ -194,9 +194,10 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
     const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
     try {
       startProfile(backend);
-      const plan = await timed('plan', planConversion(ckpt, flavour, { layout: opts.layout, dtype, strict: opts.strict }));
-      const records = layerRecords(plan);
-      const layers = [...records.values()];
+      // The block-scale scans run beside the conversion, in shard order: each shard starts
+      // once the scans of its own modules are done (its header's records need them).
+      const plan = await timed('plan', planConversion(ckpt, flavour, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
+      plan.scans.start(SCANS_AT_ONCE, plan.shards.flatMap(shardModules));
       const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
       let bytesDone = 0;
       // Page-locked buffers for the GPU (MARLIN_FP4_PIN=0: pageable, as a fallback).
@@ -206,10 +207,12 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       // each output shard behind its writer, the small files at the end.
       const hashes = opts.checksums === false ? undefined : new HashQueue();
       const shardDigests = new Map<string, FileDigest>();
+      let layers: LayerRecord[] = [];
       try {
         for (const shard of ckpt.shards) hashes?.add(join(ckpt.dir, shard));
-        await forEachLimited(plan.shards, shardLanes, (shard) =>
-          writeShard({
+        await forEachLimited(plan.shards, shardLanes, async (shard) => {
+          await timed('scanWait', plan.scans.ready(shardModules(shard)));
+          await writeShard({
             ckpt,
             plan,
             shard,
@@ -217,14 +220,17 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
             finalDir: staged.dir,
             pool,
             backend,
-            records,
+            records: layerRecords(plan),
             onInput: (n, tensor) => {
               bytesDone += n;
               opts.onProgress?.({ bytesDone, bytesTotal, tensor });
             },
             onDigest: hashes ? (path, digest) => shardDigests.set(path, digest) : undefined,
-          }),
-        );
+          });
+        });
+        // Every shard waited for its own scans; the records of all modules need every scan.
+        await plan.scans.runAll(SCANS_AT_ONCE);
+        layers = [...layerRecords(plan).values()];
         await writeConfig(ckpt, plan, flavour, staged.tmp);
         const files = ['config.json', ...plan.shards.map((s) => s.file)];
         if (ckpt.sharded || plan.shards.length > 1) {
@@ -251,6 +257,8 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
           opts.hub && { repo: opts.hub.repo, revision: opts.hub.revision, commit: opts.hub.commit, shards_checked_against_hub: checkedAgainstHub },
         );
       } finally {
+        plan.scans.stop(new Error('convert stopped'));
+        await plan.scans.settled();
         await hashes?.close();
       }
       await staged.commit();

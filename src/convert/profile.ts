@@ -6,14 +6,16 @@ import type { Backend } from '../transform/marlin.js';
 
 export const PROFILE = process.env.MARLIN_FP4_PROFILE === '1';
 
-type Phase = 'plan' | 'read' | 'transform' | 'write' | 'writeWait';
-const spent: Record<Phase, number> = { plan: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
+type Phase = 'plan' | 'scanWait' | 'read' | 'transform' | 'write' | 'writeWait';
+const spent: Record<Phase, number> = { plan: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
+const calls: Record<Phase, number> = { plan: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
 const allocated = { buffers: 0, bytes: 0 };
 
 /** Adds the time until `p` settles to `phase` (milliseconds, summed over concurrent shards). */
 export function timed<T>(phase: Phase, p: Promise<T>): Promise<T> {
   if (!PROFILE) return p;
   const t0 = performance.now();
+  calls[phase]++;
   return p.finally(() => {
     spent[phase] += performance.now() - t0;
   });
@@ -29,7 +31,7 @@ export function noteAllocation(bytes: number): void {
 /** Resets the counts and, for the GPU, turns on the CUDA-event timing of the addon's calls. */
 export function startProfile(backend: Backend): void {
   if (!PROFILE) return;
-  for (const k of Object.keys(spent) as Phase[]) spent[k] = 0;
+  for (const k of Object.keys(spent) as Phase[]) spent[k] = calls[k] = 0;
   allocated.buffers = allocated.bytes = 0;
   if (backend === 'cuda') addon().gpuProfile({ enable: true, reset: true });
 }
@@ -42,9 +44,10 @@ export function reportProfile(backend: Backend, totalMs: number, lanes: number):
   if (!PROFILE) return;
   const lines = [
     `profile (MARLIN_FP4_PROFILE=1), --device ${backend}; read/transform/write times are summed over the ${lanes} shards converted at once:`,
-    `  plan (scale pre-pass)      ${s(spent.plan)}`,
-    `  reading tensors            ${s(spent.read)}`,
-    `  transform calls            ${s(spent.transform)}`,
+    `  plan (global scales)       ${s(spent.plan)}`,
+    `  waiting for scale scans    ${s(spent.scanWait)}  (summed over shards; the scans run beside the conversion)`,
+    `  reading tensors            ${s(spent.read)}  (${calls.read} reads)`,
+    `  transform calls            ${s(spent.transform)}  (${calls.transform} calls)`,
   ];
   if (backend === 'cuda') {
     const g = addon().gpuProfile({ enable: false });
@@ -59,7 +62,7 @@ export function reportProfile(backend: Backend, totalMs: number, lanes: number):
     );
   }
   lines.push(
-    `  writing (write calls)      ${s(spent.write)}`,
+    `  writing (write calls)      ${s(spent.write)}  (${calls.write} writes)`,
     `  waiting for writes         ${s(spent.writeWait)}`,
     `  buffers allocated: ${allocated.buffers} (${gb(allocated.bytes)})`,
     `  total                      ${s(totalMs)}`,

@@ -11,7 +11,8 @@ import { GATED_STACKS, stackName, stackPartShape, stackSizes, type ExpertRole, t
 import { biasTensor, inputScaleTensor, moduleTensors, type ModuleKind, type OutputLayout, type TensorSpec } from '../format/tensors.js';
 import { asInputError, findLinears, where, type ExpertGroup, type LinearSource } from './linears.js';
 import { readGlobalScale, readInputScale } from './global-scales.js';
-import { planScales, type ScaleOutcome, type ScalePart } from './scale-plan.js';
+import { planScales, ScaleScans, type ScaleOutcome, type ScalePart } from './scale-plan.js';
+import { mapLimited } from '../checkpoint/read-batch.js';
 import { findFusedGroups, globalsDiffer, partReencoding, sharedGlobal, strictRefusal, type FusedGroup } from './fused-groups.js';
 import type { Reencoding } from '../transform/reencode.js';
 
@@ -77,6 +78,8 @@ export interface Plan {
   /** Quantized modules kept as they are because the exclude/ignore list names them. */
   ignored: string[];
   copied: number;
+  /** The block-scale scans; all done unless PlanOptions.deferScans. */
+  scans: ScaleScans;
 }
 
 export interface PlanOptions {
@@ -90,13 +93,34 @@ export interface PlanOptions {
   scanScales?: boolean;
   /** Refuse fused parts (dense or MoE gate/up) whose global scales differ instead of re-encoding them. */
   strict?: boolean;
+  /**
+   * Leave the block-scale scans to the caller (convert overlaps them with the first shards):
+   * plan.scans holds them, not started, and a module's ScaleOutcome is the placeholder until
+   * plan.scans.ready() of it has resolved.
+   */
+  deferScans?: boolean;
 }
+
+/** Scans run side by side (each reads its tensors one after another). */
+export const SCANS_AT_ONCE = 4;
+/** Scalar tensors (global and input scales) read side by side while planning. */
+const SCALARS_AT_ONCE = 16;
 
 const UNSCANNED: ScaleOutcome = { sf: 1, lost: 0, subnormal: 0 };
 
 /** A converted module's name: a dense linear's prefix, or a stack's `<experts prefix>.w13` / `.w2`. */
 export function moduleName(m: DenseLinear | MoeStack): string {
   return 'source' in m ? m.source.prefix : stackName(m.group.prefix, m.which);
+}
+
+/** The converted modules whose tensors a shard holds (what its header's records need scanned). */
+export function shardModules(shard: OutputShard): (DenseLinear | MoeStack)[] {
+  const out = new Set<DenseLinear | MoeStack>();
+  for (const { producer: p } of shard.tensors) {
+    if ('linear' in p) out.add(p.linear);
+    else if ('stack' in p) out.add(p.stack);
+  }
+  return [...out];
 }
 
 export function tensorBytes(t: Pick<OutputTensor, 'dtype' | 'shape'>): number {
@@ -142,7 +166,12 @@ async function planDense(ckpt: Checkpoint, lin: LinearSource, { layout }: PlanOp
  * Fused groups share the largest of their parts' global scales and one scale factor over all
  * their (re-encoded) block scales; every other dense linear has its own.
  */
-async function planDenseScales(ckpt: Checkpoint, dense: DenseLinear[], { layout, dtype, scanScales, strict }: PlanOptions): Promise<FusedGroup<DenseLinear>[]> {
+async function planDenseScales(
+  ckpt: Checkpoint,
+  dense: DenseLinear[],
+  { layout, dtype, scanScales, strict }: PlanOptions,
+  scans: ScaleScans,
+): Promise<FusedGroup<DenseLinear>[]> {
   const groups = findFusedGroups(dense, layout);
   for (const g of groups) {
     if (strict && globalsDiffer(g)) throw strictRefusal(ckpt, g);
@@ -154,10 +183,14 @@ async function planDenseScales(ckpt: Checkpoint, dense: DenseLinear[], { layout,
   }
   if (scanScales === false) return groups;
   for (const g of groups) {
-    const { each } = await planScales(ckpt, g.members.map((m): ScalePart => ({ lin: m.source, reencoding: m.reencoding })), layout, dtype);
-    g.members.forEach((m, i) => (m.scales = each[i]!));
+    scans.add(g.members, async () => {
+      const { each } = await planScales(ckpt, g.members.map((m): ScalePart => ({ lin: m.source, reencoding: m.reencoding })), layout, dtype);
+      g.members.forEach((m, i) => (m.scales = each[i]!));
+    });
   }
-  for (const d of dense) if (!d.group) d.scales = (await planScales(ckpt, [{ lin: d.source }], layout, dtype)).all;
+  for (const d of dense) {
+    if (!d.group) scans.add([d], async () => void (d.scales = (await planScales(ckpt, [{ lin: d.source }], layout, dtype)).all));
+  }
   return groups;
 }
 
@@ -192,17 +225,25 @@ export function stackShape(ckpt: Checkpoint, group: ExpertGroup, layout: LayoutV
   return stackSizes(hidden, intermediate, layout);
 }
 
-async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype, scanScales, strict }: PlanOptions): Promise<MoeStack[]> {
+async function planStacks(
+  ckpt: Checkpoint,
+  group: ExpertGroup,
+  { layout, dtype, scanScales, strict }: PlanOptions,
+  scans: ScaleScans,
+): Promise<MoeStack[]> {
   const sizes = stackShape(ckpt, group, layout);
-  const globals: Record<ExpertRole, number>[] = [];
-  for (const [e, ex] of group.experts.entries()) {
+  // Thousands of 4-byte reads in a big MoE: side by side, not one after another.
+  const globals: Record<ExpertRole, number>[] = await mapLimited(group.experts, SCALARS_AT_ONCE / 4, async (ex) => {
     const [gate, up, down] = await Promise.all([readGlobalScale(ckpt, ex.gate), readGlobalScale(ckpt, ex.up), readGlobalScale(ckpt, ex.down)]);
+    return { gate, up, down };
+  });
+  for (const [e, { gate, up }] of globals.entries()) {
     if (strict && gate !== up) {
+      const ex = group.experts[e]!;
       throw new InputError(
         `${where(ckpt, ex.up.global)}: gate and up projections of ${group.prefix}.${e} have different global scales (${gate} vs ${up}); --strict refuses to re-encode their block scales onto one global`,
       );
     }
-    globals.push({ gate, up, down });
   }
   const stacks: MoeStack[] = [];
   for (const { which, kind, parts } of GATED_STACKS) {
@@ -210,7 +251,7 @@ async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype,
     const ws2 = globals.map((g) => sharedGlobal(parts.map((p) => g[p])));
     const reencodings = globals.map((g, e) => parts.map((p) => partReencoding(g[p], ws2[e]!)));
     const scope = group.experts.flatMap((ex, e) => parts.map((p, i): ScalePart => ({ lin: ex[p], reencoding: reencodings[e]![i] })));
-    stacks.push({
+    const stack: MoeStack = {
       group,
       which,
       kind,
@@ -219,8 +260,10 @@ async function planStacks(ckpt: Checkpoint, group: ExpertGroup, { layout, dtype,
       parts,
       ws2,
       reencodings,
-      scales: scanScales === false ? UNSCANNED : (await planScales(ckpt, scope, layout, dtype)).all,
-    });
+      scales: UNSCANNED,
+    };
+    if (scanScales !== false) scans.add([stack], async () => void (stack.scales = (await planScales(ckpt, scope, layout, dtype)).all));
+    stacks.push(stack);
   }
   return stacks;
 }
@@ -231,11 +274,11 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
   if (found.dense.length === 0 && found.groups.length === 0) {
     throw new InputError(`${ckpt.dir}: no NVFP4-quantized linear found (its config says ${flavour.kind} NVFP4)`);
   }
-  const dense: DenseLinear[] = [];
-  for (const lin of found.dense) dense.push(await planDense(ckpt, lin, opts));
-  const groups = await planDenseScales(ckpt, dense, opts);
+  const scans = new ScaleScans();
+  const dense = await mapLimited(found.dense, SCALARS_AT_ONCE / 2, (lin) => planDense(ckpt, lin, opts));
+  const groups = await planDenseScales(ckpt, dense, opts, scans);
   const stacks: MoeStack[] = [];
-  for (const g of found.groups) stacks.push(...(await planStacks(ckpt, g, opts)));
+  for (const g of found.groups) stacks.push(...(await planStacks(ckpt, g, opts, scans)));
 
   const consumed = new Set<string>();
   const byShard = new Map<string, OutputTensor[]>(ckpt.shards.map((s) => [s, []]));
@@ -261,17 +304,19 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     put(anchor, { ...t.weight, producer: { kind: 'stack-weight', stack: s } });
     put(anchor, { ...t.scales, producer: { kind: 'stack-scales', stack: s } });
     put(anchor, { ...t.global, producer: { kind: 'stack-global', stack: s } });
+    const withInput: LinearSource[] = [];
     for (const ex of s.group.experts) {
       for (const role of s.parts) {
         const lin = ex[role];
         [lin.weight, lin.scale, lin.global].forEach((m) => consumed.add(m));
         if (lin.inputScale) {
           consumed.add(lin.inputScale);
-          const value = await readInputScale(ckpt, lin);
-          put(lin.inputScale, { ...inputScaleTensor(lin.prefix), producer: { kind: 'input-scale', value: value! } });
+          withInput.push(lin);
         }
       }
     }
+    const values = await mapLimited(withInput, SCALARS_AT_ONCE, (lin) => readInputScale(ckpt, lin));
+    withInput.forEach((lin, i) => put(lin.inputScale!, { ...inputScaleTensor(lin.prefix), producer: { kind: 'input-scale', value: values[i]! } }));
   }
   let copied = 0;
   for (const ref of ckpt.tensors.values()) {
@@ -291,5 +336,6 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     }
     shards.push({ file, tensors });
   }
-  return { layout, dtype, shards, dense, groups, stacks, ignored: found.ignored, copied };
+  if (!opts.deferScans) await scans.runAll(SCANS_AT_ONCE);
+  return { layout, dtype, shards, dense, groups, stacks, ignored: found.ignored, copied, scans };
 }

@@ -90,6 +90,28 @@ export class SafetensorsReader {
     return target;
   }
 
+  /**
+   * Fills `target` with the tensors `names`, which must lie back to back in the data section
+   * in that order (each begins where the one before ends): one positional read for all of
+   * them, instead of one per tensor. Tensors of an MoE layer's experts are often stored so.
+   */
+  async readAdjacentInto(names: readonly string[], target: Uint8Array): Promise<Uint8Array> {
+    if (names.length === 0) throw new Error('readAdjacentInto: no tensor named');
+    const first = this.entry(names[0]!);
+    let end = first.begin;
+    for (const n of names) {
+      const e = this.entry(n);
+      if (e.begin !== end) throw new SafetensorsError(this.header.path, n, `does not follow ${names[0]} directly in the data section`);
+      end = e.end;
+    }
+    if (target.length !== end - first.begin) {
+      throw new SafetensorsError(this.header.path, first.name, `${names.length} adjacent tensors hold ${end - first.begin} bytes, not ${target.length}`);
+    }
+    if (this.closed) throw new Error(`${this.header.path}: reader is closed`);
+    await readExactly(this.handle, target, this.header.dataStart + first.begin, this.header.path, first.name);
+    return target;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

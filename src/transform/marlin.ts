@@ -2,7 +2,7 @@
 // every error naming the tensor at fault. The arithmetic lives in the native addon.
 import { EnvironmentError } from '../errors.js';
 import { addon, type NativeAddon, type NativePart } from './addon.js';
-import { nativeErrorReason } from './block-scales.js';
+import { badBlockScaleOf, badScaleReason, nativeErrorReason } from './block-scales.js';
 
 export type LayoutVersion = 'v1' | 'v2';
 export type ActDtype = 'float16' | 'bfloat16';
@@ -58,13 +58,22 @@ function fail(tensor: string, reason: string): never {
   throw new TransformError(tensor, reason);
 }
 
+/**
+ * The tensor a call's errors name: one name, or one per expert for a batch of a stack's
+ * experts, so that a bad block scale names that expert's own tensor, as a call for it alone would.
+ */
+export type TensorNames = string | readonly string[];
+
 /** Runs a native call and re-labels its error with the tensor's name (a bad block scale with block-scales.ts's message). */
-async function named<T>(tensor: string, run: () => Promise<T> | T): Promise<T> {
+async function named<T>(tensor: TensorNames, run: () => Promise<T> | T): Promise<T> {
   try {
     return await run();
   } catch (e) {
     if (e instanceof TransformError) throw e;
-    fail(tensor, nativeErrorReason(e));
+    if (typeof tensor === 'string') fail(tensor, nativeErrorReason(e));
+    const bad = badBlockScaleOf(e);
+    if (bad && tensor[bad.expert] !== undefined) fail(tensor[bad.expert]!, badScaleReason({ ...bad, expert: 0, experts: 1 }));
+    fail(tensor[0]!, nativeErrorReason(e));
   }
 }
 
@@ -133,7 +142,7 @@ export interface RepackOptions {
  * each `partShape.n` rows padded to `partShape.np`. Returns I32 [E, Kp/16, 2·ΣNp].
  */
 export function repackWeightStack(
-  tensor: string,
+  tensor: TensorNames,
   experts: Uint8Array[][],
   part: LinearShape,
   { out, rows, backend }: RepackOptions = {},
@@ -180,7 +189,7 @@ export function processScales(
 }
 
 export function processScalesStack(
-  tensor: string,
+  tensor: TensorNames,
   experts: Uint8Array[][],
   part: LinearShape,
   opts: ScaleOptions,

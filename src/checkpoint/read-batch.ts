@@ -1,0 +1,94 @@
+// Reads of many tensors at once: an MoE layer has hundreds of small expert tensors, and one
+// read per tensor costs more in round trips than in bytes. Tensors that lie back to back in a
+// shard are read with one positional read, the rest side by side (a bounded number at once),
+// all into one caller-owned buffer (a pooled, page-locked one when it feeds the GPU).
+import { InputError } from '../errors.js';
+import { SafetensorsError } from '../safetensors/index.js';
+import type { Checkpoint } from './model-dir.js';
+
+/** Reads in flight at once: libuv runs 4 file operations side by side by default. */
+export const READS_AT_ONCE = 4;
+
+/** Runs `fn` over `items`, at most `limit` at a time; results in the items' order. */
+export async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  let failed = false;
+  const lane = async () => {
+    while (!failed && next < items.length) {
+      const i = next++;
+      try {
+        out[i] = await fn(items[i]!, i);
+      } catch (e) {
+        failed = true; // no new item starts; the others in flight end first
+        throw e;
+      }
+    }
+  };
+  const lanes = Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane);
+  const settled = await Promise.allSettled(lanes);
+  const bad = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (bad) throw bad.reason;
+  return out;
+}
+
+/** Bytes the tensors take together (what readTensorsInto needs). */
+export function tensorsBytes(ckpt: Checkpoint, names: readonly string[]): number {
+  return names.reduce((a, n) => {
+    const e = ckpt.tensors.get(n)?.entry;
+    if (!e) throw new InputError(`${ckpt.dir}: tensor ${n}: missing`);
+    return a + e.end - e.begin;
+  }, 0);
+}
+
+interface Run {
+  shard: string;
+  names: string[];
+  offset: number;
+  bytes: number;
+}
+
+/**
+ * Fills `target` (tensorsBytes long) with the tensors `names` and returns a view of each, in
+ * the order given. Inside `target` the tensors lie in file order, so a run of tensors that are
+ * adjacent in their shard is one read.
+ */
+export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[], target: Buffer): Promise<Buffer[]> {
+  const refs = names.map((n) => {
+    const r = ckpt.tensors.get(n);
+    if (!r) throw new InputError(`${ckpt.dir}: tensor ${n}: missing`);
+    return r;
+  });
+  const shardIndex = new Map(ckpt.shards.map((s, i) => [s, i]));
+  const order = refs.map((_, i) => i);
+  order.sort((a, b) => shardIndex.get(refs[a]!.shard)! - shardIndex.get(refs[b]!.shard)! || refs[a]!.entry.begin - refs[b]!.entry.begin);
+  const views = new Array<Buffer>(names.length);
+  const runs: Run[] = [];
+  let offset = 0;
+  let prevEnd = -1;
+  for (const i of order) {
+    const { shard, entry } = refs[i]!;
+    const size = entry.end - entry.begin;
+    if (offset + size > target.length) throw new RangeError(`readTensorsInto: ${target.length} bytes cannot hold ${names.length} tensors`);
+    const run = runs.at(-1);
+    if (run && run.shard === shard && entry.begin === prevEnd) {
+      run.names.push(entry.name);
+      run.bytes += size;
+    } else {
+      runs.push({ shard, names: [entry.name], offset, bytes: size });
+    }
+    views[i] = target.subarray(offset, offset + size);
+    offset += size;
+    prevEnd = entry.end;
+  }
+  await mapLimited(runs, READS_AT_ONCE, (r) =>
+    ckpt.readers
+      .get(r.shard)!
+      .readAdjacentInto(r.names, target.subarray(r.offset, r.offset + r.bytes))
+      .catch((e) => {
+        if (e instanceof SafetensorsError) throw new InputError(e.message);
+        throw e;
+      }),
+  );
+  return views;
+}
