@@ -131,8 +131,9 @@ Napi::Value RepackWeightStackOn(const Napi::CallbackInfo& info, Backend backend)
           return;
         }
         const auto experts = parts_of<WeightPart>(*stack);
-        for (size_t e = 0; e < experts.size(); ++e)
-          repack_weight(experts[e], k, kp, dst + e * slab_words, row_words, threads, rows.begin, rows.end);
+        parallel_experts((int64_t)experts.size(), threads, [&](int64_t e, int inner) {
+          repack_weight(experts[e], k, kp, dst + e * slab_words, row_words, inner, rows.begin, rows.end);
+        });
       },
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
 }

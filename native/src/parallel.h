@@ -41,4 +41,20 @@ void parallel_for(int64_t count, int threads, Fn&& fn) {
   if (error) std::rethrow_exception(error);
 }
 
+// Runs fn(e, inner_threads) for each of `count` experts of a stack. Several experts run side
+// by side, each on fewer threads (one on a machine with no more cores than experts): one
+// fork-join for the call instead of one per expert, whose thread start-ups cost more than a
+// small expert's work.
+template <typename Fn>
+void parallel_experts(int64_t count, int threads, Fn&& fn) {
+  const int t = resolve_threads(threads);
+  if (count <= 1) {
+    for (int64_t e = 0; e < count; ++e) fn(e, t);
+    return;
+  }
+  const int outer = (int)std::min<int64_t>(count, t);
+  const int inner = std::max(1, t / outer);
+  parallel_for(count, outer, [&](int64_t e) { fn(e, inner); });
+}
+
 }  // namespace mfp4

@@ -351,7 +351,8 @@ StackScaleResult process_scales_stack(const std::vector<std::vector<ScalePart>>&
   int64_t total_np = 0;
   for (const ScalePart& p : experts[0]) total_np += p.np;
   const int64_t slab = rows * total_np;
-  for (size_t e = 0; e < experts.size(); ++e) process_scales(experts[e], k, kp, layout, r.sf, dst + e * slab, threads);
+  parallel_experts((int64_t)experts.size(), threads,
+                   [&](int64_t e, int inner) { process_scales(experts[e], k, kp, layout, r.sf, dst + e * slab, inner); });
   return r;
 }
 

@@ -27,14 +27,16 @@ import { timed } from './profile.js';
 // writing from a cache-hot 1-4 MiB buffer is several times faster than from a large one.
 const COPY_CHUNK = 4 * 1024 * 1024;
 const SLICE_BYTES = 4 * 1024 * 1024;
-// Experts of a stack per GPU call: each call has a fixed cost (streams, events, device memory,
-// a synchronisation; about 0.45 ms per call on the H200 host) that small experts, one call
-// each, paid tens of thousands of times. 16 MiB of input or output per call makes it small
-// against the call's transfers, and keeps the buffers in flight (two inputs and two outputs
-// per shard, four shards at once) near 256 MiB.
+// Experts of a stack per transform call. On the GPU each call has a fixed cost (streams,
+// events, device memory, a synchronisation; about 0.45 ms per call on the H200 host) that small
+// experts, one call each, paid tens of thousands of times: 16 MiB of input or output per call
+// makes it small against the call's transfers, and keeps the buffers in flight (two inputs and
+// two outputs per shard, four shards at once) near 256 MiB. On the CPU a call's output is
+// written right after it, while in cache: with 2 MiB batches the 2-core VM's write calls took
+// 0.36 s for a 1 GB MoE, with 4 MiB ones 1.29 s (its cores have 2 MiB of L2 each).
+// MARLIN_FP4_BATCH_BYTES overrides both (benchmarks, and tests of the batching).
+const BATCH_BYTES_OVERRIDE = Number(process.env.MARLIN_FP4_BATCH_BYTES) || undefined;
 const GPU_BATCH_BYTES = 16 * 1024 * 1024;
-// On the CPU a batch's output is written right after the call: no more than a core's L2 cache
-// (2 MiB on the machines measured), so that it is written while still in cache.
 const CPU_BATCH_BYTES = 2 * 1024 * 1024;
 
 /** Row slices of K/16 rows, each about SLICE_BYTES of output, aligned to `step` rows. */
@@ -181,7 +183,7 @@ async function emitStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 
   const inputNames = (e: number) => parts.map((role) => experts[e]![role][what]);
   const outPerExpert = what === 'weight' ? packedWeightBytes(part, parts.length) : processedScaleBytes(part, parts.length);
   const inPerExpert = tensorsBytes(ctx.ckpt, inputNames(0));
-  const budget = ctx.backend === 'cuda' ? GPU_BATCH_BYTES : CPU_BATCH_BYTES;
+  const budget = BATCH_BYTES_OVERRIDE ?? (ctx.backend === 'cuda' ? GPU_BATCH_BYTES : CPU_BATCH_BYTES);
   const per = Math.max(1, Math.floor(budget / Math.max(outPerExpert, inPerExpert)));
 
   const read = async (begin: number): Promise<ExpertBatch> => {
