@@ -1,0 +1,130 @@
+// How convert gets through MoE checkpoints fast without changing a byte: expert tensors read
+// many at once (adjacent ones in one read), a batch of experts per transform call, and the
+// block-scale scans run beside the conversion (ScaleScans) instead of all before it.
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCheckpoint, readTensor } from '../src/checkpoint/model-dir.js';
+import { mapLimited, readTensorsInto, tensorsBytes } from '../src/checkpoint/read-batch.js';
+import { ScaleScans } from '../src/plan/scale-plan.js';
+import { generateModel } from '../tools/fixture-generator/generate.js';
+import { cli, MODELS, tempDir } from './helpers/models.js';
+
+let work: string;
+beforeAll(async () => {
+  work = await tempDir();
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('readTensorsInto', () => {
+  it('fills one buffer with the tensors named, in the order asked, adjacent ones in one read', async () => {
+    const ckpt = await openCheckpoint(join(MODELS, 'qwen3-moe-tiny-modelopt'));
+    try {
+      const shard = ckpt.shards[0]!;
+      const inFileOrder = ckpt.readers.get(shard)!.names();
+      // A run of 5 adjacent tensors, one far away, and the run's first again out of order.
+      const names = [inFileOrder[7]!, ...inFileOrder.slice(1, 6), inFileOrder.at(-1)!];
+      const target = Buffer.alloc(tensorsBytes(ckpt, names));
+      const views = await readTensorsInto(ckpt, names, target);
+      expect(views).toHaveLength(names.length);
+      for (const [i, n] of names.entries()) expect(views[i]!.equals(await readTensor(ckpt, n)), n).toBe(true);
+      expect(views.reduce((a, v) => a + v.length, 0)).toBe(target.length);
+    } finally {
+      await ckpt.close();
+    }
+  });
+
+  it('refuses tensors that are not back to back, and a buffer of the wrong size', async () => {
+    const ckpt = await openCheckpoint(join(MODELS, 'qwen3-moe-tiny-modelopt'));
+    try {
+      const reader = ckpt.readers.get(ckpt.shards[0]!)!;
+      const [a, , c] = reader.names();
+      const size = tensorsBytes(ckpt, [a!, c!]);
+      await expect(reader.readAdjacentInto([a!, c!], Buffer.alloc(size))).rejects.toThrow(/does not follow/);
+      await expect(reader.readAdjacentInto([a!], Buffer.alloc(tensorsBytes(ckpt, [a!]) + 1))).rejects.toThrow(/adjacent tensors hold/);
+    } finally {
+      await ckpt.close();
+    }
+  });
+});
+
+describe('mapLimited', () => {
+  it('keeps at most `limit` calls in flight and the results in order', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const out = await mapLimited([5, 1, 4, 2, 3, 0], 2, async (x) => {
+      most = Math.max(most, ++inFlight);
+      await new Promise((r) => setTimeout(r, x));
+      inFlight--;
+      return x * 10;
+    });
+    expect(out).toEqual([50, 10, 40, 20, 30, 0]);
+    expect(most).toBe(2);
+  });
+});
+
+describe('ScaleScans', () => {
+  it('runs the scans of the modules named first first, and ready() waits for only those', async () => {
+    const scans = new ScaleScans();
+    const ran: string[] = [];
+    const mods = ['a', 'b', 'c', 'd'].map((name) => ({ name }));
+    let releaseD!: () => void;
+    const dBlocked = new Promise<void>((r) => (releaseD = r));
+    for (const m of mods) {
+      scans.add([m], async () => {
+        ran.push(m.name);
+        if (m.name === 'd') await dBlocked;
+      });
+    }
+    scans.start(1, [mods[3]!, mods[2]!]);
+    const cReady = scans.ready([mods[2]!]);
+    releaseD();
+    await cReady;
+    expect(ran.slice(0, 2)).toEqual(['d', 'c']);
+    await scans.runAll(1);
+    expect(ran.sort()).toEqual(['a', 'b', 'c', 'd']);
+  });
+
+  it('after a failure starts nothing more: every later scan, and runAll, fail with that error', async () => {
+    const scans = new ScaleScans();
+    const mods = [{}, {}, {}];
+    const ran: number[] = [];
+    mods.forEach((m, i) =>
+      scans.add([m], async () => {
+        ran.push(i);
+        if (i === 1) throw new Error('bad block scale');
+      }),
+    );
+    scans.start(1);
+    await expect(scans.ready([mods[0]!])).resolves.toBeUndefined();
+    await expect(scans.ready([mods[2]!])).rejects.toThrow('bad block scale');
+    await expect(scans.runAll(1)).rejects.toThrow('bad block scale');
+    expect(ran).toEqual([0, 1]);
+  });
+});
+
+describe('MoE stacks in batches of experts', () => {
+  it('give the same bytes with one expert per call, a few, and all of them (CPU)', async () => {
+    const model = join(work, 'moe-20');
+    await generateModel(model, { arch: 'qwen3-moe', flavour: 'modelopt', experts: 20, shards: 2 });
+    const shardBytes = async (dir: string) => {
+      const files = (await readdir(dir)).filter((f) => f.endsWith('.safetensors')).sort();
+      return Promise.all(files.map(async (f) => [f, await readFile(join(dir, f))] as const));
+    };
+    const outputs = [];
+    // 1 byte: one expert per call; 20,000: about two (an expert's w13 weight is 8 KiB of input and of output); default: all 20.
+    for (const batch of ['1', '20000', '']) {
+      const out = join(work, `out-${batch || 'default'}`);
+      const r = cli(['convert', model, '-o', out, '--device', 'cpu', '--no-checksums', '-q'], { MARLIN_FP4_BATCH_BYTES: batch });
+      expect(r.code, r.stderr).toBe(0);
+      outputs.push(await shardBytes(out));
+    }
+    expect(outputs[0]!.length).toBe(2);
+    for (const o of outputs.slice(1)) {
+      expect(o.map(([f]) => f)).toEqual(outputs[0]!.map(([f]) => f));
+      o.forEach(([f, bytes], i) => expect(bytes.equals(outputs[0]![i]![1]), f).toBe(true));
+    }
+  });
+});
