@@ -4,6 +4,7 @@
 import { Command, CommanderError } from 'commander';
 import { EnvironmentError, EXIT, InputError, VerificationFailed } from '../errors.js';
 import { liveStagedOutputs } from '../convert/output-dir.js';
+import { nativeCallsSettled } from '../transform/addon.js';
 import { VERSION } from '../version.js';
 import { benchCommand } from './bench-command.js';
 import { convertCommand } from './convert-command.js';
@@ -51,7 +52,12 @@ function onSignal(signal: NodeJS.Signals, code: number): void {
   process.once(signal, () => {
     const staged = liveStagedOutputs();
     process.stderr.write(`\ninterrupted (${signal})${staged.length ? ': removing the partial output' : ''}\n`);
-    Promise.all(staged.map((s) => s.discard())).finally(() => process.exit(code));
+    // The native calls in flight finish first (a few ms to a few hundred): exiting under a GPU
+    // call can end the process by a signal, not `code`. The staged output is removed after
+    // them too, so nothing they still write recreates a file in it.
+    nativeCallsSettled(5000)
+      .then(() => Promise.all(staged.map((s) => s.discard())))
+      .finally(() => process.exit(code));
   });
 }
 

@@ -160,7 +160,9 @@ export async function stageOutput(outDir: string, inputDirs: string[], { force, 
     },
     async discard() {
       live.delete(staged);
-      await rm(tmp, { recursive: true, force: true });
+      // Writers of other shards may still be creating files in it (a signal does not wait
+      // for them): retry on ENOTEMPTY until the directory is gone.
+      await rm(tmp, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
     },
   };
   live.add(staged);

@@ -118,12 +118,48 @@ export const ADDON_PATH = join(here, '..', '..', 'native', 'build', 'Release', '
 
 let cached: NativeAddon | undefined;
 
+// Heavy calls run on worker threads (and on the GPU). Exiting while one runs tears the CUDA
+// runtime down under it (static destructors), which can kill the process by a signal instead
+// of the exit code asked for: the signal handlers wait for the calls in flight first.
+const inFlight = new Set<Promise<unknown>>();
+
+/** Resolves once no native call is in flight, or after `timeoutMs`, whichever comes first. */
+export async function nativeCallsSettled(timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (inFlight.size > 0 && Date.now() < deadline) {
+    const left = deadline - Date.now();
+    await Promise.race([Promise.allSettled([...inFlight]), new Promise((r) => setTimeout(r, left).unref())]);
+  }
+}
+
+/** The addon's exports, each Promise it returns tracked in `inFlight`. */
+function tracked(raw: Record<string, unknown>): NativeAddon {
+  const out: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(raw)) {
+    if (typeof value !== 'function') {
+      out[name] = value;
+      continue;
+    }
+    const fn = value as (...args: unknown[]) => unknown;
+    out[name] = (...args: unknown[]) => {
+      const r = fn(...args);
+      if (r instanceof Promise) {
+        inFlight.add(r);
+        const done = () => inFlight.delete(r);
+        r.then(done, done);
+      }
+      return r;
+    };
+  }
+  return out as unknown as NativeAddon;
+}
+
 export function addon(): NativeAddon {
   if (cached) return cached;
   if (!existsSync(ADDON_PATH)) {
     throw new Error(`native addon not built (${ADDON_PATH} is missing): run \`npm install\` or \`npm run build:native\``);
   }
-  cached = createRequire(import.meta.url)(ADDON_PATH) as NativeAddon;
+  cached = tracked(createRequire(import.meta.url)(ADDON_PATH) as Record<string, unknown>);
   const threads = Number(process.env.MARLIN_FP4_THREADS ?? 0);
   if (Number.isInteger(threads) && threads > 0) cached.setThreads(threads);
   return cached;

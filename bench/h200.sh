@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The measurements of the closing notes, in one device call each (run through
+# `bash .device/gpu-run.sh bash bench/h200.sh SECTION…`). Each section has its own time limit
+# so one slow step cannot eat the call; logs go to $OUT (or /tmp) and a short table is printed.
+set -uo pipefail
+out=${OUT:-/tmp/h200-out}
+mkdir -p "$out"
+work=/tmp/mfp4-bench
+mkdir -p "$work"
+run() { # NAME SECONDS COMMAND…
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "--- $name: rc=$rc in $((SECONDS - t0)) s"
+  tail -n "${TAIL:-25}" "$out/$name.log"
+}
+for section in "$@"; do
+  case $section in
+    gpu-tests) TAIL=12 run gpu-tests 300 npx vitest run --reporter=dot ;;
+    selftest) TAIL=3 run selftest 60 native/build/cuda_selftest --quick ;;
+    gemm-bench) TAIL=60 run gemm-bench 120 node bin/marlin-fp4.js bench ;;
+    convert-moe) run convert-moe 300 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;--device cpu" --profile ;;
+    convert-dense) run convert-dense 200 node bench/convert.mjs --dir "$work" --preset llama-8b --reps 2 --variants="--device cuda;--device cpu" ;;
+    convert-deepseek) run convert-deepseek 280 node bench/convert.mjs --dir "$work" --preset deepseek-v3-2layers --reps 1 --variants="--device cuda;--device cpu" ;;
+    *) echo "unknown section $section" ;;
+  esac
+done
+df -h /tmp | tail -1
