@@ -19,6 +19,8 @@
 //                        256 experts, vocabulary 129,280), 2 layers: about 16.5 GB, so that the
 //                        input, one output and the copy fit a 64 GB disk (outputs are removed
 //                        between commands).
+//   gpt-oss-20b          MXFP4 (tools/fixture-generator/mxfp4.ts): gpt-oss-20b's shapes, 24 layers of 32
+//                        experts, hidden = intermediate = 2880, full vocabulary: about 13.8 GB
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir, availableParallelism } from 'node:os';
@@ -26,6 +28,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { generateModel } from '../build/tools/fixture-generator/generate.js';
+import { generateMxfp4Model, isMxfp4Preset } from '../build/tools/fixture-generator/mxfp4.js';
 
 const BENCH_PRESETS = {
   'qwen3-moe-128x24': { preset: 'qwen3-moe-small', hiddenSize: 2048, intermediateSize: 768, experts: 128, layers: 24 },
@@ -103,7 +106,12 @@ async function benchPreset(name, work) {
   const model = join(work, 'model');
   if (!existsSync(model)) {
     const t0 = performance.now();
-    await generateModel(model, modelOptions(name));
+    // MXFP4 presets (gpt-oss-20b, …) come from the MXFP4 generator (--layers applies); the others are ModelOpt NVFP4.
+    if (isMxfp4Preset(name)) {
+      await generateMxfp4Model(model, { preset: name, shards: Number(values.shards), ...(values.layers !== undefined ? { layers: Number(values.layers) } : {}) });
+    } else {
+      await generateModel(model, modelOptions(name));
+    }
     console.log(`generated ${name} (${(size(model) / 1e9).toFixed(2)} GB) in ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
   }
   // Every command starts from the same state: no earlier outputs (their pages freed), nothing

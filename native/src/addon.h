@@ -12,6 +12,7 @@ void RegisterTransforms(Napi::Env env, Napi::Object exports);  // addon_transfor
 void RegisterInverses(Napi::Env env, Napi::Object exports);    // addon_inverses.cc
 void RegisterGpu(Napi::Env env, Napi::Object exports);         // addon_gpu.cc
 void RegisterGemm(Napi::Env env, Napi::Object exports);        // addon_gemm.cc
+void RegisterMxfp4(Napi::Env env, Napi::Object exports);       // addon_mxfp4.cc
 
 enum class Backend { Cpu, Cuda };
 

@@ -6,6 +6,8 @@
 //        (weight I32 [kp/16, 2np], scales processed F8 [kp/16, np], global: its stored bytes,
 //        2 under v1 (F16/BF16), 4 under v2 (F32)). kernel (CUDA only): 'fast' (default, the
 //        tensor-core kernel of gemm_fast_cuda.cu) or 'simple' (gemm_cuda.cu's reference kernel).
+//        scheme: 'nvfp4' (default) or 'mxfp4' (scales E8M0 [kp/32, np], no global; on CUDA
+//        always the simple kernel).
 //   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T with W dequantized from the NVFP4 source
 //        (weight U8 [n, k/2], scale F8_E4M3 [n, k/16], ws2 = weight_scale_2).
@@ -25,6 +27,7 @@
 
 #include "addon.h"
 #include "gemm_cpu.h"
+#include "mxfp4_layout.h"
 #include "transforms_cpu.h"
 #if defined(MFP4_WITH_CUDA)
 #include "gemm_bench.h"
@@ -54,6 +57,14 @@ bool cuda_backend(Napi::Env env, const Napi::CallbackInfo& info) {
   if (s == "cpu") return false;
   if (s == "cuda") return true;
   type_error(env, "backend must be 'cpu' or 'cuda'");
+}
+
+// scheme: 'nvfp4' (default) or 'mxfp4' (E8M0 scales, group 32, no global scale).
+bool is_mxfp4(Napi::Env env, const Napi::Object& o) {
+  if (!o.Has("scheme") || o.Get("scheme").IsUndefined()) return false;
+  const std::string s = o.Get("scheme").ToString();
+  if (s != "nvfp4" && s != "mxfp4") type_error(env, "scheme must be 'nvfp4' or 'mxfp4'");
+  return s == "mxfp4";
 }
 
 // Runs work on the pool, keeping the options (whose buffers it reads) and the output alive;
@@ -87,6 +98,7 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   a.kp = get_int_or(env, o, "kp", a.k);
   a.layout = get_layout(env, o);
   a.dt = get_dtype(env, o);
+  a.mxfp4 = is_mxfp4(env, o);
   const int threads = (int)get_int_or(env, o, "threads", 0);
   bool simple = false;
   if (o.Has("kernel") && !o.Get("kernel").IsUndefined()) {
@@ -100,12 +112,15 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, e.what());
   }
   const Bytes x = get_bytes(env, o, "x"), w = get_bytes(env, o, "weight"), s = get_bytes(env, o, "scales");
-  const Bytes g = get_bytes(env, o, "global");
   expect_size(env, x, a.m * a.k * 2, "x");
   expect_size(env, w, (a.kp / kGroup) * 2 * a.np * 4, "weight");
-  expect_size(env, s, (a.kp / kGroup) * a.np, "scales");
-  expect_size(env, g, global_scale_bytes(a.layout), "global");
-  for (size_t i = 0; i < g.size; ++i) a.global_bits |= (uint32_t)g.data[i] << (8 * i);
+  expect_size(env, s, (a.kp / (a.mxfp4 ? kMxGroup : kGroup)) * a.np, "scales");
+  if (!a.mxfp4) {
+    // MXFP4 has no global scale.
+    const Bytes g = get_bytes(env, o, "global");
+    expect_size(env, g, global_scale_bytes(a.layout), "global");
+    for (size_t i = 0; i < g.size; ++i) a.global_bits |= (uint32_t)g.data[i] << (8 * i);
+  }
   auto xs = act_copy(x);
   // The packed weight is read as 32-bit words: copy it only if the Buffer is misaligned.
   std::shared_ptr<std::vector<uint32_t>> wcopy;
@@ -124,7 +139,9 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   return start(env, o, out, [a, xs, wcopy, cuda, threads, simple]() {
     if (cuda) {
 #if defined(MFP4_WITH_CUDA)
-      if (simple) cuda::gemm_marlin(a);
+      // The tensor-core kernel reads NVFP4 only: MXFP4 takes the simple kernel, which reads
+      // E8M0 scales (mxfp4_layout.h).
+      if (simple || a.mxfp4) cuda::gemm_marlin(a);
       else cuda::gemm_marlin_fast(a);
 #endif
       return;
@@ -144,8 +161,9 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
   a.n = get_int(env, o, "n");
   a.k = get_int(env, o, "k");
   a.dt = get_dtype(env, o);
-  if (!o.Get("ws2").IsNumber()) type_error(env, "expected a number for 'ws2'");
-  a.ws2 = o.Get("ws2").As<Napi::Number>().FloatValue();
+  a.mxfp4 = is_mxfp4(env, o);
+  if (!a.mxfp4 && !o.Get("ws2").IsNumber()) type_error(env, "expected a number for 'ws2'");
+  if (!a.mxfp4) a.ws2 = o.Get("ws2").As<Napi::Number>().FloatValue();
   const int threads = (int)get_int_or(env, o, "threads", 0);
   try {
     check_reference_gemm(a);
@@ -155,7 +173,7 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
   const Bytes x = get_bytes(env, o, "x"), w = get_bytes(env, o, "weight"), s = get_bytes(env, o, "scale");
   expect_size(env, x, a.m * a.k * 2, "x");
   expect_size(env, w, a.n * a.k / 2, "weight");
-  expect_size(env, s, a.n * (a.k / kGroup), "scale");
+  expect_size(env, s, a.n * (a.k / (a.mxfp4 ? kMxGroup : kGroup)), "scale");
   auto xs = act_copy(x);
   a.x = xs->data();
   a.weight = w.data;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gemm_layout.h"
+#include "mxfp4_layout.h"
 #include "parallel.h"
 #include "transforms_cpu.h"
 
@@ -110,6 +111,8 @@ void check_marlin_gemm(const MarlinGemmArgs& a) {
   const int64_t pair = kGroup * scale_unit_rows(a.layout);  // v1 pairs scale rows
   if (a.k % pair != 0) throw InvalidInput("K = " + std::to_string(a.k) + " is not a multiple of " + std::to_string(pair) + " (layout v1)");
   if (a.kp % pair != 0) throw InvalidInput("padded K " + dims(a.np, a.kp) + " is not a multiple of " + std::to_string(pair) + " (layout v1)");
+  if (a.mxfp4 && (a.layout != Layout::V2 || a.k % kMxGroup != 0 || a.kp % kMxGroup != 0))
+    throw InvalidInput("MXFP4 needs layout v2 and K, padded K multiples of 32, got " + dims(a.k, a.kp));
 }
 
 void gemm_marlin_cpu(const MarlinGemmArgs& a, int threads) {
@@ -117,11 +120,17 @@ void gemm_marlin_cpu(const MarlinGemmArgs& a, int threads) {
   const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
   const float gval = marlin_global_value(a.global_bits, a.layout, a.dt);
   const int64_t u = scale_unit_rows(a.layout), row_words = 2 * a.np;
+  const bool single = mxfp4_single(a.kp);
   tiled_gemm(xf, a.m, a.k, a.n, a.y, threads, [&](int64_t c, int64_t k0, int64_t kb, float* tile) {
     const int64_t g0 = k0 / kGroup, groups = kb / kGroup;
-    // Decoded scale (times the global) of every (group, column) of this block.
+    // Decoded scale (times the global) of every (K/16 row, column) of this block.
     float sc[kKBlock / kGroup][kTileN];
-    for (int64_t h = g0 / u; h < (g0 + groups + u - 1) / u; ++h) {
+    for (int64_t r = 0; a.mxfp4 && r < groups; ++r) {
+      // MXFP4: K/16 row g0 + r reads scale row (g0 + r) / 2, decoded as the kernel does.
+      const uint8_t* row = a.scales + ((g0 + r) / 2) * a.np + kTileN * c;
+      for (int64_t i = 0; i < kTileN; ++i) sc[r][mxfp4_scale_column(i, single)] = mxfp4_kernel_scale(row[i]);
+    }
+    for (int64_t h = g0 / u; !a.mxfp4 && h < (g0 + groups + u - 1) / u; ++h) {
       const uint8_t* unit = a.scales + h * u * a.np + u * kTileN * c;
       for (int64_t i = 0; i < u * kTileN; ++i) {
         int64_t dg, nn;
@@ -149,12 +158,13 @@ void check_reference_gemm(const ReferenceGemmArgs& a) {
   if (a.m <= 0) throw InvalidInput("M must be at least 1");
   if (a.n <= 0 || a.k <= 0) throw InvalidInput("empty weight " + dims(a.n, a.k));
   if (a.k % kGroup != 0) throw InvalidInput("K = " + std::to_string(a.k) + " is not a multiple of 16");
+  if (a.mxfp4 && a.k % kMxGroup != 0) throw InvalidInput("K = " + std::to_string(a.k) + " is not a multiple of 32 (MXFP4)");
 }
 
 void gemm_reference_cpu(const ReferenceGemmArgs& a, int threads) {
   check_reference_gemm(a);
   const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
-  const int64_t row_bytes = a.k / 2, groups = a.k / kGroup;
+  const int64_t row_bytes = a.k / 2, group = a.mxfp4 ? kMxGroup : kGroup, groups = a.k / group;
   tiled_gemm(xf, a.m, a.k, a.n, a.y, threads, [&](int64_t c, int64_t k0, int64_t kb, float* tile) {
     for (int64_t i = 0; i < kTileN; ++i) {
       const int64_t nn = c * kTileN + i;
@@ -167,7 +177,7 @@ void gemm_reference_cpu(const ReferenceGemmArgs& a, int threads) {
       const uint8_t* s = a.scale + nn * groups;
       for (int64_t kk = 0; kk < kb; kk += kGroup) {
         const int64_t kabs = k0 + kk;
-        const float scale = e4m3_to_float(s[kabs / kGroup]) * a.ws2;
+        const float scale = a.mxfp4 ? e8m0_to_float(s[kabs / group]) : e4m3_to_float(s[kabs / group]) * a.ws2;
         for (int64_t j = 0; j < kGroup; ++j) {
           const uint8_t byte = w[(kabs + j) / 2];
           row[kk + j] = e2m1_to_float(((kabs + j) & 1) ? byte >> 4 : byte & 0xF) * scale;

@@ -20,6 +20,7 @@ struct MarlinGemmArgs {
   const uint32_t* weight = nullptr;  // I32 [kp/16, 2*np]
   const uint8_t* scales = nullptr;   // processed F8 [kp/16, np]
   uint32_t global_bits = 0;          // stored global scale (F16/BF16 bits under v1, F32 bits under v2)
+  bool mxfp4 = false;                // MXFP4 (FORMAT.md 5): scales are E8M0 [kp/32, np], no global scale
   float* y = nullptr;                // [m, n]
 };
 
@@ -34,6 +35,7 @@ struct ReferenceGemmArgs {
   const uint8_t* weight = nullptr;  // U8 [n, k/2], even k in the low nibble
   const uint8_t* scale = nullptr;   // F8_E4M3 [n, k/16]
   float ws2 = 1.0f;                 // weight_scale_2
+  bool mxfp4 = false;               // MXFP4: scale is E8M0 [n, k/32], ws2 unused
   float* y = nullptr;               // [m, n]
 };
 

@@ -24,6 +24,7 @@
 #include "cuda_device.cuh"
 #include "gemm_cuda.h"
 #include "gemm_layout.h"
+#include "mxfp4_layout.h"
 #include "transforms_cpu.h"
 #include "transforms_cuda.h"
 
@@ -68,7 +69,7 @@ constexpr int kThreads = 256;
 __global__ void __launch_bounds__(kThreads) marlin_gemm_kernel(const float* __restrict__ x, int64_t m, int64_t k, int64_t n,
                                                                int64_t np, const uint32_t* __restrict__ weight,
                                                                const uint8_t* __restrict__ scales, Layout layout, float gval,
-                                                               float* __restrict__ y) {
+                                                               bool mxfp4, bool single, float* __restrict__ y) {
   __shared__ float ws[kBK][kTileN];
   __shared__ float xs[kBM][kBK + 1];
   __shared__ float sc[kBG][kTileN];
@@ -83,7 +84,13 @@ __global__ void __launch_bounds__(kThreads) marlin_gemm_kernel(const float* __re
       int64_t dg, col;
       float v = 0.0f;
       int g;
-      if (layout == Layout::V2) {
+      if (mxfp4) {
+        // MXFP4: K/16 row g0 + unit reads scale row (g0 + unit) / 2 (FORMAT.md 5.1).
+        const int unit = tid / kTileN, i = tid % kTileN;
+        col = mxfp4_scale_column(i, single);
+        g = unit;
+        if (g0 + unit < groups) v = mxfp4_kernel_scale(scales[((g0 + unit) / 2) * np + kTileN * c + i]);
+      } else if (layout == Layout::V2) {
         const int unit = tid / kTileN, i = tid % kTileN;
         scale_source(i, kTileN, layout, dg, col);
         g = unit;
@@ -130,11 +137,12 @@ __global__ void __launch_bounds__(kThreads) marlin_gemm_kernel(const float* __re
 
 // W[n, k] (float32) from the NVFP4 source: one thread per weight byte (two codes).
 __global__ void dequant_source_kernel(const uint8_t* __restrict__ w, const uint8_t* __restrict__ s, int64_t n, int64_t k,
-                                      float ws2, float* __restrict__ out) {
-  const int64_t half = k / 2, total = n * half;
+                                      float ws2, bool mxfp4, float* __restrict__ out) {
+  const int64_t half = k / 2, total = n * half, group = mxfp4 ? kMxGroup : kGroup;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t row = i / half, kb = i % half;
-    const float scale = e4m3_to_float(s[row * (k / kGroup) + (2 * kb) / kGroup]) * ws2;
+    const uint8_t sb = s[row * (k / group) + (2 * kb) / group];
+    const float scale = mxfp4 ? e8m0_to_float(sb) : e4m3_to_float(sb) * ws2;
     const uint8_t b = w[i];
     out[row * k + 2 * kb] = e2m1_to_float(b & 0xF) * scale;
     out[row * k + 2 * kb + 1] = e2m1_to_float(b >> 4) * scale;
@@ -226,7 +234,8 @@ void gemm_marlin(const MarlinGemmArgs& a) {
   require_device();
   const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
   const int64_t groups = a.k / kGroup;
-  const size_t wwords = (size_t)(groups * 2 * a.np), sbytes = (size_t)(groups * a.np);
+  // MXFP4 has one scale row per two K/16 rows.
+  const size_t wwords = (size_t)(groups * 2 * a.np), sbytes = (size_t)((a.mxfp4 ? (groups + 1) / 2 : groups) * a.np);
   DevBuf<float> dx(xf.size(), "activations"), dy((size_t)(a.m * a.n), "the output");
   DevBuf<uint32_t> dw(wwords, "the packed weight");
   DevBuf<uint8_t> ds(sbytes, "the processed scales");
@@ -236,7 +245,8 @@ void gemm_marlin(const MarlinGemmArgs& a) {
   const dim3 grid((unsigned)(a.np / kTileN), (unsigned)((a.m + kBM - 1) / kBM));
   if ((a.m + kBM - 1) / kBM > 65535) throw CudaError("M too large for one launch");
   marlin_gemm_kernel<<<grid, kThreads>>>(dx.p, a.m, a.k, a.n, a.np, dw.p, ds.p, a.layout,
-                                         marlin_global_value(a.global_bits, a.layout, a.dt), dy.p);
+                                         a.mxfp4 ? 1.0f : marlin_global_value(a.global_bits, a.layout, a.dt), a.mxfp4,
+                                         mxfp4_single(a.kp), dy.p);
   check(cudaGetLastError(), "launching the Marlin GEMM kernel");
   check(cudaMemcpy(a.y, dy.p, (size_t)(a.m * a.n) * 4, cudaMemcpyDeviceToHost), "running the Marlin GEMM kernel");
 }
@@ -257,14 +267,14 @@ std::string gemm_reference(const ReferenceGemmArgs& a) {
   check_reference_gemm(a);
   require_device();
   const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
-  const size_t wbytes = (size_t)(a.n * a.k / 2), sbytes = (size_t)(a.n * (a.k / kGroup));
+  const size_t wbytes = (size_t)(a.n * a.k / 2), sbytes = (size_t)(a.n * (a.k / (a.mxfp4 ? kMxGroup : kGroup)));
   DevBuf<float> dx(xf.size(), "activations"), dy((size_t)(a.m * a.n), "the output");
   DevBuf<float> dwf((size_t)(a.n * a.k), "the dequantized weight");
   DevBuf<uint8_t> dw(wbytes, "the source weight"), ds(sbytes, "the source scales");
   check(cudaMemcpy(dx.p, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice), "copying activations to the device");
   check(cudaMemcpy(dw.p, a.weight, wbytes, cudaMemcpyHostToDevice), "copying the source weight to the device");
   check(cudaMemcpy(ds.p, a.scale, sbytes, cudaMemcpyHostToDevice), "copying the source scales to the device");
-  dequant_source_kernel<<<1024, 256>>>(dw.p, ds.p, a.n, a.k, a.ws2, dwf.p);
+  dequant_source_kernel<<<1024, 256>>>(dw.p, ds.p, a.n, a.k, a.ws2, a.mxfp4, dwf.p);
   check(cudaGetLastError(), "launching the dequantization kernel");
   check(cudaDeviceSynchronize(), "dequantizing the source weight");
   Cublas& cb = cublas();

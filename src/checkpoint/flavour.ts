@@ -1,4 +1,4 @@
-// Which NVFP4 flavour a checkpoint is, from config.json's quantization_config and/or
+// Which NVFP4 or MXFP4 flavour a checkpoint is, from config.json's quantization_config and/or
 // hf_quant_config.json, and which modules its exclude/ignore list keeps unquantized.
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
@@ -16,10 +16,26 @@ export interface Flavour {
   original: Record<string, unknown>;
 }
 
-/** What a checkpoint is, as far as config files tell; `inspect` reports it, convert needs NVFP4. */
+/**
+ * An MXFP4 checkpoint (FORMAT.md section 5): gpt-oss's own layout (`quant_method: mxfp4`,
+ * experts as `…_blocks` / `…_scales` / `…_bias`), compressed-tensors `mxfp4-pack-quantized`
+ * (`weight_packed` + U8 `weight_scale`), or ModelOpt `quant_algo: MXFP4` (detected, not
+ * converted: its tensor layout was not read).
+ */
+export interface Mxfp4Flavour {
+  scheme: 'mxfp4';
+  kind: 'gpt-oss' | 'compressed-tensors' | 'modelopt';
+  /** Modules that stay unquantized (gpt-oss's modules_to_not_convert, compressed-tensors' ignore). */
+  ignore: string[];
+  /** The group size the config states (32 when it states none). */
+  groupSize: number;
+  original: Record<string, unknown>;
+}
+
+/** What a checkpoint is, as far as config files tell; `inspect` reports it, convert needs NVFP4 or MXFP4. */
 export type Detected =
   | ({ format: 'nvfp4' } & Flavour)
-  | { format: 'mxfp4'; original: Record<string, unknown> }
+  | ({ format: 'mxfp4' } & Mxfp4Flavour)
   | { format: 'marlin-fp4'; layout: string; dtype: string; original: Record<string, unknown> }
   | { format: 'other'; description: string };
 
@@ -65,7 +81,7 @@ export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>)
       original: qc ?? (ckpt.hfQuantConfig as Record<string, unknown>),
     };
   }
-  if (mo && lower(mo.quant_algo) === 'mxfp4') return { format: 'mxfp4', original: mo };
+  if (mo && lower(mo.quant_algo) === 'mxfp4') return mxfp4('modelopt', strings(mo.exclude_modules), 32, mo);
   if (qc && lower(qc.quant_method) === 'compressed-tensors') {
     const groups = Object.values(obj(qc.config_groups) ?? {}).map(obj).filter((g) => g !== undefined);
     const formats = [qc.format, ...groups.map((g) => g.format)].map(lower).filter(Boolean);
@@ -79,12 +95,32 @@ export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>)
         original: qc,
       };
     }
-    if (formats.includes('mxfp4-pack-quantized')) return { format: 'mxfp4', original: qc };
+    if (formats.includes('mxfp4-pack-quantized')) {
+      const w = groups.map((g) => obj(g.weights)).find((x) => x);
+      return mxfp4('compressed-tensors', strings(qc.ignore), typeof w?.group_size === 'number' ? w.group_size : 32, qc);
+    }
     return { format: 'other', description: `compressed-tensors with format ${formats.join(', ') || '(none)'}` };
   }
-  if (qc && lower(qc.quant_method) === 'mxfp4') return { format: 'mxfp4', original: qc };
+  if (qc && lower(qc.quant_method) === 'mxfp4') return mxfp4('gpt-oss', strings(qc.modules_to_not_convert), 32, qc);
   if (qc) return { format: 'other', description: `quant_method ${String(qc.quant_method ?? '(none)')}` };
   return { format: 'other', description: 'no quantization_config in config.json and no hf_quant_config.json' };
+}
+
+function mxfp4(kind: Mxfp4Flavour['kind'], ignore: string[], groupSize: number, original: Record<string, unknown>): Detected {
+  return { format: 'mxfp4', scheme: 'mxfp4', kind, ignore, groupSize, original };
+}
+
+/** A checkpoint convert can take: NVFP4 (with its flavour) or MXFP4. */
+export type Convertible = { scheme: 'nvfp4'; flavour: Flavour } | { scheme: 'mxfp4'; flavour: Mxfp4Flavour };
+
+/** The checkpoint's scheme and flavour, or a one-line error that says what it is instead. */
+export function requireConvertible(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig' | 'dir'>): Convertible {
+  const d = detectFormat(ckpt);
+  if (d.format !== 'mxfp4') return { scheme: 'nvfp4', flavour: requireNvfp4(ckpt) };
+  if (d.kind === 'modelopt') throw new InputError(`${ckpt.dir}: a ModelOpt MXFP4 checkpoint; marlin-fp4 converts gpt-oss and compressed-tensors MXFP4 (ModelOpt's MXFP4 tensor layout is not known to it)`);
+  if (d.groupSize !== 32) throw new InputError(`${ckpt.dir}: MXFP4 group size ${d.groupSize} is not 32`);
+  const { format: _format, ...flavour } = d;
+  return { scheme: 'mxfp4', flavour };
 }
 
 /** The NVFP4 flavour, or a one-line error that says what the checkpoint is instead. */
@@ -120,7 +156,7 @@ function globToRegExp(glob: string): RegExp {
  * shell-style wildcards; compressed-tensors lists names or `re:` regular expressions matched at
  * the start of the name (Python's re.match).
  */
-export function isIgnored(flavour: Flavour, module: string): boolean {
+export function isIgnored(flavour: Pick<Flavour, 'ignore'>, module: string): boolean {
   return flavour.ignore.some((pattern) => {
     if (pattern.startsWith('re:')) {
       try {

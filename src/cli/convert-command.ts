@@ -37,16 +37,17 @@ function summary(r: ConvertReport): string[] {
   const stacks = r.layers.filter((l) => l.kind !== 'linear').length;
   const rate = r.seconds > 0 ? `, ${bytes(r.bytes_in / r.seconds)}/s` : '';
   return [
-    `converted ${dense} linear layers and ${stacks / 2} MoE expert layers (${r.flavour} NVFP4 -> Marlin FP4 ${r.layout}, ${r.activation_dtype}, on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}); copied ${r.copied_tensors} tensors unchanged`,
+    `converted ${dense} linear layers and ${stacks / 2} MoE expert layers (${r.flavour} ${r.scheme.toUpperCase()} -> Marlin FP4 ${r.layout}, ${r.activation_dtype}, on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}); copied ${r.copied_tensors} tensors unchanged`,
     `wrote ${r.output}: ${r.shards} shard${r.shards === 1 ? '' : 's'}, ${r.tensors} tensors, ${bytes(r.bytes_out)} in ${seconds(r.seconds)}${rate}`,
   ];
 }
 
 export function convertCommand(out: Output): Command {
   return new Command('convert')
-    .summary('convert an NVFP4 checkpoint into a Marlin-ready one')
+    .summary('convert an NVFP4 or MXFP4 checkpoint into a Marlin-ready one')
     .description(
       'Convert an NVFP4 checkpoint (NVIDIA ModelOpt or compressed-tensors / llm-compressor, dense or MoE, ' +
+        'or MXFP4: gpt-oss or compressed-tensors, bfloat16 only, ' +
         'one or many shards) into a checkpoint whose weights are already in the Marlin FP4 layout that ' +
         "vLLM's Marlin kernel reads, so that nothing is repacked at load time.\n\n" +
         'The output is written into a temporary sibling directory and renamed into place only when ' +

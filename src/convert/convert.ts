@@ -2,8 +2,11 @@
 // that is renamed into place only when everything succeeded.
 import { join, resolve } from 'node:path';
 import { openCheckpoint } from '../checkpoint/model-dir.js';
-import { requireNvfp4 } from '../checkpoint/flavour.js';
-import { activationDtype, planConversion, SCANS_AT_ONCE, shardModules, tensorBytes } from '../plan/plan.js';
+import { requireConvertible } from '../checkpoint/flavour.js';
+import { activationDtype, SCANS_AT_ONCE, shardModules, tensorBytes } from '../plan/plan.js';
+import { planSource } from '../plan/source-plan.js';
+import { checkMxfp4Options } from '../plan/mxfp4.js';
+import type { Scheme } from '../format/quant-config.js';
 import { resolveBackend, setThreads, type ActDtype, type Backend, type DeviceChoice, type LayoutVersion } from '../transform/marlin.js';
 import { BufferPool } from './buffer-pool.js';
 import { reportProfile, startProfile, timed } from './profile.js';
@@ -85,6 +88,8 @@ export interface ConvertReport {
   input: string;
   output: string;
   flavour: string;
+  /** nvfp4 or mxfp4. */
+  scheme: Scheme;
   layout: LayoutVersion;
   activation_dtype: ActDtype;
   device: Backend;
@@ -189,14 +194,17 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
   };
   ckpt.warnings.forEach(warn);
   try {
-    const flavour = requireNvfp4(ckpt);
+    const source = requireConvertible(ckpt);
+    const flavour = source.flavour;
     const dtype = activationDtype(ckpt, opts.dtype);
+    // MXFP4's option errors come before anything is staged.
+    if (source.scheme === 'mxfp4') checkMxfp4Options(ckpt, opts.layout, dtype);
     const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
     try {
       startProfile(backend);
       // The block-scale scans run beside the conversion, in shard order: each shard starts
       // once the scans of its own modules are done (its header's records need them).
-      const plan = await timed('plan', planConversion(ckpt, flavour, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
+      const plan = await timed('plan', planSource(ckpt, source, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
       plan.scans.start(SCANS_AT_ONCE, plan.shards.flatMap(shardModules));
       const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
       let bytesDone = 0;
@@ -267,6 +275,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         input: ckpt.dir,
         output: staged.dir,
         flavour: flavour.kind,
+        scheme: plan.scheme,
         layout: plan.layout,
         activation_dtype: dtype,
         device: backend,

@@ -5,7 +5,10 @@
 import { readTensorInto, type Checkpoint } from '../checkpoint/model-dir.js';
 import { readTensorsInto, tensorsBytes } from '../checkpoint/read-batch.js';
 import type { MoeStack, OutputTensor } from '../plan/plan.js';
-import { asInputError } from '../plan/linears.js';
+import { asInputError, sliceRange, type LinearSource } from '../plan/linears.js';
+import type { Scheme } from '../format/quant-config.js';
+import { permuteBias, toBf16 } from '../transform/bias.js';
+import { MXFP4_GROUP, mxfp4ScaleBytes, processMxfp4ScalesStack } from '../transform/mxfp4.js';
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import {
   packedWeightBytes,
@@ -49,6 +52,8 @@ function slices(rows: number, bytesPerRow: number, step: number): RowSlice[] {
 
 export interface ProduceContext {
   ckpt: Checkpoint;
+  /** The plan's scheme: which scale processing (NVFP4's or MXFP4's) the scales get. */
+  scheme: Scheme;
   layout: LayoutVersion;
   dtype: ActDtype;
   backend: Backend;
@@ -63,9 +68,6 @@ export interface ProduceContext {
  */
 export type Emit = (chunk: Uint8Array, release?: () => void) => Promise<void>;
 
-/** Permutation of a v2 bias inside chunks of 32 (FORMAT.md section 4). */
-const BIAS_PERM = [0, 1, 2, 3].flatMap((i) => [0, 1, 8, 9, 16, 17, 24, 25].map((j) => 2 * i + j));
-
 /** Runs a transform; its errors become the user's, naming the shard file too. */
 async function relabel<T>(ctx: ProduceContext, run: () => Promise<T> | T): Promise<T> {
   try {
@@ -75,20 +77,26 @@ async function relabel<T>(ctx: ProduceContext, run: () => Promise<T> | T): Promi
   }
 }
 
-/** A tensor's bytes in a pooled buffer; give it back to ctx.pool when done. */
-async function read(ctx: ProduceContext, name: string): Promise<Buffer> {
+/** A tensor's bytes (or the slice of them that one expert owns) in a pooled buffer; give it back to ctx.pool when done. */
+async function read(ctx: ProduceContext, { name, slice }: Input): Promise<Buffer> {
   const e = ctx.ckpt.tensors.get(name)!.entry;
-  const b = ctx.pool.take(e.end - e.begin);
-  await timed('read', readTensorInto(ctx.ckpt, name, 0, b));
+  const { begin, end } = sliceRange({ slice }, e.end - e.begin);
+  const b = ctx.pool.take(end - begin);
+  await timed('read', readTensorInto(ctx.ckpt, name, begin, b));
   ctx.onInput(b.length);
   return b;
 }
 
+/** A tensor to read: whole, or one expert's slice of it (LinearSource.slice). */
+type Input = { name: string; slice?: LinearSource['slice'] };
+const weightOf = (lin: LinearSource): Input => ({ name: lin.weight, slice: lin.slice });
+const scaleOf = (lin: LinearSource): Input => ({ name: lin.scale, slice: lin.slice });
+
 /** Reads tensors into pooled buffers, runs `use`, and returns the buffers to the pool. */
-async function withInputs<T>(ctx: ProduceContext, names: string[], use: (data: Buffer[]) => Promise<T>): Promise<T> {
+async function withInputs<T>(ctx: ProduceContext, inputs: (Input | string)[], use: (data: Buffer[]) => Promise<T>): Promise<T> {
   const data: Buffer[] = [];
   try {
-    for (const n of names) data.push(await read(ctx, n));
+    for (const n of inputs) data.push(await read(ctx, typeof n === 'string' ? { name: n } : n));
     return await use(data);
   } finally {
     for (const d of data) ctx.pool.give(d);
@@ -124,7 +132,7 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
       return;
     }
     case 'dense-global':
-      await emit(await relabel(ctx, () => processGlobalScale(p.linear.source.global, p.linear.ws2, { ...opts, sf: p.linear.scales.sf })));
+      await emit(await relabel(ctx, () => processGlobalScale(p.linear.source.global!, p.linear.ws2, { ...opts, sf: p.linear.scales.sf })));
       return;
     case 'input-scale': {
       const b = Buffer.alloc(4);
@@ -133,17 +141,29 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
       return;
     }
     case 'bias': {
+      // NVFP4 keeps the source dtype; MXFP4 casts to bfloat16 (the plan's dtype for it).
       const { source, shape } = p.linear;
-      const size = DTYPE_SIZE[t.dtype];
-      const out = Buffer.alloc(shape.np * size);
+      const out = Buffer.alloc(shape.np * DTYPE_SIZE[t.dtype]);
+      const srcDtype = ctx.ckpt.tensors.get(source.bias!)!.entry.dtype;
       await withInputs(ctx, [source.bias!], async ([src]) => {
-        for (let i = 0; i < shape.np; i++) {
-          const from = Math.floor(i / 32) * 32 + BIAS_PERM[i % 32]!;
-          // Columns past N are v2's zero padding.
-          if (from < shape.n) src!.copy(out, i * size, from * size, (from + 1) * size);
-        }
+        const data = t.dtype === srcDtype ? src! : toBf16(src!, srcDtype);
+        permuteBias(data, shape.n, shape.np, DTYPE_SIZE[t.dtype], out);
       });
       await emit(out);
+      return;
+    }
+    case 'stack-bias': {
+      // gpt-oss: each expert's row of the [E, N] bias, cast to bfloat16, padded and permuted.
+      const { sources, part, bias } = p.stack;
+      const srcDtype = ctx.ckpt.tensors.get(bias!)!.entry.dtype;
+      const width = part.np * sources[0]!.length;
+      for (const [e, lins] of sources.entries()) {
+        const out = Buffer.alloc(width * 2);
+        await withInputs(ctx, [{ name: bias!, slice: { index: e, count: sources.length } }], async ([src]) => {
+          permuteBias(toBf16(src!, srcDtype), part.n * lins.length, width, 2, out);
+        });
+        await emit(out);
+      }
       return;
     }
     case 'stack-weight':
@@ -151,8 +171,8 @@ export async function produce(ctx: ProduceContext, t: OutputTensor, emit: Emit):
       await emitStack(ctx, p.stack, p.kind === 'stack-weight' ? 'weight' : 'scale', emit);
       return;
     case 'stack-global': {
-      const { group, parts, ws2, scales } = p.stack;
-      const each = await Promise.all(ws2.map((w, e) => relabel(ctx, () => processGlobalScale(group.experts[e]![parts[0]!].global, w, { ...opts, sf: scales.sf }))));
+      const { sources, ws2, scales } = p.stack;
+      const each = await Promise.all(ws2.map((w, e) => relabel(ctx, () => processGlobalScale(sources[e]![0]!.global!, w, { ...opts, sf: scales.sf }))));
       await emit(Buffer.concat(each));
       return;
     }
@@ -178,10 +198,13 @@ interface ExpertBatch {
  * transformed. Every expert's bytes are the same whatever the batching.
  */
 async function emitStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 'scale', emit: Emit): Promise<void> {
-  const { group, part, parts, scales } = stack;
-  const experts = group.experts;
-  const inputNames = (e: number) => parts.map((role) => experts[e]![role][what]);
-  const outPerExpert = what === 'weight' ? packedWeightBytes(part, parts.length) : processedScaleBytes(part, parts.length);
+  const { sources: experts, part, parts, scales } = stack;
+  // gpt-oss: every expert is a slice of one tensor; read and transform expert by expert.
+  if (experts[0]![0]!.slice) return emitSlicedStack(ctx, stack, what, emit);
+  const inputNames = (e: number) => experts[e]!.map((lin) => lin[what]);
+  const mxfp4 = ctx.scheme === 'mxfp4';
+  const outPerExpert =
+    what === 'weight' ? packedWeightBytes(part, parts.length) : mxfp4 ? mxfp4ScaleBytes(part, parts.length) : processedScaleBytes(part, parts.length);
   const inPerExpert = tensorsBytes(ctx.ckpt, inputNames(0));
   const budget = BATCH_BYTES_OVERRIDE ?? (ctx.backend === 'cuda' ? GPU_BATCH_BYTES : CPU_BATCH_BYTES);
   const per = Math.max(1, Math.floor(budget / Math.max(outPerExpert, inPerExpert)));
@@ -199,7 +222,7 @@ async function emitStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 
         // A part whose global differs from its expert's shared one: its block scales re-encoded.
         for (const [i, data] of inputs.entries()) {
           for (const [j, d] of data.entries()) {
-            const r = stack.reencodings[begin + i]![j];
+            const r = stack.reencodings[begin + i]?.[j];
             if (r) reencodeInPlace(d, r);
           }
         }
@@ -228,6 +251,8 @@ async function emitStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 
         try {
           if (what === 'weight') {
             await timed('transform', relabel(ctx, () => repackWeightStack(batch.names, batch.inputs, part, { out, backend })));
+          } else if (mxfp4) {
+            await timed('transform', relabel(ctx, () => processMxfp4ScalesStack(batch.names[0]!, batch.inputs, part, { out, backend })));
           } else {
             const opts = { layout: ctx.layout, dtype: ctx.dtype, sf: scales.sf, out, backend };
             await timed('transform', relabel(ctx, () => processScalesStack(batch.names, batch.inputs, part, opts)));
@@ -244,6 +269,16 @@ async function emitStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 
   } finally {
     // After a failure, the batch read ahead must land before its buffer goes back to the pool.
     if (next) await next.then((b) => ctx.pool.give(b.buffer), () => {});
+  }
+}
+
+/** A stack whose experts are slices of shared tensors (gpt-oss): one expert per read and transform. */
+async function emitSlicedStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 'scale', emit: Emit): Promise<void> {
+  const { sources, part, scales } = stack;
+  for (const lins of sources) {
+    await withInputs(ctx, lins.map(what === 'weight' ? weightOf : scaleOf), (data) =>
+      what === 'weight' ? emitWeight(ctx, lins[0]!.weight, data, part, emit) : emitScales(ctx, lins[0]!.scale, data, part, scales.sf, emit),
+    );
   }
 }
 
@@ -278,6 +313,15 @@ async function emitInChunks(buf: Buffer, emit: Emit, release: () => void): Promi
 async function emitScales(ctx: ProduceContext, name: string, parts: Buffer[], shape: LinearShape, sf: number, emit: Emit): Promise<void> {
   const step = ctx.layout === 'v1' ? 2 : 1;
   const backend = ctx.backend;
+  if (ctx.scheme === 'mxfp4') {
+    // E8M0 bytes permuted (FORMAT.md 5.1): rows of K/32, no sf.
+    for (const rows of slicesFor(ctx, shape.kp / MXFP4_GROUP, mxfp4ScaleBytes(shape, parts.length, 1), 1)) {
+      const out = ctx.pool.take(mxfp4ScaleBytes(shape, parts.length, rows.rowEnd - rows.rowBegin));
+      await timed('transform', relabel(ctx, () => processMxfp4ScalesStack(name, [parts], shape, { out, rows, backend })));
+      await emitInChunks(out, emit, () => ctx.pool.give(out));
+    }
+    return;
+  }
   for (const rows of slicesFor(ctx, shape.kp / 16, processedScaleBytes(shape, parts.length, 1), step)) {
     const out = ctx.pool.take(processedScaleBytes(shape, parts.length, rows.rowEnd - rows.rowBegin));
     await timed(

@@ -8,7 +8,7 @@ import { openRegularFile } from '../safetensors/io.js';
 import { dirname, join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import { INDEX_FILE } from '../checkpoint/model-dir.js';
-import type { Flavour } from '../checkpoint/flavour.js';
+import type { Convertible } from '../checkpoint/flavour.js';
 import { tensorBytes, type Plan } from '../plan/plan.js';
 import { buildManifest, MANIFEST_FILE, type HubProvenance, type Manifest, type ManifestFile } from '../format/manifest.js';
 import { marlinQuantConfig } from '../format/quant-config.js';
@@ -25,14 +25,21 @@ const DROPPED = new Set(['config.json', 'hf_quant_config.json', INDEX_FILE, MANI
 
 const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
-export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: Flavour, outDir: string): Promise<void> {
-  const config = { ...ckpt.config, quantization_config: marlinQuantConfig({
+/** The source flavour's kind and original quantization config (NVFP4 or MXFP4). */
+type SourceFlavour = Pick<Convertible['flavour'], 'kind' | 'original'>;
+
+export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceFlavour, outDir: string): Promise<void> {
+  const config = {
+    ...ckpt.config,
+    quantization_config: marlinQuantConfig({
       layout: plan.layout,
       dtype: plan.dtype,
+      scheme: plan.scheme,
       source: flavour.kind,
       original: flavour.original,
       fusedGroups: plan.groups.map((g) => g.members.map((m) => m.source.prefix)),
-    }) };
+    }),
+  };
   await writeFile(join(outDir, 'config.json'), json(config));
 }
 
@@ -75,7 +82,7 @@ export async function writeIndex(plan: Plan, outDir: string): Promise<void> {
 export async function writeManifest(
   ckpt: Checkpoint,
   plan: Plan,
-  flavour: Flavour,
+  flavour: SourceFlavour,
   layers: LayerRecord[],
   files: ManifestFile[],
   sourceShards: ManifestFile[],

@@ -40,6 +40,7 @@ export async function writeShard(job: ShardJob): Promise<void> {
     for (const t of shard.tensors) {
       const ctx = {
         ckpt: job.ckpt,
+        scheme: plan.scheme,
         layout: plan.layout,
         dtype: plan.dtype,
         backend: job.backend,

@@ -1,10 +1,20 @@
 // config.json's quantization_config of a converted checkpoint: what tells a loader (and
-// `detectFormat`) that a directory holds Marlin FP4 weights, and how they were made.
+// `detectFormat`) that a directory holds Marlin FP4 weights, which FP4 scheme they are, and
+// how they were made.
 import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
 
 export const QUANT_METHOD = 'marlin_fp4';
+
+/**
+ * The FP4 scheme of the weights: NVFP4 (group 16, E4M3 block scales, a global scale) or
+ * MXFP4 (group 32, E8M0 scales, no global scale; FORMAT.md section 5).
+ */
+export type Scheme = 'nvfp4' | 'mxfp4';
+
+/** One scale per this many weights along K. */
+export const SCHEME_GROUP_SIZE: Readonly<Record<Scheme, number>> = Object.freeze({ nvfp4: 16, mxfp4: 32 });
 /** NVFP4's block (group) size: one scale per 16 weights along K. */
-export const GROUP_SIZE = 16;
+export const GROUP_SIZE = SCHEME_GROUP_SIZE.nvfp4;
 
 /**
  * What serves the output: the vLLM plugin in integrations/vllm and the vLLM sources (file →
@@ -24,25 +34,34 @@ export const SERVING = {
 } as const;
 
 /** The source flavour as the output names it. */
-const SOURCE_FORMAT = { modelopt: 'modelopt-nvfp4', 'compressed-tensors': 'compressed-tensors-nvfp4' } as const;
+const SOURCE_FORMAT: Record<Scheme, Record<string, string>> = {
+  nvfp4: { modelopt: 'modelopt-nvfp4', 'compressed-tensors': 'compressed-tensors-nvfp4' },
+  mxfp4: { 'gpt-oss': 'gpt-oss-mxfp4', 'compressed-tensors': 'compressed-tensors-mxfp4' },
+};
 
 export interface QuantConfigInput {
   layout: LayoutVersion;
   dtype: ActDtype;
-  source: keyof typeof SOURCE_FORMAT;
+  /** NVFP4 unless given. */
+  scheme?: Scheme;
+  /** The source flavour's kind (modelopt, compressed-tensors, gpt-oss). */
+  source: string;
   /** The source's own quantization config, kept for provenance. */
   original: Record<string, unknown>;
   /** Module prefixes of each fused group, in concatenation order along N. */
   fusedGroups: string[][];
 }
 
-export function marlinQuantConfig({ layout, dtype, source, original, fusedGroups }: QuantConfigInput): Record<string, unknown> {
+export function marlinQuantConfig({ layout, dtype, scheme = 'nvfp4', source, original, fusedGroups }: QuantConfigInput): Record<string, unknown> {
   return {
     quant_method: QUANT_METHOD,
     layout,
     activation_dtype: dtype,
-    group_size: GROUP_SIZE,
-    source_format: SOURCE_FORMAT[source],
+    // Written for MXFP4 only, so that NVFP4 outputs stay byte-identical to earlier versions;
+    // a reader takes a missing scheme as NVFP4.
+    ...(scheme === 'mxfp4' ? { scheme } : {}),
+    group_size: SCHEME_GROUP_SIZE[scheme],
+    source_format: SOURCE_FORMAT[scheme][source] ?? `${source}-${scheme}`,
     // Parts that share one sf and one global scale, in concatenation order along N: a loader
     // that fuses them concatenates their tensors (FORMAT.md section 8). marlin-fp4-vllm reads it.
     fused_groups: fusedGroups,

@@ -4,6 +4,7 @@
 // Plain data only (no timestamps), so outputs are byte-identical across runs.
 import type { ActDtype, LayoutVersion } from '../transform/marlin.js';
 import type { ModuleKind } from './tensors.js';
+import type { Scheme } from './quant-config.js';
 
 export interface LayerRecord {
   name: string;
@@ -22,6 +23,14 @@ export interface LayerRecord {
   zeroed_scales: number;
   /** Block scales below 2^-6: decoded wrongly by v1's bfloat16 kernel. */
   subnormal_scales: number;
+  /** MXFP4 layers only (absent: NVFP4, so that NVFP4 records stay as they were). */
+  scheme?: Scheme;
+  /** With scheme: weights per scale along K (32 for MXFP4). */
+  group_size?: number;
+  /** With scheme: whether the stack carries a bias (`Q_bias`, gpt-oss). */
+  bias?: boolean;
+  /** gpt-oss w13: gate and up rows interleaved (row 2j gate j, 2j+1 up j), as the checkpoint has them. */
+  interleaved?: boolean;
   /** The fused group a dense linear belongs to (its sf and global scale are the group's). */
   fused_group?: string;
   /** Present where block scales were re-encoded onto a shared global scale (FORMAT.md section 8.1). */

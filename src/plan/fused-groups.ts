@@ -99,7 +99,7 @@ export function globalsDiffer(g: FusedGroup): boolean {
 export function strictRefusal(ckpt: Checkpoint, g: FusedGroup): InputError {
   const odd = g.members.find((m) => m.sourceWs2 !== g.shared)!;
   return new InputError(
-    `${where(ckpt, odd.source.global)}: fused ${g.name} has parts with different global scales (${globalsText(g.members)}); ` +
+    `${where(ckpt, odd.source.global!)}: fused ${g.name} has parts with different global scales (${globalsText(g.members)}); ` +
       `--strict refuses to re-encode their block scales onto one global`,
   );
 }

@@ -6,6 +6,7 @@ import { where, type LinearSource } from './linears.js';
 
 /** ModelOpt's weight_scale_2 of a linear (compressed-tensors' reciprocal undone, in f32). */
 export async function readGlobalScale(ckpt: Checkpoint, lin: LinearSource): Promise<number> {
+  if (!lin.global) throw new Error(`internal: ${lin.prefix} has no global scale (MXFP4)`);
   const raw = (await readTensor(ckpt, lin.global)).readFloatLE(0);
   const value = lin.globalReciprocal ? Math.fround(1 / raw) : raw;
   if (!(value > 0) || !Number.isFinite(value)) {

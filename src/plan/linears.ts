@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { TransformError } from '../transform/marlin.js';
-import type { Checkpoint, TensorRef } from '../checkpoint/model-dir.js';
+import { readTensorInto, type Checkpoint, type TensorRef } from '../checkpoint/model-dir.js';
 import { isIgnored, type Flavour } from '../checkpoint/flavour.js';
 import type { ExpertRole } from '../format/moe.js';
 
@@ -11,7 +11,8 @@ export interface LinearSource {
   prefix: string;
   weight: string;
   scale: string;
-  global: string;
+  /** The global scale's tensor (NVFP4); MXFP4 has none. */
+  global?: string;
   /** compressed-tensors stores 1 / weight_scale_2. */
   globalReciprocal: boolean;
   inputScale?: string;
@@ -19,6 +20,30 @@ export interface LinearSource {
   bias?: string;
   /** Input tensors that belong to this linear (not copied under their own names). */
   members: string[];
+  /**
+   * Where this linear sits when its tensors hold every expert of a layer along a leading
+   * dimension (gpt-oss's `…_blocks` [E, N, K/32, 16] and `…_scales` [E, N, K/32]): expert
+   * `index` of `count`, i.e. that contiguous 1/count of each tensor's bytes. Absent: the
+   * tensors are this linear's alone.
+   */
+  slice?: { index: number; count: number };
+}
+
+/** A linear's bytes of its weight or scale tensor: the whole tensor, or its expert's slice. */
+export async function readLinearTensor(ckpt: Checkpoint, lin: LinearSource, which: 'weight' | 'scale'): Promise<Buffer> {
+  const name = lin[which];
+  const e = ckpt.tensors.get(name)!.entry;
+  const { begin, end } = sliceRange(lin, e.end - e.begin);
+  const out = Buffer.alloc(end - begin);
+  await readTensorInto(ckpt, name, begin, out);
+  return out;
+}
+
+/** Byte range [begin, end) of a linear's part of a tensor of `bytes` bytes (see LinearSource.slice). */
+export function sliceRange(lin: Pick<LinearSource, 'slice'>, bytes: number): { begin: number; end: number } {
+  if (!lin.slice) return { begin: 0, end: bytes };
+  const per = bytes / lin.slice.count;
+  return { begin: per * lin.slice.index, end: per * (lin.slice.index + 1) };
 }
 
 export interface ExpertGroup {

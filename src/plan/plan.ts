@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import type { Flavour } from '../checkpoint/flavour.js';
+import type { Scheme } from '../format/quant-config.js';
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import { linearShape, type ActDtype, type LayoutVersion, type LinearShape } from '../transform/marlin.js';
 import { GATED_STACKS, stackName, stackPartShape, stackSizes, type ExpertRole, type StackSizes, type StackWhich } from '../format/moe.js';
@@ -19,7 +20,7 @@ import type { Reencoding } from '../transform/reencode.js';
 export interface DenseLinear {
   source: LinearSource;
   shape: LinearShape;
-  /** The global scale the output encodes: the linear's own, or its fused group's shared one. */
+  /** The global scale the output encodes: the linear's own, or its fused group's shared one; NaN for MXFP4, which has none (nothing reads it). */
   ws2: number;
   /** The linear's own global scale (ModelOpt's weight_scale_2). */
   sourceWs2: number;
@@ -33,21 +34,29 @@ export interface DenseLinear {
 }
 
 export interface MoeStack {
-  group: ExpertGroup;
-  /** 'w13' (gate then up along N) or 'w2' (down). */
+  /** The experts' prefix Q, e.g. model.layers.3.mlp.experts */
+  prefix: string;
+  /** sources[e] = expert e's source linears, in output column order (one per part). */
+  sources: LinearSource[][];
+  /** 'w13' (gate then up along N; gpt-oss: its interleaved rows) or 'w2' (down). */
   which: StackWhich;
   kind: ModuleKind;
   /** The group's hidden and intermediate sizes (and the padded intermediate). */
   sizes: StackSizes;
   /** Shape of one part (gate, up or down) of one expert. */
   part: LinearShape;
-  parts: ExpertRole[];
-  /** Global scale per expert as stored: the largest of its parts' (sharedGlobal). */
+  /** The parts' names (gate, up, down; gpt-oss: gate_up), in column order. */
+  parts: string[];
+  /** Global scale per expert as stored: the largest of its parts' (sharedGlobal); empty for MXFP4. */
   ws2: number[];
-  /** reencodings[e][p]: how part p of expert e moves onto ws2[e], where its own global differs. */
+  /** reencodings[e][p]: how part p of expert e moves onto ws2[e], where its own global differs (none for MXFP4). */
   reencodings: (Reencoding | undefined)[][];
-  /** One scale factor for the whole stack. */
+  /** One scale factor for the whole stack (1 for MXFP4). */
   scales: ScaleOutcome;
+  /** gpt-oss: the source's [E, N] bias tensor, written as `Q_bias` (FORMAT.md section 5.1 step 5). */
+  bias?: string;
+  /** gpt-oss w13: gate/up rows interleaved as the checkpoint has them. */
+  interleaved?: boolean;
 }
 
 export type Producer =
@@ -55,7 +64,7 @@ export type Producer =
   | { kind: 'dense-weight' | 'dense-scales' | 'dense-global'; linear: DenseLinear }
   | { kind: 'input-scale'; value: number }
   | { kind: 'bias'; linear: DenseLinear }
-  | { kind: 'stack-weight' | 'stack-scales' | 'stack-global'; stack: MoeStack };
+  | { kind: 'stack-weight' | 'stack-scales' | 'stack-global' | 'stack-bias'; stack: MoeStack };
 
 /** An output tensor: its spec (from format/) and how its bytes are made. */
 export interface OutputTensor extends TensorSpec {
@@ -68,6 +77,7 @@ export interface OutputShard {
 }
 
 export interface Plan {
+  scheme: Scheme;
   layout: LayoutVersion;
   dtype: ActDtype;
   shards: OutputShard[];
@@ -110,7 +120,7 @@ const UNSCANNED: ScaleOutcome = { sf: 1, lost: 0, subnormal: 0 };
 
 /** A converted module's name: a dense linear's prefix, or a stack's `<experts prefix>.w13` / `.w2`. */
 export function moduleName(m: DenseLinear | MoeStack): string {
-  return 'source' in m ? m.source.prefix : stackName(m.group.prefix, m.which);
+  return 'source' in m ? m.source.prefix : stackName(m.prefix, m.which);
 }
 
 /** The converted modules whose tensors a shard holds (what its header's records need scanned). */
@@ -241,7 +251,7 @@ async function planStacks(
     if (strict && gate !== up) {
       const ex = group.experts[e]!;
       throw new InputError(
-        `${where(ckpt, ex.up.global)}: gate and up projections of ${group.prefix}.${e} have different global scales (${gate} vs ${up}); --strict refuses to re-encode their block scales onto one global`,
+        `${where(ckpt, ex.up.global!)}: gate and up projections of ${group.prefix}.${e} have different global scales (${gate} vs ${up}); --strict refuses to re-encode their block scales onto one global`,
       );
     }
   }
@@ -252,7 +262,8 @@ async function planStacks(
     const reencodings = globals.map((g, e) => parts.map((p) => partReencoding(g[p], ws2[e]!)));
     const scope = group.experts.flatMap((ex, e) => parts.map((p, i): ScalePart => ({ lin: ex[p], reencoding: reencodings[e]![i] })));
     const stack: MoeStack = {
-      group,
+      prefix: group.prefix,
+      sources: group.experts.map((ex) => parts.map((role) => ex[role])),
       which,
       kind,
       sizes,
@@ -291,7 +302,7 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     const t = moduleTensors(prefix, 'linear', { part: d.shape, parts: 1 }, out);
     put(weight, { ...t.weight, producer: { kind: 'dense-weight', linear: d } });
     put(weight, { ...t.scales, producer: { kind: 'dense-scales', linear: d } });
-    put(weight, { ...t.global, producer: { kind: 'dense-global', linear: d } });
+    put(weight, { ...t.global!, producer: { kind: 'dense-global', linear: d } });
     if (d.inputScale !== undefined) put(weight, { ...inputScaleTensor(prefix), producer: { kind: 'input-scale', value: d.inputScale } });
     if (d.source.bias) {
       const b = ckpt.tensors.get(d.source.bias)!.entry;
@@ -299,16 +310,15 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     }
   }
   for (const s of stacks) {
-    const anchor = s.group.experts[0]!.gate.weight;
-    const t = moduleTensors(moduleName(s), s.kind, { part: s.part, parts: s.parts.length, experts: s.group.experts.length }, out);
+    const anchor = s.sources[0]![0]!.weight;
+    const t = moduleTensors(moduleName(s), s.kind, { part: s.part, parts: s.parts.length, experts: s.sources.length }, out);
     put(anchor, { ...t.weight, producer: { kind: 'stack-weight', stack: s } });
     put(anchor, { ...t.scales, producer: { kind: 'stack-scales', stack: s } });
-    put(anchor, { ...t.global, producer: { kind: 'stack-global', stack: s } });
+    put(anchor, { ...t.global!, producer: { kind: 'stack-global', stack: s } });
     const withInput: LinearSource[] = [];
-    for (const ex of s.group.experts) {
-      for (const role of s.parts) {
-        const lin = ex[role];
-        [lin.weight, lin.scale, lin.global].forEach((m) => consumed.add(m));
+    for (const lins of s.sources) {
+      for (const lin of lins) {
+        [lin.weight, lin.scale, lin.global!].forEach((m) => consumed.add(m));
         if (lin.inputScale) {
           consumed.add(lin.inputScale);
           withInput.push(lin);
@@ -325,6 +335,13 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     copied++;
   }
 
+  const shards = outputShards(ckpt, byShard);
+  if (!opts.deferScans) await scans.runAll(SCANS_AT_ONCE);
+  return { scheme: 'nvfp4', layout, dtype, shards, dense, groups, stacks, ignored: found.ignored, copied, scans };
+}
+
+/** The shards in the source's order, tensors sorted by name; a name given twice is an InputError. */
+export function outputShards(ckpt: Checkpoint, byShard: Map<string, OutputTensor[]>): OutputShard[] {
   const names = new Set<string>();
   const shards: OutputShard[] = [];
   for (const [file, tensors] of byShard) {
@@ -336,6 +353,5 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     }
     shards.push({ file, tensors });
   }
-  if (!opts.deferScans) await scans.runAll(SCANS_AT_ONCE);
-  return { layout, dtype, shards, dense, groups, stacks, ignored: found.ignored, copied, scans };
+  return shards;
 }

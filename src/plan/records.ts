@@ -6,9 +6,15 @@ import { moduleTensorNames } from '../format/tensors.js';
 import type { ReencodeEffect } from '../transform/reencode.js';
 import type { FusedGroup } from './fused-groups.js';
 import { moduleName, type DenseLinear, type MoeStack, type Plan } from './plan.js';
+import { SCHEME_GROUP_SIZE } from '../format/quant-config.js';
 
 function reencodeRecord(e: ReencodeEffect, extra: Pick<ReencodeRecord, 'source_global' | 'shared_global' | 'experts'>): ReencodeRecord {
   return { scales: e.rescaled, changed: e.changed, underflowed: e.underflowed, max_relative_change: e.maxRelativeChange, ...extra };
+}
+
+/** MXFP4 records say so (and their group size); NVFP4 records stay as they were. */
+function schemeFields(plan: Plan): Partial<LayerRecord> {
+  return plan.scheme === 'mxfp4' ? { scheme: 'mxfp4', group_size: SCHEME_GROUP_SIZE.mxfp4 } : {};
 }
 
 export function denseRecord(plan: Plan, d: DenseLinear): LayerRecord {
@@ -25,6 +31,7 @@ export function denseRecord(plan: Plan, d: DenseLinear): LayerRecord {
     ...(d.reencoding && d.scales.reencoded
       ? { reencoded: reencodeRecord(d.scales.reencoded, { source_global: d.sourceWs2, shared_global: d.ws2 }) }
       : {}),
+    ...schemeFields(plan),
   };
 }
 
@@ -36,11 +43,13 @@ export function stackRecord(plan: Plan, s: MoeStack): LayerRecord {
     activation_dtype: plan.dtype,
     ...s.part,
     sf: s.scales.sf,
-    experts: s.group.experts.length,
+    experts: s.sources.length,
     hidden: s.sizes.hidden,
     intermediate: s.sizes.intermediate,
     zeroed_scales: s.scales.lost,
     subnormal_scales: s.scales.subnormal,
+    ...schemeFields(plan),
+    ...(plan.scheme === 'mxfp4' ? { bias: s.bias !== undefined, interleaved: s.interleaved === true } : {}),
     ...(s.scales.reencoded
       ? { reencoded: reencodeRecord(s.scales.reencoded, { experts: s.reencodings.filter((parts) => parts.some((r) => r)).length }) }
       : {}),

@@ -31,15 +31,17 @@ export async function checkGemms(ctx: VerifyContext, u: Unit, rep: LayerReport, 
   const width = np * P;
   const sample = expertsWanted === 'all' ? [...Array(E).keys()] : sampleIndices(E, expertsWanted);
   const gsize = globalScaleBytes(ctx);
+  // MXFP4: E8M0 scales read as the kernel reads them, against the source's 2^(b-127); no global, no clamp.
+  const scheme = ctx.plan.scheme;
   for (const e of sample) {
     const weight = slab(l.weight, e, E);
     const scales = slab(l.scales, e, E);
-    const global = l.global.subarray(gsize * e, gsize * (e + 1));
+    const global = l.global?.subarray(gsize * e, gsize * (e + 1));
     for (const m of ms) {
       const x = randomActivations(m, k, dtype, fnv(`${u.name}/${e}/${m}`));
       let y: Float32Array;
       try {
-        y = await gemmMarlin({ x, m, k, n: width, np: width, kp, layout, dtype, weight, scales, global, threads }, backend);
+        y = await gemmMarlin({ x, m, k, n: width, np: width, kp, layout, dtype, weight, scales, global, scheme, threads }, backend);
         ctx.counts.gemms++;
       } catch (err) {
         checks.push({ m, expert: u.kind === 'linear' ? undefined : e, rel_err: Infinity, max_abs_err: Infinity, pass: false, error: (err as Error).message });
@@ -47,9 +49,9 @@ export async function checkGemms(ctx: VerifyContext, u: Unit, rep: LayerReport, 
       }
       for (let p = 0; p < P; p++) {
         const part = l.src[e]![p]!;
-        const ws2 = u.ws2[e]!;
-        const kept = clampedScales(part.stored, layout, u.scales.sf);
-        const ref = await gemmReference({ x, m, n, k, weight: part.weight, scale: kept.scales, ws2, dtype, threads }, backend);
+        const ws2 = u.ws2[e];
+        const kept = scheme === 'mxfp4' ? { scales: part.stored, lost: 0 } : clampedScales(part.stored, layout, u.scales.sf);
+        const ref = await gemmReference({ x, m, n, k, weight: part.weight, scale: kept.scales, ws2, scheme, dtype, threads }, backend);
         ctx.counts.gemms++;
         const err = gemmError(y, ref, { m, n, cols: width, col0: p * np });
         const c: GemmCheck = { m, rel_err: err.rel, max_abs_err: err.maxAbs, pass: err.rel <= tolerance };

@@ -4,6 +4,7 @@
 import { addon, type NativeAddon } from '../transform/addon.js';
 import { scaleIsLost } from '../transform/block-scales.js';
 import type { ActDtype, Backend, LayoutVersion } from '../transform/marlin.js';
+import type { Scheme } from '../format/quant-config.js';
 
 export interface MarlinGemmInput {
   /** Activations [m, k] as raw float16 / bfloat16 bits. */
@@ -19,10 +20,12 @@ export interface MarlinGemmInput {
   dtype: ActDtype;
   /** I32 [kp/16, 2·np] as bytes. */
   weight: Uint8Array;
-  /** Processed F8 [kp/16, np]. */
+  /** Processed F8 [kp/16, np]; MXFP4: E8M0 bytes [kp/32, np]. */
   scales: Uint8Array;
-  /** The stored global scale: 2 bytes (F16/BF16) under v1, 4 (F32) under v2. */
-  global: Uint8Array;
+  /** The stored global scale: 2 bytes (F16/BF16) under v1, 4 (F32) under v2; MXFP4 has none. */
+  global?: Uint8Array;
+  /** nvfp4 (default) or mxfp4 (FORMAT.md section 5). */
+  scheme?: Scheme;
   threads?: number;
   /** CUDA only: 'fast' (default, the tensor-core kernel) or 'simple' (the plain reference kernel). */
   kernel?: 'fast' | 'simple';
@@ -35,10 +38,12 @@ export interface ReferenceGemmInput {
   k: number;
   /** NVFP4 source: U8 [n, k/2]. */
   weight: Uint8Array;
-  /** F8_E4M3 [n, k/16]. */
+  /** F8_E4M3 [n, k/16]; MXFP4: E8M0 [n, k/32]. */
   scale: Uint8Array;
-  /** weight_scale_2. */
-  ws2: number;
+  /** weight_scale_2 (NVFP4 only). */
+  ws2?: number;
+  /** nvfp4 (default) or mxfp4. */
+  scheme?: Scheme;
   dtype: ActDtype;
   threads?: number;
 }

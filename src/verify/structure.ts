@@ -5,11 +5,18 @@
 // source's weight_scale_2 gives; input scales travel unchanged. Block scales re-encoded onto a
 // fused group's shared global are checked against the source's own within the bound of the
 // E4M3 rounding (reencoded.ts), and against the exact re-encoding.
+// MXFP4 (FORMAT.md section 5): the scales decoded back equal the source's E8M0 bytes exactly,
+// there is no global scale, and biases (dense, or gpt-oss's per-expert stacks) are the
+// source's, cast, padded, permuted.
 import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
 import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../format/tensors.js';
 import { decodeScales, processGlobalScale, unpackWeight } from '../transform/marlin.js';
 import { reencodeInPlace } from '../transform/reencode.js';
 import { checkReencodedScales } from './reencoded.js';
+import { decodeMxfp4Scales } from '../transform/mxfp4.js';
+import { permuteBias, toBf16 } from '../transform/bias.js';
+import { readLinearTensor } from '../plan/linears.js';
+import { DTYPE_SIZE } from '../safetensors/index.js';
 import { clampedScales } from './gemm.js';
 import { asInputError } from '../plan/linears.js';
 import { diffBytes, hex, slab } from './bytes.js';
@@ -26,7 +33,8 @@ export interface Loaded {
   src: { weight: Buffer; scale: Buffer; ownWs2: number; stored: Buffer; reencoded: boolean }[][];
   weight: Buffer;
   scales: Buffer;
-  global: Buffer;
+  /** NVFP4's stored global scales; absent for MXFP4. */
+  global?: Buffer;
 }
 
 function expectTensor(ckpt: Checkpoint, want: TensorSpec, errors: string[]): boolean {
@@ -62,29 +70,30 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
     src.push(
       await Promise.all(
         parts.map(async (lin, p) => {
-          const [weight, scale] = await Promise.all([readTensor(s, lin.weight), readTensor(s, lin.scale)]);
-          const r = u.reencodings[e]![p];
+          const [weight, scale] = await Promise.all([readLinearTensor(s, lin, 'weight'), readLinearTensor(s, lin, 'scale')]);
+          const r = u.reencodings[e]?.[p];
           const stored = r ? Buffer.from(scale) : scale;
           if (r) reencodeInPlace(stored, r);
-          return { weight, scale, ownWs2: r?.own ?? u.ws2[e]!, stored, reencoded: !!r };
+          return { weight, scale, ownWs2: r?.own ?? u.ws2[e] ?? NaN, stored, reencoded: !!r };
         }),
       ),
     );
   }
   if (u.group) rep.fused_group = u.group;
+  const mxfp4 = ctx.plan.scheme === 'mxfp4';
 
   // Tensors: names, dtypes, shapes as the plan has them.
   const E = u.experts.length;
   const P = u.parts.length;
   const okW = expectTensor(out, u.tensors.weight, errs);
   const okS = expectTensor(out, u.tensors.scales, errs);
-  const okG = expectTensor(out, u.tensors.global, errs);
-  ctx.counts.tensors += 3;
+  const okG = u.tensors.global !== undefined && expectTensor(out, u.tensors.global, errs);
+  ctx.counts.tensors += u.tensors.global ? 3 : 2;
   // What can be read is checked even when another tensor is wrong; the GEMMs need all three.
   const [wAll, sAll, gAll] = await Promise.all([
     okW ? readTensor(out, u.tensors.weight.name) : undefined,
     okS ? readTensor(out, u.tensors.scales.name) : undefined,
-    okG ? readTensor(out, u.tensors.global.name) : undefined,
+    okG ? readTensor(out, u.tensors.global!.name) : undefined,
   ]);
 
   // Contents, expert by expert and part by part.
@@ -106,6 +115,20 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
         if (unpacked.paddingNonzero > 0) errs.push(`${who(p)}weight: ${unpacked.paddingNonzero} non-zero 8-byte blocks in the padding`);
       }
       if (!sAll) continue;
+      if (mxfp4) {
+        // A byte permutation: every source byte comes back, padding is 0x00.
+        const decoded = await decodeMxfp4Scales(u.tensors.scales.name, slab(sAll, e, E), shape, where, backend);
+        const ds = diffBytes(decoded.scales, scale);
+        if (ds.count > 0) {
+          const g = shape.k / 32;
+          errs.push(
+            `${who(p)}weight_scale: ${ds.count} E8M0 scales differ from the source, first at [${Math.floor(ds.first / g)}, ${ds.first % g}] ` +
+              `(${hex(decoded.scales[ds.first])} vs ${hex(scale[ds.first])})`,
+          );
+        }
+        if (decoded.paddingNonzero > 0) errs.push(`${who(p)}weight_scale: ${decoded.paddingNonzero} non-zero bytes in the padding`);
+        continue;
+      }
       const decoded = await decodeScales(u.tensors.scales.name, slab(sAll, e, E), shape, { layout, sf }, where, backend);
       if (part.reencoded) {
         // Against the source's own scales and global, within the bound of the E4M3 rounding.
@@ -135,11 +158,12 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
       if (decoded.paddingNonzero > 0) errs.push(`${who(p)}weight_scale: ${decoded.paddingNonzero} non-zero bytes in the padding`);
     }
     // One global per expert (a fused group's, or w13's, shared one: the largest of its parts').
+    if (mxfp4) continue;
     // The same rule as convert's: a stored value that overflows or rounds to 0 is the
     // source's error (one line naming its tensor, exit code 2), not a failed layer.
     let wantG: Buffer;
     try {
-      wantG = processGlobalScale(u.experts[e]![0]!.global, u.ws2[e]!, { layout, dtype, sf });
+      wantG = processGlobalScale(u.experts[e]![0]!.global!, u.ws2[e]!, { layout, dtype, sf });
     } catch (err) {
       asInputError(s, err);
     }
@@ -158,5 +182,26 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
     }
   }
   if (u.dense?.source.bias && !out.tensors.has(biasName(u.dense.source.prefix))) errs.push(`${biasName(u.dense.source.prefix)}: missing`);
-  return wAll && sAll && gAll ? { src, weight: wAll, scales: sAll, global: gAll } : undefined;
+  if (mxfp4) await checkMxfp4Biases(ctx, u, errs);
+  return wAll && sAll && (gAll || mxfp4) ? { src, weight: wAll, scales: sAll, global: gAll } : undefined;
+}
+
+/** The bias the plan expects (a dense bias, or a stack's `Q_bias`) holds the source's, cast to bfloat16, padded and permuted. */
+async function checkMxfp4Biases(ctx: VerifyContext, u: Unit, errs: string[]): Promise<void> {
+  const source = u.dense?.source.bias ?? u.stack?.bias;
+  if (!source) return;
+  const spec = [...ctx.outputs.values()].find((t) => (t.producer.kind === 'bias' && t.producer.linear === u.dense) || (t.producer.kind === 'stack-bias' && t.producer.stack === u.stack));
+  if (!spec || !expectTensor(ctx.out, spec, errs)) return;
+  ctx.counts.tensors++;
+  const srcEntry = ctx.src.tensors.get(source)!.entry;
+  const raw = await readTensor(ctx.src, source);
+  const got = await readTensor(ctx.out, spec.name);
+  const E = u.experts.length;
+  const width = spec.shape[spec.shape.length - 1]!;
+  const n = u.shape.n * u.parts.length;
+  const size = DTYPE_SIZE[spec.dtype];
+  const want = Buffer.alloc(got.length);
+  for (let e = 0; e < E; e++) permuteBias(toBf16(slab(raw, e, E), srcEntry.dtype), n, width, size, want, e * width);
+  const d = diffBytes(got, want);
+  if (d.count > 0) errs.push(`${spec.name}: ${d.count} bytes differ from the source bias cast to bfloat16, padded and permuted, first at byte ${d.first}`);
 }

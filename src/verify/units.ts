@@ -41,7 +41,8 @@ export function outputTensors(plan: Plan): Map<string, OutputTensor> {
 export function unitsOf(plan: Plan, byName: Map<string, OutputTensor>): Unit[] {
   const tensors = (name: string, kind: Unit['kind']): QuantizedTensors<OutputTensor> => {
     const n = moduleTensorNames(name, kind);
-    return { weight: byName.get(n.weight)!, scales: byName.get(n.scales)!, global: byName.get(n.global)! };
+    // MXFP4 modules have no global scale: the plan has no tensor of that name.
+    return { weight: byName.get(n.weight)!, scales: byName.get(n.scales)!, global: byName.get(n.global) };
   };
   const out: Unit[] = [];
   for (const d of plan.dense) {
@@ -66,7 +67,7 @@ export function unitsOf(plan: Plan, byName: Map<string, OutputTensor>): Unit[] {
       name,
       kind: s.kind,
       tensors: tensors(name, s.kind),
-      experts: s.group.experts.map((ex) => s.parts.map((role) => ex[role])),
+      experts: s.sources,
       parts: s.parts,
       shape: s.part,
       scales: s.scales,

@@ -16,8 +16,8 @@ import { InputError } from '../errors.js';
 import { MANIFEST_FILE } from '../format/manifest.js';
 import { readManifest } from '../integrity/manifest-check.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/model-dir.js';
-import { detectFormat, requireNvfp4 } from '../checkpoint/flavour.js';
-import { planConversion } from '../plan/plan.js';
+import { detectFormat, requireConvertible } from '../checkpoint/flavour.js';
+import { planSource } from '../plan/source-plan.js';
 import { resolveBackend, setThreads, type ActDtype, type LayoutVersion } from '../transform/marlin.js';
 import { defaultTolerance, referenceEngine } from './gemm.js';
 import type { VerifyContext } from './context.js';
@@ -57,7 +57,7 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
       throw e;
     });
     // The expectations: what convert makes of this source under this layout and dtype.
-    const plan = await planConversion(src, requireNvfp4(src), { layout, dtype });
+    const plan = await planSource(src, requireConvertible(src), { layout, dtype });
     const ctx: VerifyContext = {
       dir,
       out,

@@ -7,6 +7,7 @@ import { basename } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { DIMENSION_KEYS, generateModel, PRESETS, resolveOptions } from './generate.js';
+import { generateMxfp4Model, isMxfp4Preset, MXFP4_PRESETS } from './mxfp4.js';
 import type { GenerateOptions, ModelDims } from './types.js';
 
 /** How the README and the usage text spell the command. */
@@ -15,6 +16,7 @@ export const COMMAND = 'node build/tools/fixture-generator/cli.js';
 const USAGE = `usage: ${COMMAND} <out-dir> (--preset NAME | --arch llama|qwen3-moe) --flavour modelopt|compressed-tensors
        [--shards N] [--layers N] [--seed S] [--expert-names proj|w] [--no-zeros] [--split-globals] [--set key=value ...]
 presets: ${Object.keys(PRESETS).join(', ')}
+MXFP4 presets (no --flavour; --shards, --layers, --seed only): ${Object.keys(MXFP4_PRESETS).join(', ')}
 --set keys: ${DIMENSION_KEYS.join(', ')}`;
 
 /** Parses CLI arguments (without `node` and the script) into { dir, options }. */
@@ -79,6 +81,13 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const t0 = performance.now();
+  const preset = parsed.options.preset;
+  if (preset !== undefined && isMxfp4Preset(preset)) {
+    const { shards = 1, seed = 1, layers } = parsed.options;
+    const r = await generateMxfp4Model(parsed.dir, { preset, shards, seed, layers });
+    console.log(`${r.dir}: ${preset} MXFP4, seed ${seed}, ${shards} shard${shards === 1 ? '' : 's'}, ${r.tensorCount} tensors, ${formatBytes(r.bytes)} in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+    return;
+  }
   const r = await generateModel(parsed.dir, parsed.options);
   const { model, flavour, shards, seed } = resolveOptions(parsed.options);
   const secs = ((performance.now() - t0) / 1000).toFixed(2);

@@ -36,7 +36,7 @@ function seedKey(seed: number): Buffer {
 }
 
 /** A keystream of pseudo-random bytes, identified by (seed, label); read front to back. */
-function byteStream(seed: number, label: string): { next(n: number): Buffer } {
+export function byteStream(seed: number, label: string): { next(n: number): Buffer } {
   const iv = createHash('sha256').update(label).digest().subarray(0, 16);
   const cipher = createCipheriv('aes-128-ctr', seedKey(seed), iv);
   return { next: (n: number) => cipher.update(zeros(n)) };
