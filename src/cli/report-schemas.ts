@@ -63,6 +63,10 @@ const layerRecord = z.strictObject({
     })
     .optional()
     .describe('block scales re-encoded onto a shared global scale (FORMAT.md section 8.1)'),
+  scheme: z.enum(['nvfp4', 'mxfp4']).optional().describe('written for MXFP4 layers only (FORMAT.md section 5); absent means NVFP4'),
+  group_size: int.optional().describe('with scheme: weights per scale along K (32)'),
+  bias: z.boolean().optional().describe('with scheme: the stack carries a bias (gpt-oss `Q_bias`)'),
+  interleaved: z.boolean().optional().describe('with scheme: gpt-oss w13, gate and up rows interleaved as the checkpoint has them'),
 });
 
 const gemmCheck = z.strictObject({
@@ -136,6 +140,7 @@ const convertBody = {
   input: z.string(),
   output: z.string(),
   flavour: z.string(),
+  scheme: z.enum(['nvfp4', 'mxfp4']).describe('the FP4 scheme of the source (FORMAT.md sections 1 and 5)'),
   layout,
   activation_dtype: dtype,
   device: z.enum(['cpu', 'cuda']),
@@ -163,7 +168,7 @@ const inspectBody = {
   hub: hubSource.optional(),
   path: z.string(),
   format: z.enum(['nvfp4', 'mxfp4', 'marlin-fp4', 'other']),
-  flavour: z.enum(['modelopt', 'compressed-tensors']).optional(),
+  flavour: z.enum(['modelopt', 'compressed-tensors', 'gpt-oss']).optional(),
   description: z.string(),
   marlin: z.strictObject({ layout: z.string(), activation_dtype: z.string() }).optional(),
   architecture: z.string().optional(),

@@ -4,7 +4,8 @@
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { openCheckpoint, type Checkpoint, type ShardSource } from '../checkpoint/model-dir.js';
-import { detectFormat, type Detected, type Flavour } from '../checkpoint/flavour.js';
+import { detectFormat, type Detected, type Flavour, type Mxfp4Flavour } from '../checkpoint/flavour.js';
+import { inspectMxfp4 } from './mxfp4.js';
 import { readJsonObject } from '../checkpoint/json-file.js';
 import { MANIFEST_FILE } from '../format/manifest.js';
 import { findLinears, type ExpertGroup, type FoundLinears, type LinearSource } from '../plan/linears.js';
@@ -87,7 +88,7 @@ export interface Conversion {
 export interface InspectReport {
   path: string;
   format: Detected['format'];
-  flavour?: Flavour['kind'];
+  flavour?: Flavour['kind'] | Mxfp4Flavour['kind'];
   /** One line: ModelOpt NVFP4, compressed-tensors NVFP4, MXFP4, Marlin FP4 v2 (bfloat16), not quantized (…). */
   description: string;
   marlin?: { layout: string; activation_dtype: string };
@@ -121,7 +122,7 @@ function describe(d: Detected): string {
     case 'nvfp4':
       return `${d.kind === 'modelopt' ? 'ModelOpt' : 'compressed-tensors'} NVFP4`;
     case 'mxfp4':
-      return 'MXFP4';
+      return `${d.kind === 'gpt-oss' ? 'gpt-oss' : d.kind === 'modelopt' ? 'ModelOpt' : 'compressed-tensors'} MXFP4`;
     case 'marlin-fp4':
       return `Marlin FP4 ${d.layout} (${d.dtype}), already converted`;
     default:
@@ -170,7 +171,7 @@ export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectRe
     const report: InspectReport = {
       path: ckpt.dir,
       format: det.format,
-      flavour: det.format === 'nvfp4' ? det.kind : undefined,
+      flavour: det.format === 'nvfp4' || det.format === 'mxfp4' ? det.kind : undefined,
       description: describe(det),
       marlin: det.format === 'marlin-fp4' ? { layout: det.layout, activation_dtype: det.dtype } : undefined,
       architecture: Array.isArray(arch) ? arch.map(String).join(', ') : str(arch),
@@ -213,7 +214,24 @@ export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectRe
       report.problems.push(...m.problems);
       report.verdict = 'already a Marlin FP4 checkpoint: nothing to convert';
     } else if (det.format === 'mxfp4') {
-      report.verdict = 'an MXFP4 checkpoint: marlin-fp4 converts NVFP4 only';
+      const { format: _format, ...flavour } = det;
+      const m = inspectMxfp4(ckpt, flavour, opts.dtype);
+      report.quantized = { dense: m.dense.length, dense_shapes: shapeCounts(m.dense), moe_layers: m.moe.length, moe_shapes: moeShapeCounts(m.moe), ignored: [] };
+      report.conversion = {
+        activation_dtype: m.dtype,
+        activation_dtype_from: m.dtypeFrom,
+        converted: m.converted,
+        passed_through: m.passed,
+        layouts: [
+          { layout: 'v2', shapes_ok: m.v2.unavailable === undefined, ...m.v2 },
+          { layout: 'v1', shapes_ok: false, unavailable: 'MXFP4 has one Marlin layout (v2)' },
+        ],
+      };
+      report.problems.push(...m.problems);
+      report.convertible = m.problems.length === 0 && m.v2.tensor_bytes !== undefined;
+      report.verdict = report.convertible
+        ? 'convert would accept it (MXFP4 -> Marlin FP4 v2, bfloat16 only)'
+        : `convert would refuse it: ${m.problems.length} problem${m.problems.length === 1 ? '' : 's'}`;
     } else {
       report.verdict = `not an NVFP4 checkpoint (${det.description}): nothing to convert`;
     }
