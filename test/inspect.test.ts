@@ -229,8 +229,10 @@ describe('inspect on other formats', () => {
     });
     const a = inspectJson([mx]);
     expect(a.format).toBe('mxfp4');
-    expect(a.description).toBe('MXFP4');
-    expect(a.verdict).toBe('an MXFP4 checkpoint: marlin-fp4 converts NVFP4 only');
+    // An MXFP4 config over NVFP4 tensors: gpt-oss MXFP4 by its config, with nothing MXFP4 to convert.
+    expect(a.description).toBe('gpt-oss MXFP4');
+    expect(a.verdict).toBe('convert would refuse it: 1 problem');
+    expect(a.problems[0].message).toMatch(/no MXFP4-quantized linear found/);
     expect(a.convertible).toBe(false);
 
     await editJson(join(mx, 'config.json'), (c) => {

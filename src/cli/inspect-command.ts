@@ -94,7 +94,8 @@ export function problemLines(r: InspectReport): string[] {
     lines.push(`problems (${r.problems.length}):`);
     for (const p of r.problems) lines.push(`  ${p.layout ? `[${p.layout}] ` : ''}${p.message}`);
   } else {
-    lines.push(r.conversion && !r.scales ? 'problems: none found (block scales not read: pass --scan-scales to check them too)' : 'problems: none found');
+    // MXFP4 scales are a byte permutation: nothing to scan for.
+    lines.push(r.conversion && !r.scales && r.format === 'nvfp4' ? 'problems: none found (block scales not read: pass --scan-scales to check them too)' : 'problems: none found');
   }
   lines.push(`verdict: ${r.verdict}`);
   return lines;
