@@ -43,7 +43,7 @@ const cases: Case[] = [
   {
     title: 'a block scale of the wrong shape',
     edit: (n, t) => (n === `${Q}.weight_scale` ? { ...t, shape: [t.shape[0]! * 2, t.shape[1]! / 2] } : t),
-    error: `model.safetensors: tensor ${Q}.weight: weight_scale shape [256, 4] is not [N, K/16] = [128, 8]`,
+    error: `model.safetensors: tensor ${Q}.weight_scale: shape [256, 4] is not [N, K/16] = [128, 8] (weight ${Q}.weight is [128, 64])`,
   },
   {
     title: 'a K that breaks the group size',

@@ -53,7 +53,7 @@ describe.each(FIXTURES)('inspect %s', (fixture) => {
     } else {
       expect(rep.quantized.dense).toBe(8);
       expect(rep.quantized.moe_layers).toBe(2);
-      expect(rep.quantized.moe_shapes).toEqual([{ experts: 3, hidden: 128, intermediate: 64, count: 2 }]);
+      expect(rep.quantized.moe_shapes).toEqual([{ experts: 3, hidden: 128, intermediate: 64, gated: true, count: 2 }]);
     }
     for (const layout of ['v2', 'v1']) {
       const conv = cli(['convert', join(MODELS, fixture), '-o', join(work, `${fixture}-${layout}`), '--layout', layout, '--json', '--no-checksums']);
@@ -81,7 +81,7 @@ describe('inspect for people', () => {
     expect(r.stdout).toMatch(/^architecture {2}Qwen3MoeForCausalLM \(qwen3_moe\), torch_dtype bfloat16$/m);
     expect(r.stdout).toMatch(/^files {9}2 shards, /m);
     expect(r.stdout).toMatch(/^quantized {5}8 dense linears, 2 MoE expert layers$/m);
-    expect(r.stdout).toMatch(/MoE experts +hidden +intermediate +layers\n +3 +128 +64 +2/);
+    expect(r.stdout).toMatch(/MoE experts +hidden +intermediate +gated +layers\n +3 +128 +64 +yes +2/);
     expect(r.stdout).toMatch(/^output v2 {5}\d+(\.\d)? KB of tensors, 75 tensors/m);
     expect(r.stdout).toMatch(/^problems: none found \(block scales not read: pass --scan-scales/m);
     expect(r.stdout).toMatch(/^verdict: convert would accept it with --layout v2 \(and v1\)$/m);
@@ -199,8 +199,12 @@ describe('inspect finds every problem in one run (exit 0)', () => {
     });
     await rm(join(bad, 'hf_quant_config.json'));
     const b = inspectJson([bad]);
-    expect(b.problems).toEqual([{ kind: 'malformed', message: 'quantization config: ignore pattern "re:(unclosed" is not a valid regular expression' }]);
-    expect(b.verdict).toBe('convert would refuse it: 1 problem');
+    // The I8 weight is still reported (block scales are checked whatever the ignore list says).
+    expect(b.problems).toEqual([
+      a.problems[0],
+      { kind: 'malformed', message: 'quantization config: ignore pattern "re:(unclosed" is not a valid regular expression' },
+    ]);
+    expect(b.verdict).toBe('convert would refuse it: 2 problems');
   });
 
   it('a missing torch_dtype is a problem with a one-flag fix', async () => {

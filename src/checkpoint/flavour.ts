@@ -1,17 +1,37 @@
 // Which NVFP4 or MXFP4 flavour a checkpoint is, from config.json's quantization_config and/or
-// hf_quant_config.json, and which modules its exclude/ignore list keeps unquantized.
+// hf_quant_config.json, which modules its exclude/ignore list keeps unquantized, and (ModelOpt
+// MIXED_PRECISION) which scheme its per-layer table gives each module.
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { Checkpoint } from './model-dir.js';
-import { QUANT_METHOD } from '../format/quant-config.js';
+import { CONVERTED_ALGOS, QUANT_METHOD } from '../format/quant-config.js';
 
 export type FlavourKind = 'modelopt' | 'compressed-tensors';
 
+/**
+ * ModelOpt's algorithms that marlin-fp4 converts: NVFP4 (W4A4), W4A16_NVFP4 (weight-only,
+ * no input scale) and MIXED_PRECISION (a per-layer table; its NVFP4 / W4A16_NVFP4 layers are
+ * converted, the others pass through). compressed-tensors NVFP4 is reported as 'NVFP4'.
+ */
+export type QuantAlgo = 'NVFP4' | 'W4A16_NVFP4' | 'MIXED_PRECISION';
+
+/** The per-layer algorithms whose tensors are packed NVFP4 (converted). */
+export const NVFP4_ALGOS = CONVERTED_ALGOS;
+
+export interface LayerScheme {
+  quant_algo: string;
+  group_size?: number;
+  [key: string]: unknown;
+}
+
 export interface Flavour {
   kind: FlavourKind;
+  algo: QuantAlgo;
   /** Modules that stay unquantized; see isIgnored. */
   ignore: string[];
   groupSize: number;
+  /** MIXED_PRECISION's quantized_layers table (module name -> scheme), verbatim; see layerScheme. */
+  layers?: Record<string, LayerScheme>;
   /** The original quantization config, carried into the output's config.json. */
   original: Record<string, unknown>;
 }
@@ -70,18 +90,34 @@ export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>)
   if (qc && lower(qc.quant_method) === QUANT_METHOD) {
     return { format: 'marlin-fp4', layout: String(qc.layout ?? '?'), dtype: String(qc.activation_dtype ?? '?'), original: qc };
   }
-  // ModelOpt: quant_algo NVFP4 in config.json (newer exports) or hf_quant_config.json.
-  const mo = qc && lower(qc.quant_method) === 'modelopt' ? qc : hq;
-  if (mo && lower(mo.quant_algo) === 'nvfp4') {
-    return {
-      format: 'nvfp4',
-      kind: 'modelopt',
-      ignore: [...strings(mo.exclude_modules), ...strings(mo.ignore)],
-      groupSize: typeof mo.group_size === 'number' ? mo.group_size : 16,
-      original: qc ?? (ckpt.hfQuantConfig as Record<string, unknown>),
-    };
+  // ModelOpt: quant_algo in config.json (newer exports) or in hf_quant_config.json (older
+  // ones, and exports whose config.json says only quant_method modelopt).
+  const moConfig = qc && lower(qc.quant_method).startsWith('modelopt') ? qc : undefined;
+  if (moConfig || hq) {
+    const fromConfig = moConfig?.quant_algo !== undefined && moConfig.quant_algo !== null;
+    const mo = fromConfig ? moConfig! : hq ?? moConfig!;
+    const algo = String(mo.quant_algo ?? '').toUpperCase();
+    const where = fromConfig ? 'config.json' : hq ? 'hf_quant_config.json' : 'config.json';
+    if (algo === 'NVFP4' || algo === 'W4A16_NVFP4' || algo === 'MIXED_PRECISION') {
+      const layers = obj(mo.quantized_layers) ?? obj(hq?.quantized_layers) ?? obj(moConfig?.quantized_layers);
+      const table = layers ? (Object.fromEntries(Object.entries(layers).filter(([, v]) => obj(v))) as Record<string, LayerScheme>) : undefined;
+      const nvfp4Entry = Object.values(table ?? {}).find((v) => NVFP4_ALGOS.includes(String(v.quant_algo).toUpperCase()));
+      const groupSize = typeof mo.group_size === 'number' ? mo.group_size : typeof nvfp4Entry?.group_size === 'number' ? nvfp4Entry.group_size : 16;
+      return {
+        format: 'nvfp4',
+        kind: 'modelopt',
+        algo: algo as QuantAlgo,
+        ignore: [...new Set([...strings(mo.exclude_modules), ...strings(mo.ignore), ...strings(hq?.exclude_modules), ...strings(moConfig?.ignore)])],
+        groupSize,
+        layers: algo === 'MIXED_PRECISION' ? (table ?? {}) : undefined,
+        original: qc ?? (ckpt.hfQuantConfig as Record<string, unknown>),
+      };
+    }
+    if (algo === 'MXFP4') return mxfp4('modelopt', strings(mo.exclude_modules), 32, mo);
+    if (!qc || moConfig) {
+      return { format: 'other', description: algo ? `ModelOpt quant_algo ${algo} (${where})` : `ModelOpt with no quant_algo in config.json or hf_quant_config.json` };
+    }
   }
-  if (mo && lower(mo.quant_algo) === 'mxfp4') return mxfp4('modelopt', strings(mo.exclude_modules), 32, mo);
   if (qc && lower(qc.quant_method) === 'compressed-tensors') {
     const groups = Object.values(obj(qc.config_groups) ?? {}).map(obj).filter((g) => g !== undefined);
     const formats = [qc.format, ...groups.map((g) => g.format)].map(lower).filter(Boolean);
@@ -90,6 +126,7 @@ export function detectFormat(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig'>)
       return {
         format: 'nvfp4',
         kind: 'compressed-tensors',
+        algo: 'NVFP4',
         ignore: strings(qc.ignore),
         groupSize: typeof w?.group_size === 'number' ? w.group_size : 16,
         original: qc,
@@ -123,6 +160,15 @@ export function requireConvertible(ckpt: Pick<Checkpoint, 'config' | 'hfQuantCon
   return { scheme: 'mxfp4', flavour };
 }
 
+/** Why an NVFP4 flavour's config cannot be converted (group size, MIXED_PRECISION without a table), or undefined. */
+export function flavourProblem(f: Flavour): string | undefined {
+  if (f.groupSize !== 16) return `NVFP4 group size ${f.groupSize} is not 16`;
+  if (f.algo === 'MIXED_PRECISION' && Object.keys(f.layers ?? {}).length === 0) {
+    return 'quant_algo MIXED_PRECISION needs a non-empty quantized_layers table (none found in config.json or hf_quant_config.json)';
+  }
+  return undefined;
+}
+
 /** The NVFP4 flavour, or a one-line error that says what the checkpoint is instead. */
 export function requireNvfp4(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig' | 'dir'>): Flavour {
   const conflict = quantConflict(ckpt);
@@ -134,9 +180,11 @@ export function requireNvfp4(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig' |
   }
   const d = detectFormat(ckpt);
   switch (d.format) {
-    case 'nvfp4':
-      if (d.groupSize !== 16) throw new InputError(`${ckpt.dir}: NVFP4 group size ${d.groupSize} is not 16`);
+    case 'nvfp4': {
+      const problem = flavourProblem(d);
+      if (problem) throw new InputError(`${ckpt.dir}: ${problem}`);
       return d;
+    }
     case 'marlin-fp4':
       throw new InputError(`${ckpt.dir}: already a Marlin FP4 checkpoint (layout ${d.layout}, ${d.dtype}); nothing to convert`);
     case 'mxfp4':
@@ -168,4 +216,35 @@ export function isIgnored(flavour: Pick<Flavour, 'ignore'>, module: string): boo
     if (pattern === module) return true;
     return pattern.includes('*') || pattern.includes('?') ? globToRegExp(pattern).test(module) : false;
   });
+}
+
+/** The candidate table keys of a module: itself, and the `model.language_model.` / `language_model.model.` spelling swap. */
+function spellings(module: string): string[] {
+  const out = [module];
+  if (module.startsWith('model.language_model.')) out.push(`language_model.model.${module.slice('model.language_model.'.length)}`);
+  if (module.startsWith('language_model.model.')) out.push(`model.language_model.${module.slice('language_model.model.'.length)}`);
+  return out;
+}
+
+/**
+ * The MIXED_PRECISION table's scheme for a module, as vLLM's ModelOpt mixed-precision config
+ * resolves it (quantization/modelopt.py `_resolve_quant_algo`): the module's own key; else a
+ * key naming a module that contains it (`…mlp.experts` for `…mlp.experts.3.up_proj`); else a
+ * key inside it (`…experts.0.up_proj` for a batched `…experts.up_proj`). Undefined when the
+ * flavour has no table (every packed module is NVFP4 then) or the table does not list it.
+ */
+export function layerScheme(flavour: Flavour, module: string): LayerScheme | undefined {
+  const t = flavour.layers;
+  if (!t) return undefined;
+  for (const m of spellings(module)) {
+    if (t[m]) return t[m];
+    const parts = m.split('.');
+    for (let i = parts.length - 1; i > 0; i--) {
+      const outer = t[parts.slice(0, i).join('.')];
+      if (outer) return outer;
+    }
+    const inner = Object.keys(t).find((k) => k.startsWith(`${m}.`));
+    if (inner) return t[inner];
+  }
+  return undefined;
 }

@@ -37,7 +37,7 @@ function summary(r: ConvertReport): string[] {
   const stacks = r.layers.filter((l) => l.kind !== 'linear').length;
   const rate = r.seconds > 0 ? `, ${bytes(r.bytes_in / r.seconds)}/s` : '';
   return [
-    `converted ${dense} linear layers and ${stacks / 2} MoE expert layers (${r.flavour} ${r.scheme.toUpperCase()} -> Marlin FP4 ${r.layout}, ${r.activation_dtype}, on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}); copied ${r.copied_tensors} tensors unchanged`,
+    `converted ${dense} linear layers and ${stacks / 2} MoE expert layers (${r.flavour} ${r.quant_algo} -> Marlin FP4 ${r.layout}, ${r.activation_dtype}, on the ${r.device === 'cuda' ? 'GPU' : 'CPU'}); copied ${r.copied_tensors} tensors unchanged`,
     `wrote ${r.output}: ${r.shards} shard${r.shards === 1 ? '' : 's'}, ${r.tensors} tensors, ${bytes(r.bytes_out)} in ${seconds(r.seconds)}${rate}`,
   ];
 }

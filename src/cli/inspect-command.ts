@@ -49,7 +49,7 @@ export function inspectSummary(r: InspectReport, model: string): string[] {
       lines.push('', ...table(['dense N x K', 'count'], q.dense_shapes.map((s) => [`${s.n} x ${s.k}`, String(s.count)])));
     }
     if (q.moe_shapes.length) {
-      lines.push('', ...table(['MoE experts', 'hidden', 'intermediate', 'layers'], q.moe_shapes.map((s) => [String(s.experts), String(s.hidden), String(s.intermediate), String(s.count)])));
+      lines.push('', ...table(['MoE experts', 'hidden', 'intermediate', 'gated', 'layers'], q.moe_shapes.map((s) => [String(s.experts), String(s.hidden), String(s.intermediate), s.gated ? 'yes' : 'no (up, down)', String(s.count)])));
     }
   }
   const c = r.conversion;

@@ -90,6 +90,8 @@ export interface ConvertReport {
   flavour: string;
   /** nvfp4 or mxfp4. */
   scheme: Scheme;
+  /** The source's algorithm: NVFP4, W4A16_NVFP4 or MIXED_PRECISION (ModelOpt; compressed-tensors: NVFP4). */
+  quant_algo: string;
   layout: LayoutVersion;
   activation_dtype: ActDtype;
   device: Backend;
@@ -276,6 +278,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         output: staged.dir,
         flavour: flavour.kind,
         scheme: plan.scheme,
+        quant_algo: 'algo' in flavour ? flavour.algo : 'MXFP4',
         layout: plan.layout,
         activation_dtype: dtype,
         device: backend,

@@ -9,6 +9,7 @@ import { asInputError, sliceRange, type LinearSource } from '../plan/linears.js'
 import type { Scheme } from '../format/quant-config.js';
 import { permuteBias, toBf16 } from '../transform/bias.js';
 import { MXFP4_GROUP, mxfp4ScaleBytes, processMxfp4ScalesStack } from '../transform/mxfp4.js';
+import { readSource } from '../plan/source-bytes.js';
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import {
   packedWeightBytes,
@@ -199,8 +200,9 @@ interface ExpertBatch {
  */
 async function emitStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 'scale', emit: Emit): Promise<void> {
   const { sources: experts, part, parts, scales } = stack;
-  // gpt-oss: every expert is a slice of one tensor; read and transform expert by expert.
-  if (experts[0]![0]!.slice) return emitSlicedStack(ctx, stack, what, emit);
+  // gpt-oss, Llama-4, batched Nemotron-H: every expert is a part of shared 3-D tensors; read
+  // (sliced, un-transposed) and transform expert by expert.
+  if (experts[0]![0]!.slice || experts[0]![0]!.view) return emitSlicedStack(ctx, stack, what, emit);
   const inputNames = (e: number) => experts[e]!.map((lin) => lin[what]);
   const mxfp4 = ctx.scheme === 'mxfp4';
   const outPerExpert =
@@ -275,10 +277,35 @@ async function emitStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 
 /** A stack whose experts are slices of shared tensors (gpt-oss): one expert per read and transform. */
 async function emitSlicedStack(ctx: ProduceContext, stack: MoeStack, what: 'weight' | 'scale', emit: Emit): Promise<void> {
   const { sources, part, scales } = stack;
-  for (const lins of sources) {
-    await withInputs(ctx, lins.map(what === 'weight' ? weightOf : scaleOf), (data) =>
-      what === 'weight' ? emitWeight(ctx, lins[0]!.weight, data, part, emit) : emitScales(ctx, lins[0]!.scale, data, part, scales.sf, emit),
-    );
+  for (const [e, lins] of sources.entries()) {
+    await withParts(ctx, lins, what, (data) => {
+      if (what === 'weight') return emitWeight(ctx, lins[0]!.weight, data, part, emit);
+      data.forEach((d, j) => {
+        const r = stack.reencodings[e]?.[j];
+        if (r) reencodeInPlace(d, r);
+      });
+      return emitScales(ctx, lins[0]!.scale, data, part, scales.sf, emit);
+    });
+  }
+}
+
+/**
+ * Linears' weights or scales in section 1's layout (a slice of a shared tensor, or a 3-D
+ * tensor's part sliced and un-transposed: plan/source-bytes.ts), in pooled buffers for `use`.
+ */
+async function withParts<T>(ctx: ProduceContext, lins: LinearSource[], what: 'weight' | 'scale', use: (data: Buffer[]) => Promise<T>): Promise<T> {
+  const data: Buffer[] = [];
+  try {
+    for (const lin of lins) {
+      const src = await timed('read', readSource(ctx.ckpt, lin, what));
+      const b = ctx.pool.take(src.length);
+      src.copy(b);
+      ctx.onInput(b.length);
+      data.push(b);
+    }
+    return await use(data);
+  } finally {
+    for (const d of data) ctx.pool.give(d);
   }
 }
 

@@ -26,7 +26,7 @@ const DROPPED = new Set(['config.json', 'hf_quant_config.json', INDEX_FILE, MANI
 const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
 /** The source flavour's kind and original quantization config (NVFP4 or MXFP4). */
-type SourceFlavour = Pick<Convertible['flavour'], 'kind' | 'original'>;
+type SourceFlavour = Pick<Convertible['flavour'], 'kind' | 'original'> & { algo?: string; layers?: Record<string, Record<string, unknown>> };
 
 export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceFlavour, outDir: string): Promise<void> {
   const config = {
@@ -36,6 +36,8 @@ export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceF
       dtype: plan.dtype,
       scheme: plan.scheme,
       source: flavour.kind,
+      algo: flavour.algo,
+      layers: flavour.layers,
       original: flavour.original,
       fusedGroups: plan.groups.map((g) => g.members.map((m) => m.source.prefix)),
     }),

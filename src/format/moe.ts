@@ -22,6 +22,21 @@ export const GATED_STACKS: readonly StackSpec[] = Object.freeze([
   { which: 'w2', kind: 'moe-w2', parts: ['down'] },
 ]);
 
+/**
+ * A non-gated expert group (up and down only: Nemotron-H's relu² experts) becomes w13 from
+ * `up` alone (one shard, N = Ip) and w2 (down): the stacks vLLM's Marlin MoE path takes
+ * with is_act_and_mul=False (FORMAT.md section 6.2).
+ */
+export const NON_GATED_STACKS: readonly StackSpec[] = Object.freeze([
+  { which: 'w13', kind: 'moe-w13', parts: ['up'] },
+  { which: 'w2', kind: 'moe-w2', parts: ['down'] },
+]);
+
+/** The stacks of a gated or non-gated expert group. */
+export function stacksOf(gated: boolean): readonly StackSpec[] {
+  return gated ? GATED_STACKS : NON_GATED_STACKS;
+}
+
 /** The stack's module name: `<experts prefix>.w13`; its tensors are `<name>_weight`… */
 export function stackName(groupPrefix: string, which: StackWhich): string {
   return `${groupPrefix}.${which}`;

@@ -39,6 +39,11 @@ const SOURCE_FORMAT: Record<Scheme, Record<string, string>> = {
   mxfp4: { 'gpt-oss': 'gpt-oss-mxfp4', 'compressed-tensors': 'compressed-tensors-mxfp4' },
 };
 
+/** The source algorithms (ModelOpt quant_algo, per layer or whole model) whose layers marlin-fp4 converts. */
+export const CONVERTED_ALGOS: readonly string[] = ['NVFP4', 'W4A16_NVFP4'];
+/** A converted layer's scheme in the output's quantized_layers table. */
+export const CONVERTED_LAYER_ALGO = 'MARLIN_FP4';
+
 export interface QuantConfigInput {
   layout: LayoutVersion;
   dtype: ActDtype;
@@ -46,13 +51,33 @@ export interface QuantConfigInput {
   scheme?: Scheme;
   /** The source flavour's kind (modelopt, compressed-tensors, gpt-oss). */
   source: string;
+  /** The source's quant_algo (NVFP4, W4A16_NVFP4, MIXED_PRECISION; MXFP4). */
+  algo?: string;
+  /** MIXED_PRECISION's per-layer table, as the source gives it. */
+  layers?: Record<string, Record<string, unknown>>;
   /** The source's own quantization config, kept for provenance. */
   original: Record<string, unknown>;
   /** Module prefixes of each fused group, in concatenation order along N. */
   fusedGroups: string[][];
 }
 
-export function marlinQuantConfig({ layout, dtype, scheme = 'nvfp4', source, original, fusedGroups }: QuantConfigInput): Record<string, unknown> {
+/**
+ * A MIXED_PRECISION source's per-layer table as the output states it: every NVFP4 /
+ * W4A16_NVFP4 entry is now Marlin FP4 (`{"quant_algo": "MARLIN_FP4", "source_quant_algo":
+ * …, "group_size": 16}`); every other entry (FP8, …) is kept verbatim, its tensors having
+ * passed through unchanged. A loader reads each layer's scheme here.
+ */
+export function outputLayerTable(layers: Record<string, Record<string, unknown>>): Record<string, Record<string, unknown>> {
+  const out: Record<string, Record<string, unknown>> = {};
+  for (const key of Object.keys(layers).sort()) {
+    const entry = layers[key]!;
+    const algo = String(entry.quant_algo ?? '').toUpperCase();
+    out[key] = CONVERTED_ALGOS.includes(algo) ? { quant_algo: CONVERTED_LAYER_ALGO, source_quant_algo: algo, group_size: GROUP_SIZE } : entry;
+  }
+  return out;
+}
+
+export function marlinQuantConfig({ layout, dtype, scheme = 'nvfp4', source, algo, layers, original, fusedGroups }: QuantConfigInput): Record<string, unknown> {
   return {
     quant_method: QUANT_METHOD,
     layout,
@@ -62,6 +87,8 @@ export function marlinQuantConfig({ layout, dtype, scheme = 'nvfp4', source, ori
     ...(scheme === 'mxfp4' ? { scheme } : {}),
     group_size: SCHEME_GROUP_SIZE[scheme],
     source_format: SOURCE_FORMAT[scheme][source] ?? `${source}-${scheme}`,
+    ...(algo ? { source_quant_algo: algo } : {}),
+    ...(layers ? { quantized_layers: outputLayerTable(layers) } : {}),
     // Parts that share one sf and one global scale, in concatenation order along N: a loader
     // that fuses them concatenates their tensors (FORMAT.md section 8). marlin-fp4-vllm reads it.
     fused_groups: fusedGroups,

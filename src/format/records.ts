@@ -19,6 +19,11 @@ export interface LayerRecord {
   experts?: number;
   hidden?: number;
   intermediate?: number;
+  /**
+   * MoE stacks: true for gate+up experts (w13 = gate then up), false for non-gated ones
+   * (w13 = up alone, N = Ip: FORMAT.md section 6.2). A loader picks the activation by it.
+   */
+  gated?: boolean;
   /** Block scales layout v2 set to 0. */
   zeroed_scales: number;
   /** Block scales below 2^-6: decoded wrongly by v1's bfloat16 kernel. */

@@ -4,11 +4,11 @@
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { openCheckpoint, type Checkpoint, type ShardSource } from '../checkpoint/model-dir.js';
-import { detectFormat, type Detected, type Flavour, type Mxfp4Flavour } from '../checkpoint/flavour.js';
+import { detectFormat, flavourProblem, type Detected, type Flavour, type Mxfp4Flavour } from '../checkpoint/flavour.js';
 import { inspectMxfp4 } from './mxfp4.js';
 import { readJsonObject } from '../checkpoint/json-file.js';
 import { MANIFEST_FILE } from '../format/manifest.js';
-import { findLinears, type ExpertGroup, type FoundLinears, type LinearSource } from '../plan/linears.js';
+import { expertPart, findLinears, groupLinears, isBlockScale, isPackedFp4, type ExpertGroup, type FoundLinears, type LinearSource } from '../plan/linears.js';
 import { readGlobalScale } from '../plan/global-scales.js';
 import { activationDtype, denseShape, planConversion, stackShape, tensorBytes } from '../plan/plan.js';
 import { expertReencodeNotice, findFusedGroups, globalsDiffer, reencodeNotice, type GroupableLinear } from '../plan/fused-groups.js';
@@ -38,6 +38,8 @@ export interface MoeShape {
   experts: number;
   hidden: number;
   intermediate: number;
+  /** gate+up experts (true) or up-only ones (false: FORMAT.md section 6.2). */
+  gated: boolean;
   count: number;
 }
 
@@ -120,7 +122,7 @@ const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
 function describe(d: Detected): string {
   switch (d.format) {
     case 'nvfp4':
-      return `${d.kind === 'modelopt' ? 'ModelOpt' : 'compressed-tensors'} NVFP4`;
+      return `${d.kind === 'modelopt' ? 'ModelOpt' : 'compressed-tensors'} ${d.algo}`;
     case 'mxfp4':
       return `${d.kind === 'gpt-oss' ? 'gpt-oss' : d.kind === 'modelopt' ? 'ModelOpt' : 'compressed-tensors'} MXFP4`;
     case 'marlin-fp4':
@@ -141,11 +143,11 @@ function shapeCounts(items: { n: number; k: number }[]): ShapeCount[] {
   return [...m.values()].sort((a, b) => b.count - a.count || a.n - b.n || a.k - b.k);
 }
 
-export function moeShapeCounts(items: { experts: number; hidden: number; intermediate: number }[]): MoeShape[] {
+export function moeShapeCounts(items: { experts: number; hidden: number; intermediate: number; gated: boolean }[]): MoeShape[] {
   const m = new Map<string, MoeShape>();
-  for (const { experts, hidden, intermediate } of items) {
-    const key = `${experts}/${hidden}/${intermediate}`;
-    const c = m.get(key) ?? { experts, hidden, intermediate, count: 0 };
+  for (const { experts, hidden, intermediate, gated } of items) {
+    const key = `${experts}/${hidden}/${intermediate}/${gated}`;
+    const c = m.get(key) ?? { experts, hidden, intermediate, gated, count: 0 };
     c.count++;
     m.set(key, c);
   }
@@ -157,9 +159,9 @@ const bytesOf = (ckpt: Checkpoint, name: string) => {
   return e.end - e.begin;
 };
 
-function moeSizes(ckpt: Checkpoint, g: ExpertGroup): { experts: number; hidden: number; intermediate: number } {
-  const w = ckpt.tensors.get(g.experts[0]!.gate.weight)!.entry.shape;
-  return { experts: g.experts.length, hidden: 2 * (w[1] ?? 0), intermediate: w[0] ?? 0 };
+function moeSizes(g: ExpertGroup): { experts: number; hidden: number; intermediate: number; gated: boolean } {
+  const lead = expertPart(g.experts[0]!, g.gated ? 'gate' : 'up');
+  return { experts: g.experts.length, hidden: lead.k, intermediate: lead.n, gated: g.gated };
 }
 
 export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectReport> {
@@ -216,7 +218,7 @@ export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectRe
     } else if (det.format === 'mxfp4') {
       const { format: _format, ...flavour } = det;
       const m = inspectMxfp4(ckpt, flavour, opts.dtype);
-      report.quantized = { dense: m.dense.length, dense_shapes: shapeCounts(m.dense), moe_layers: m.moe.length, moe_shapes: moeShapeCounts(m.moe), ignored: [] };
+      report.quantized = { dense: m.dense.length, dense_shapes: shapeCounts(m.dense), moe_layers: m.moe.length, moe_shapes: moeShapeCounts(m.moe.map((x) => ({ ...x, gated: true }))), ignored: [] };
       report.conversion = {
         activation_dtype: m.dtype,
         activation_dtype_from: m.dtypeFrom,
@@ -244,20 +246,18 @@ export async function inspectCheckpoint(opts: InspectOptions): Promise<InspectRe
 
 async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOptions, report: InspectReport): Promise<void> {
   const problems = report.problems;
-  if (flavour.groupSize !== 16) problems.push({ kind: 'group-size', message: `${ckpt.dir}: NVFP4 group size ${flavour.groupSize} is not 16` });
+  const configProblem = flavourProblem(flavour);
+  if (configProblem) problems.push({ kind: flavour.groupSize !== 16 ? 'group-size' : 'malformed', message: `${ckpt.dir}: ${configProblem}` });
 
   const missing: string[] = [];
   const found: FoundLinears = findLinears(ckpt, flavour, missing);
   // (One message per distinct problem: a bad ignore pattern, say, fails every linear alike.)
   for (const message of new Set(missing)) problems.push({ kind: /: missing \(/.test(message) ? 'missing' : 'malformed', message });
-  const moe = found.groups.map((g) => moeSizes(ckpt, g));
+  const moe = found.groups.map((g) => moeSizes(g));
   report.quantized = {
     dense: found.dense.length,
     dense_shapes: shapeCounts(
-      found.dense.map((l) => {
-        const s = ckpt.tensors.get(l.weight)!.entry.shape;
-        return { n: s[0] ?? 0, k: 2 * (s[1] ?? 0) };
-      }),
+      found.dense.map((l) => ({ n: l.n, k: l.k })),
     ),
     moe_layers: found.groups.length,
     moe_shapes: moeShapeCounts(moe),
@@ -279,7 +279,7 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
 
   // What is converted (every member of a quantized linear) and what is copied.
   const consumed = new Set<string>();
-  const all: LinearSource[] = [...found.dense, ...found.groups.flatMap((g) => g.experts.flatMap((ex) => [ex.gate, ex.up, ex.down]))];
+  const all: LinearSource[] = [...found.dense, ...found.groups.flatMap(groupLinears)];
   for (const lin of all) lin.members.forEach((m) => consumed.add(m));
   let convertedBytes = 0;
   for (const name of consumed) convertedBytes += bytesOf(ckpt, name);
@@ -291,7 +291,7 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
   /** Per module prefix, why convert would refuse it: for v2 (and v1). */
   const refused = { v2: new Map<string, string>(), v1: new Map<string, string>() };
   const groupOf = new Map<LinearSource, string>();
-  for (const g of found.groups) for (const ex of g.experts) for (const l of [ex.gate, ex.up, ex.down]) groupOf.set(l, g.prefix);
+  for (const g of found.groups) for (const l of groupLinears(g)) groupOf.set(l, g.prefix);
   for (const lin of all) {
     try {
       ws2.set(lin, await readGlobalScale(ckpt, lin));
@@ -317,6 +317,7 @@ async function inspectNvfp4(ckpt: Checkpoint, flavour: Flavour, opts: InspectOpt
   }
   for (const g of found.groups) {
     g.experts.forEach((ex, e) => {
+      if (!ex.gate || !ex.up) return;
       const [a, b] = [ws2.get(ex.gate), ws2.get(ex.up)];
       if (a !== undefined && b !== undefined && a !== b) problems.push({ kind: 'fused-global-scale', message: expertReencodeNotice(`${g.prefix}.${e}`, a, b) });
     });
@@ -414,15 +415,22 @@ function moduleFates(ckpt: Checkpoint, found: FoundLinears, consumed: Set<string
   };
   const owner = new Map<string, { name: string; kind: ModuleFate['kind'] }>();
   for (const lin of found.dense) for (const t of lin.members) owner.set(t, { name: lin.prefix, kind: 'linear' });
-  for (const g of found.groups) for (const ex of g.experts) for (const l of [ex.gate, ex.up, ex.down]) for (const t of l.members) owner.set(t, { name: g.prefix, kind: 'moe-experts' });
+  for (const g of found.groups) for (const l of groupLinears(g)) for (const t of l.members) owner.set(t, { name: g.prefix, kind: 'moe-experts' });
   const ignored = new Set(found.ignored);
+  // Packed FP4 or block scales that no converted module takes: convert refuses them (never copies).
+  const unplaced = new Set<string>();
   for (const name of [...ckpt.tensors.keys()].sort()) {
     const o = consumed.has(name) ? owner.get(name) : undefined;
     const module = o?.name ?? moduleOf(name);
     add(module, o?.kind ?? (ignored.has(module) ? 'linear' : 'other'), name);
+    const dtype = ckpt.tensors.get(name)!.entry.dtype;
+    if (!o && (isPackedFp4(name, dtype) || isBlockScale(name, dtype))) unplaced.add(module);
   }
   for (const m of out.values()) {
-    if (ignored.has(m.name)) {
+    if (unplaced.has(m.name)) {
+      m.fate = 'refused';
+      m.reason = 'packed NVFP4 (U8) or block scales that convert cannot place (see problems); never copied unconverted';
+    } else if (ignored.has(m.name)) {
       m.fate = 'passed-through';
       m.reason = 'on the exclude/ignore list of the quantization config';
     } else if (m.kind === 'other') {

@@ -34,7 +34,7 @@ export async function inspectMarlin(
 ): Promise<{
   layers: MarlinLayers;
   dense: { n: number; k: number }[];
-  moe: { experts: number; hidden: number; intermediate: number }[];
+  moe: { experts: number; hidden: number; intermediate: number; gated: boolean }[];
   ignored: string[];
   problems: Problem[];
 }> {
@@ -92,7 +92,7 @@ export async function inspectMarlin(
   const dense = records.filter((r) => r.kind === 'linear' && r.n !== undefined && r.k !== undefined).map((r) => ({ n: r.n!, k: r.k! }));
   const moe = records
     .filter((r) => r.kind === 'moe-w13')
-    .map((r) => ({ experts: r.experts ?? 0, hidden: r.hidden ?? r.k ?? 0, intermediate: r.intermediate ?? r.n ?? 0 }));
+    .map((r) => ({ experts: r.experts ?? 0, hidden: r.hidden ?? r.k ?? 0, intermediate: r.intermediate ?? r.n ?? 0, gated: r.gated !== false }));
   const ignored = Array.isArray(manifest?.ignored_modules) ? (manifest.ignored_modules as unknown[]).filter((x): x is string => typeof x === 'string') : [];
   return { layers, dense, moe, ignored, problems };
 }

@@ -1,10 +1,11 @@
 // inspect --scan-scales on an NVFP4 checkpoint: reads every block-scale tensor (1/8 of the
 // weights, never the weights) and reports what convert's up-front scale pass would find.
-import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
-import { where, type FoundLinears, type LinearSource } from '../plan/linears.js';
+import type { Checkpoint } from '../checkpoint/model-dir.js';
+import { expertPart, where, type FoundLinears, type LinearSource } from '../plan/linears.js';
+import { readSource } from '../plan/source-bytes.js';
 import { lostScales, mergeScaleStats, scaleFactor, scanScales, subnormalScales, type ScaleStats } from '../transform/scale-stats.js';
 import { TransformError, type ActDtype } from '../transform/marlin.js';
-import { GATED_STACKS, stackName } from '../format/moe.js';
+import { stackName, stacksOf } from '../format/moe.js';
 import type { ModuleKind } from '../format/tensors.js';
 import type { Problem } from './problem.js';
 
@@ -35,17 +36,17 @@ export async function scanBlockScales(ckpt: Checkpoint, found: FoundLinears, dty
   const units: { name: string; kind: ModuleKind; linears: LinearSource[] }[] = [
     ...found.dense.map((l) => ({ name: l.prefix, kind: 'linear' as const, linears: [l] })),
     ...found.groups.flatMap((g) =>
-      GATED_STACKS.map(({ which, kind, parts }) => ({ name: stackName(g.prefix, which), kind, linears: g.experts.flatMap((ex) => parts.map((role) => ex[role])) })),
+      stacksOf(g.gated).map(({ which, kind, parts }) => ({ name: stackName(g.prefix, which), kind, linears: g.experts.flatMap((ex) => parts.map((role) => expertPart(ex, role))) })),
     ),
   ];
   const scan: ScaleScan = { activation_dtype: dtype, tensors_scanned: 0, invalid_tensors: 0, zeroed_v2: 0, subnormal: 0, layers: [] };
   for (const u of units) {
     const stats: ScaleStats[] = [];
     for (const lin of u.linears) {
-      const data = await readTensor(ckpt, lin.scale);
+      const data = await readSource(ckpt, lin, 'scale');
       scan.tensors_scanned++;
       try {
-        stats.push(scanScales(lin.scale, data, ckpt.tensors.get(lin.scale)!.entry.shape[1] ?? 1));
+        stats.push(scanScales(lin.scale, data, lin.k / 16));
       } catch (e) {
         if (!(e instanceof TransformError)) throw e;
         scan.invalid_tensors++;

@@ -143,7 +143,7 @@ export function findMxfp4(ckpt: Checkpoint, flavour: Mxfp4Flavour, problems?: st
         throw new InputError(`${where(ckpt, scale)}: shape ${fmt(s.shape)} is not [N, K/32] = [${n}, ${(2 * halfK) / MXFP4_GROUP}]`);
       }
       if (t.has(`${p}.weight_zero_point`)) throw new InputError(`${where(ckpt, `${p}.weight_zero_point`)}: asymmetric MXFP4 (a weight zero point) has no Marlin kernel`);
-      const lin: LinearSource = { prefix: p, weight: name, scale, globalReciprocal: false, inputReciprocal: false, members: [name, scale] };
+      const lin: LinearSource = { prefix: p, weight: name, scale, globalReciprocal: false, inputReciprocal: false, members: [name, scale], n, k: 2 * halfK };
       if (t.has(`${p}.bias`)) {
         lin.bias = `${p}.bias`;
         lin.members.push(lin.bias);
@@ -224,8 +224,10 @@ export function gptOssShapes(g: Pick<GptOssGroup, 'hidden' | 'intermediate'>): {
 
 function gptOssStacks(g: GptOssGroup): MoeStack[] {
   const { sizes, w13, w2 } = gptOssShapes(g);
-  const src = (label: string, t: { blocks: string; scales: string; bias?: string }, e: number): LinearSource => ({
+  const src = (label: string, t: { blocks: string; scales: string; bias?: string }, e: number, part: LinearShape): LinearSource => ({
     prefix: `${g.prefix}.${label}[${e}]`,
+    n: part.n,
+    k: part.k,
     weight: t.blocks,
     scale: t.scales,
     globalReciprocal: false,
@@ -240,7 +242,7 @@ function gptOssStacks(g: GptOssGroup): MoeStack[] {
   ].map(
     (s): MoeStack => ({
       prefix: g.prefix,
-      sources: experts.map((e) => [src(s.label, s.t, e)]),
+      sources: experts.map((e) => [src(s.label, s.t, e, s.part)]),
       which: s.which as MoeStack['which'],
       kind: s.kind as MoeStack['kind'],
       sizes,

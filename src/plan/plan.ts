@@ -8,9 +8,9 @@ import type { Flavour } from '../checkpoint/flavour.js';
 import type { Scheme } from '../format/quant-config.js';
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import { linearShape, type ActDtype, type LayoutVersion, type LinearShape } from '../transform/marlin.js';
-import { GATED_STACKS, stackName, stackPartShape, stackSizes, type ExpertRole, type StackSizes, type StackWhich } from '../format/moe.js';
+import { stackName, stacksOf, stackPartShape, stackSizes, type ExpertRole, type StackSizes, type StackWhich } from '../format/moe.js';
 import { biasTensor, inputScaleTensor, moduleTensors, type ModuleKind, type OutputLayout, type TensorSpec } from '../format/tensors.js';
-import { asInputError, findLinears, where, type ExpertGroup, type LinearSource } from './linears.js';
+import { asInputError, expertPart, findLinears, isBlockScale, isPackedFp4, where, type ExpertGroup, type LinearSource } from './linears.js';
 import { readGlobalScale, readInputScale } from './global-scales.js';
 import { planScales, ScaleScans, type ScaleOutcome, type ScalePart } from './scale-plan.js';
 import { mapLimited } from '../checkpoint/read-batch.js';
@@ -57,6 +57,8 @@ export interface MoeStack {
   bias?: string;
   /** gpt-oss w13: gate/up rows interleaved as the checkpoint has them. */
   interleaved?: boolean;
+  /** NVFP4 stacks: gate+up experts (w13 = gate then up) or up-only ones (w13 = up alone, FORMAT.md 6.2). */
+  gated?: boolean;
 }
 
 export type Producer =
@@ -207,30 +209,26 @@ async function planDenseScales(
 /** An expert group's sizes, checked against the layout (an InputError otherwise); ip = padded intermediate. */
 export function stackShape(ckpt: Checkpoint, group: ExpertGroup, layout: LayoutVersion): StackSizes {
   const first = group.experts[0]!;
-  const gw = ckpt.tensors.get(first.gate.weight)!.entry;
-  const dw = ckpt.tensors.get(first.down.weight)!.entry;
-  if (gw.shape.length !== 2 || dw.shape.length !== 2) throw new InputError(`${where(ckpt, first.gate.weight)}: expert weights must be 2-D`);
-  const intermediate = gw.shape[0]!;
-  const hidden = 2 * gw.shape[1]!;
-  const shapes: [LinearSource, number, number][] = [];
+  // w13's first part (gate, or up when non-gated) gives I x H; every part must agree.
+  const lead = expertPart(first, group.gated ? 'gate' : 'up');
+  const intermediate = lead.n;
+  const hidden = lead.k;
   for (const ex of group.experts) {
-    shapes.push([ex.gate, intermediate, hidden], [ex.up, intermediate, hidden], [ex.down, hidden, intermediate]);
-  }
-  for (const [lin, n, k] of shapes) {
-    const w = ckpt.tensors.get(lin.weight)!.entry;
-    const s = ckpt.tensors.get(lin.scale)!.entry;
-    if (w.shape.length !== 2 || w.shape[0] !== n || w.shape[1] !== k / 2) {
-      throw new InputError(`${where(ckpt, lin.weight)}: shape [${w.shape.join(', ')}] differs from the stack's [${n}, ${k / 2}] (hidden ${hidden}, intermediate ${intermediate})`);
+    for (const role of ['gate', 'up', 'down'] as const) {
+      const lin = ex[role];
+      if (!lin) continue;
+      const [n, k] = role === 'down' ? [hidden, intermediate] : [intermediate, hidden];
+      if (lin.n !== n || lin.k !== k) {
+        throw new InputError(`${where(ckpt, lin.weight)}: ${lin.prefix} is N x K = ${lin.n} x ${lin.k}, the stack's ${role} is ${n} x ${k} (hidden ${hidden}, intermediate ${intermediate})`);
+      }
+      if (lin.bias) throw new InputError(`${where(ckpt, lin.bias)}: MoE experts with a bias are not supported`);
     }
-    if (s.shape.length !== 2 || s.shape[0] !== n || s.shape[1] !== k / 16) {
-      throw new InputError(`${where(ckpt, lin.scale)}: weight_scale shape [${s.shape.join(', ')}] is not [N, K/16] = [${n}, ${k / 16}]`);
-    }
-    if (lin.bias) throw new InputError(`${where(ckpt, lin.bias)}: MoE experts with a bias are not supported`);
   }
-  if (hidden % 64 !== 0) throw new InputError(`${where(ckpt, first.down.weight)}: hidden size ${hidden} is not a multiple of 64`);
-  if (intermediate % 16 !== 0) throw new InputError(`${where(ckpt, first.gate.weight)}: intermediate size ${intermediate} is not a multiple of 16`);
+  const down = expertPart(first, 'down');
+  if (hidden % 64 !== 0) throw new InputError(`${where(ckpt, down.weight)}: hidden size ${hidden} is not a multiple of 64`);
+  if (intermediate % 16 !== 0) throw new InputError(`${where(ckpt, lead.weight)}: intermediate size ${intermediate} is not a multiple of 16`);
   if (layout === 'v1' && intermediate % 64 !== 0) {
-    throw new InputError(`${where(ckpt, first.gate.weight)}: intermediate size ${intermediate} is not a multiple of 64: layout v1 cannot pad it (use --layout v2)`);
+    throw new InputError(`${where(ckpt, lead.weight)}: intermediate size ${intermediate} is not a multiple of 64: layout v1 cannot pad it (use --layout v2)`);
   }
   return stackSizes(hidden, intermediate, layout);
 }
@@ -243,27 +241,30 @@ async function planStacks(
 ): Promise<MoeStack[]> {
   const sizes = stackShape(ckpt, group, layout);
   // Thousands of 4-byte reads in a big MoE: side by side, not one after another.
-  const globals: Record<ExpertRole, number>[] = await mapLimited(group.experts, SCALARS_AT_ONCE / 4, async (ex) => {
-    const [gate, up, down] = await Promise.all([readGlobalScale(ckpt, ex.gate), readGlobalScale(ckpt, ex.up), readGlobalScale(ckpt, ex.down)]);
+  const globals: Partial<Record<ExpertRole, number>>[] = await mapLimited(group.experts, SCALARS_AT_ONCE / 4, async (ex) => {
+    const [gate, up, down] = await Promise.all(
+      (['gate', 'up', 'down'] as const).map((r) => (ex[r] ? readGlobalScale(ckpt, ex[r]) : Promise.resolve(undefined))),
+    );
     return { gate, up, down };
   });
   for (const [e, { gate, up }] of globals.entries()) {
-    if (strict && gate !== up) {
+    if (strict && group.gated && gate !== up) {
       const ex = group.experts[e]!;
       throw new InputError(
-        `${where(ckpt, ex.up.global!)}: gate and up projections of ${group.prefix}.${e} have different global scales (${gate} vs ${up}); --strict refuses to re-encode their block scales onto one global`,
+        `${where(ckpt, expertPart(ex, 'up').global!)}: gate and up projections of ${group.prefix}.${e} have different global scales (${gate} vs ${up}); --strict refuses to re-encode their block scales onto one global`,
       );
     }
   }
   const stacks: MoeStack[] = [];
-  for (const { which, kind, parts } of GATED_STACKS) {
+  for (const { which, kind, parts } of stacksOf(group.gated)) {
     // Per expert, the parts share the largest of their globals; the others are re-encoded onto it.
-    const ws2 = globals.map((g) => sharedGlobal(parts.map((p) => g[p])));
-    const reencodings = globals.map((g, e) => parts.map((p) => partReencoding(g[p], ws2[e]!)));
-    const scope = group.experts.flatMap((ex, e) => parts.map((p, i): ScalePart => ({ lin: ex[p], reencoding: reencodings[e]![i] })));
+    const ws2 = globals.map((g) => sharedGlobal(parts.map((p) => g[p]!)));
+    const reencodings = globals.map((g, e) => parts.map((p) => partReencoding(g[p]!, ws2[e]!)));
+    const scope = group.experts.flatMap((ex, e) => parts.map((p, i): ScalePart => ({ lin: expertPart(ex, p), reencoding: reencodings[e]![i] })));
     const stack: MoeStack = {
       prefix: group.prefix,
-      sources: group.experts.map((ex) => parts.map((role) => ex[role])),
+      sources: group.experts.map((ex) => parts.map((role) => expertPart(ex, role))),
+      gated: group.gated,
       which,
       kind,
       sizes,
@@ -318,7 +319,8 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     const withInput: LinearSource[] = [];
     for (const lins of s.sources) {
       for (const lin of lins) {
-        [lin.weight, lin.scale, lin.global!].forEach((m) => consumed.add(m));
+        lin.members.forEach((m) => consumed.add(m));
+        // An input scale shared by a 3-D tensor's experts is not a member: it is copied.
         if (lin.inputScale) {
           consumed.add(lin.inputScale);
           withInput.push(lin);
@@ -331,6 +333,11 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
   let copied = 0;
   for (const ref of ckpt.tensors.values()) {
     if (consumed.has(ref.name)) continue;
+    // The invariant, at the one place copies are decided: packed FP4 or its block scales are
+    // never copied (findLinears refuses what it cannot place; this catches anything else).
+    if (isPackedFp4(ref.name, ref.entry.dtype) || isBlockScale(ref.name, ref.entry.dtype)) {
+      throw new InputError(`${where(ckpt, ref.name)}: ${ref.entry.dtype} ${isBlockScale(ref.name, ref.entry.dtype) ? 'NVFP4 block scales' : 'packed FP4'} that no converted layer uses; marlin-fp4 will not copy it unconverted`);
+    }
     put(ref.name, { name: ref.name, dtype: ref.entry.dtype, shape: ref.entry.shape, producer: { kind: 'copy', tensor: ref.name } });
     copied++;
   }

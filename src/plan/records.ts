@@ -46,6 +46,7 @@ export function stackRecord(plan: Plan, s: MoeStack): LayerRecord {
     experts: s.sources.length,
     hidden: s.sizes.hidden,
     intermediate: s.sizes.intermediate,
+    ...(s.gated === undefined ? {} : { gated: s.gated }),
     zeroed_scales: s.scales.lost,
     subnormal_scales: s.scales.subnormal,
     ...schemeFields(plan),

@@ -4,7 +4,8 @@
 // part re-encoded onto its fused group's shared global counts with its re-encoded scales (from
 // its histogram). ScaleScans says when the scans run: all before the plan is returned
 // (verify), or started by convert beside the conversion, each shard waiting only for its own.
-import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
+import type { Checkpoint } from '../checkpoint/model-dir.js';
+import { readSource } from './source-bytes.js';
 import {
   lostScales,
   mergeScaleStats,
@@ -34,8 +35,8 @@ export interface ScalePart {
 }
 
 async function scan(ckpt: Checkpoint, lin: LinearSource): Promise<ScaleStats> {
-  const data = await readTensor(ckpt, lin.scale);
-  const groups = ckpt.tensors.get(lin.scale)!.entry.shape[1]!;
+  const data = await readSource(ckpt, lin, 'scale');
+  const groups = lin.k / 16;
   try {
     return scanScales(lin.scale, data, groups);
   } catch (e) {

@@ -7,7 +7,7 @@ import type { VerifyContext } from './context.js';
 import type { Unit } from './units.js';
 
 /** The record fields a converted module's claims are checked on. */
-const CHECKED: readonly (keyof LayerRecord)[] = ['layout', 'activation_dtype', 'n', 'k', 'np', 'kp', 'sf', 'fused_group', 'scheme', 'group_size'];
+const CHECKED: readonly (keyof LayerRecord)[] = ['layout', 'activation_dtype', 'n', 'k', 'np', 'kp', 'sf', 'fused_group', 'scheme', 'group_size', 'gated'];
 
 export interface Claims {
   manifest: Map<string, ReadRecord>;

@@ -9,6 +9,7 @@
 // there is no global scale, and biases (dense, or gpt-oss's per-expert stacks) are the
 // source's, cast, padded, permuted.
 import { readTensor, type Checkpoint } from '../checkpoint/model-dir.js';
+import { readSource } from '../plan/source-bytes.js';
 import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../format/tensors.js';
 import { decodeScales, processGlobalScale, unpackWeight } from '../transform/marlin.js';
 import { reencodeInPlace } from '../transform/reencode.js';
@@ -70,7 +71,9 @@ export async function checkStructure(ctx: VerifyContext, u: Unit, rep: LayerRepo
     src.push(
       await Promise.all(
         parts.map(async (lin, p) => {
-          const [weight, scale] = await Promise.all([readLinearTensor(s, lin, 'weight'), readLinearTensor(s, lin, 'scale')]);
+          // The source bytes the module was converted from, in section 1's layout (3-D and
+          // K-major sources sliced and transposed by the same reader convert uses).
+          const [weight, scale] = await Promise.all([readSource(s, lin, 'weight'), readSource(s, lin, 'scale')]);
           const r = u.reencodings[e]?.[p];
           const stored = r ? Buffer.from(scale) : scale;
           if (r) reencodeInPlace(stored, r);

@@ -3,7 +3,7 @@
 // scale factor and global scales convert computed.
 import { moduleTensorNames, type QuantizedTensors } from '../format/tensors.js';
 import { moduleName, type DenseLinear, type MoeStack, type OutputTensor, type Plan } from '../plan/plan.js';
-import type { LinearSource } from '../plan/linears.js';
+import { expertPart, type LinearSource } from '../plan/linears.js';
 import type { ScaleOutcome } from '../plan/scale-plan.js';
 import type { LinearShape } from '../transform/marlin.js';
 import type { Reencoding } from '../transform/reencode.js';

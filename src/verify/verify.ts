@@ -8,6 +8,7 @@
 //    input scales), then GEMMs for the selected layers (gemm-checks), then the metadata
 //    claims (records-step).
 // 3. copied: every tensor the plan copies is there unchanged.
+// 4. leftovers: no packed FP4 (U8) tensor or NVFP4 block scales outside a converted module.
 //
 // A new check is a new step: a function over the VerifyContext that adds to its errors and
 // warnings (or to a layer's report), called from here.
@@ -24,6 +25,7 @@ import type { VerifyContext } from './context.js';
 import { checkCopied } from './copied.js';
 import { checkGemms } from './gemm-checks.js';
 import { checkIntegrity } from './integrity-step.js';
+import { checkLeftovers } from './leftovers.js';
 import { claimErrors, readClaims } from './records-step.js';
 import type { LayerReport, VerifyOptions, VerifyReport } from './report.js';
 import { selectLayers } from './select.js';
@@ -113,6 +115,7 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
       if (rep.zeroed_scales > 0) ctx.warnings.push(`${u.name}: layout v2 (${dtype}) set ${rep.zeroed_scales} non-zero block scales to 0 (expected; that data is lost)`);
     }
     const copiedChecked = opts.skipCopied ? 0 : await checkCopied(ctx);
+    checkLeftovers(ctx);
 
     const failed = layers.filter((l) => !l.pass).map((l) => l.name);
     return {
