@@ -19,12 +19,14 @@ run() { # NAME SECONDS COMMAND…
 }
 for section in "$@"; do
   case $section in
-    gpu-tests) TAIL=12 run gpu-tests 300 npx vitest run --reporter=dot ;;
+    gpu-tests) TAIL=12 run gpu-tests 150 npx vitest run --reporter=dot ;;
     selftest) TAIL=3 run selftest 60 native/build/cuda_selftest --quick ;;
     gemm-bench) TAIL=60 run gemm-bench 120 node bin/marlin-fp4.js bench ;;
     convert-moe) run convert-moe 300 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;--device cpu" --profile ;;
     convert-dense) run convert-dense 200 node bench/convert.mjs --dir "$work" --preset llama-8b --reps 2 --variants="--device cuda;--device cpu" ;;
     convert-deepseek) run convert-deepseek 280 node bench/convert.mjs --dir "$work" --preset deepseek-v3-2layers --reps 1 --variants="--device cuda;--device cpu" ;;
+    verify-bench) TAIL=30 run verify-bench 270 node bench/verify.mjs --dir "$work/verify" --models llama-8b,moe --devices cuda,cpu --timeout 60 ;;
+    convert-gpt-oss) run convert-gpt-oss 170 node bench/convert.mjs --dir "$work" --preset gpt-oss-20b --reps 1 --variants="--device cuda;--device cpu" ;;
     *) echo "unknown section $section" ;;
   esac
 done

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_check.cuh"
 #include "gemm_bench.h"
 #include "gemm_cuda.h"
 #include "transforms_cpu.h"
@@ -23,13 +24,6 @@
 namespace mfp4 {
 namespace cuda {
 namespace {
-
-void check(cudaError_t e, const std::string& what) {
-  if (e == cudaSuccess) return;
-  (void)cudaGetLastError();
-  if (e == cudaErrorMemoryAllocation) throw CudaError("CUDA out of memory " + what);
-  throw CudaError("CUDA error: " + std::string(cudaGetErrorString(e)) + " (" + cudaGetErrorName(e) + ") while " + what);
-}
 
 struct Dev {
   void* p = nullptr;

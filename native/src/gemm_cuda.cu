@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_check.cuh"
 #include "cuda_device.cuh"
 #include "gemm_cuda.h"
 #include "gemm_layout.h"
@@ -31,13 +32,6 @@
 namespace mfp4 {
 namespace cuda {
 namespace {
-
-void check(cudaError_t e, const std::string& what) {
-  if (e == cudaSuccess) return;
-  (void)cudaGetLastError();
-  if (e == cudaErrorMemoryAllocation) throw CudaError("CUDA out of memory " + what);
-  throw CudaError("CUDA error: " + std::string(cudaGetErrorString(e)) + " (" + cudaGetErrorName(e) + ") while " + what);
-}
 
 using detail::require_device;  // the transforms' device selection (cuda_device.cuh)
 

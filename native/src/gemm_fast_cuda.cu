@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <string>
 
+#include "cuda_check.cuh"
 #include "gemm_fast_cuda.h"
 #include "gemm_layout.h"
 #include "transforms_cpu.h"
@@ -42,13 +43,6 @@
 namespace mfp4 {
 namespace cuda {
 namespace {
-
-void check(cudaError_t e, const std::string& what) {
-  if (e == cudaSuccess) return;
-  (void)cudaGetLastError();
-  if (e == cudaErrorMemoryAllocation) throw CudaError("CUDA out of memory " + what);
-  throw CudaError("CUDA error: " + std::string(cudaGetErrorString(e)) + " (" + cudaGetErrorName(e) + ") while " + what);
-}
 
 struct Params {
   const uint16_t* x;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <string>
 
+#include "cuda_check.cuh"
 #include "mxfp4_cuda.h"
 #include "mxfp4_layout.h"
 #include "transforms_cuda.h"
@@ -14,13 +15,6 @@
 namespace mfp4 {
 namespace cuda {
 namespace {
-
-void check(cudaError_t e, const std::string& what) {
-  if (e == cudaSuccess) return;
-  (void)cudaGetLastError();
-  if (e == cudaErrorMemoryAllocation) throw CudaError("CUDA out of memory " + what);
-  throw CudaError("CUDA error: " + std::string(cudaGetErrorString(e)) + " (" + cudaGetErrorName(e) + ") while " + what);
-}
 
 void require_device() {
   std::string why;
