@@ -8,6 +8,7 @@ build/ by `npm run build:tools` when it is not there yet.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -68,6 +69,34 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def structure_source(tmp_path_factory: pytest.TempPathFactory):
+    """name -> source dir of one of the fixture generator's checkpoint structures (structures.ts)."""
+    reason = _node_ready()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("structures")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, algo_in: str = "hf_quant_config") -> Path:
+        if (name, algo_in) not in cache:
+            if not (GENERATOR.parent / "structures.js").exists():
+                _run(["npm", "run", "--silent", "build:tools"])
+            out = root / f"{name}-{algo_in}"
+            module = (GENERATOR.parent / "structures.js").as_uri()
+            script = f"import({json.dumps(module)}).then((m) => m.generateStructure(process.argv[1], process.argv[2], {{ algoIn: process.argv[3] }}))"
+            _run(["node", "-e", script, str(out), name, algo_in])
+            cache[(name, algo_in)] = out
+        return cache[(name, algo_in)]
+
+    return get
+
+
+def convert(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run the real CLI's convert (CPU); the caller checks the outcome."""
+    return subprocess.run(["node", "bin/marlin-fp4.js", "convert", str(source), "-o", str(out), "--device", "cpu", "--quiet", *extra], cwd=REPO, capture_output=True, text=True)
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

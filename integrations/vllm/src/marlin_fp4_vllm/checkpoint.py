@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .layer_schemes import LayerSchemeError, check_layer_table
 from .safetensors_io import SafetensorsError, TensorEntry, read_header, read_tensor
 from .vllm_sources import QUANT_METHOD
 
@@ -55,10 +56,22 @@ def check_quantization_config(config: dict[str, Any], where: str) -> dict[str, A
         )
     if layout != "v2":
         raise CheckpointError(f"{where}: unknown layout {layout!r}")
+    if quant.get("scheme", "nvfp4") == "mxfp4":
+        raise CheckpointError(
+            f"{where}: scheme mxfp4 (E8M0 scales, no global scale, biases): "
+            "MXFP4 Marlin-ready checkpoints are not served by this plugin version yet"
+        )
+    if quant.get("scheme", "nvfp4") != "nvfp4":
+        raise CheckpointError(f"{where}: unknown scheme {quant.get('scheme')!r}")
     if quant.get("activation_dtype") not in EXPONENT_BIAS:
         raise CheckpointError(f"{where}: activation_dtype {quant.get('activation_dtype')!r} is not float16 or bfloat16")
     if quant.get("group_size", 16) != 16:
         raise CheckpointError(f"{where}: group_size {quant.get('group_size')} is not 16 (NVFP4)")
+    if "quantized_layers" in quant:
+        try:
+            check_layer_table(quant["quantized_layers"], where)
+        except LayerSchemeError as err:
+            raise CheckpointError(str(err)) from None
     return quant
 
 
@@ -116,6 +129,11 @@ class MarlinCheckpoint:
         if described.get("layout") != "v2":
             raise CheckpointError(f"{path}: shard layout {described.get('layout')!r} is not v2")
         for layer in described.get("layers", []):
+            if layer.get("gated") is False:
+                raise CheckpointError(
+                    f"{path}: {layer['name']} is a non-gated expert stack (w13 = up alone, FORMAT.md §6.2); "
+                    "not served by this plugin version yet"
+                )
             self.layers[layer["name"]] = LayerInfo(
                 name=layer["name"],
                 kind=layer["kind"],

@@ -1,5 +1,10 @@
 """The vLLM side of `marlin_fp4`: a QuantizationConfig, a linear method and an MoE method.
 
+Each layer's method comes from layer_schemes.layer_algo (the output's quantized_layers table
+resolved as vLLM resolves ModelOpt MIXED_PRECISION): Marlin FP4 layers get ours, FP8 layers of
+a mixed source get vLLM's own ModelOpt FP8 methods (a ModelOptFp8Config built as
+ModelOptMixedPrecisionConfig._from_config builds its FP8 sub-config), the rest stay unquantized.
+
 Parameters hold our tensors as written (FORMAT.md §8) — Marlin int32 weight, processed F8
 scales, processed F32 global — sliced per rank by the reference loader's functions, so
 `process_weights_after_loading` repacks nothing. `apply` calls the same vLLM kernels with
@@ -10,8 +15,6 @@ commits read). Imports vLLM: load it only through `plugin.register`.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from typing import Any
 
 import torch
@@ -28,33 +31,20 @@ from vllm.model_executor.layers.linear import (
     UnquantizedLinearMethod,
 )
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
+from vllm.model_executor.layers.quantization.modelopt import ModelOptFp8Config, ModelOptFp8MoEMethod
 from vllm.model_executor.layers.quantization.utils.marlin_utils import marlin_make_workspace_new
 from vllm.model_executor.layers.quantization.utils.marlin_utils_fp4 import apply_fp4_marlin_linear
 from vllm.model_executor.utils import set_weight_attrs
 from vllm.scalar_type import scalar_types
 
 from .checkpoint import CheckpointError, check_quantization_config
+from .layer_schemes import MARLIN_FP4, UNQUANTIZED, LayerSchemeError, layer_algo, source_kv_cache_algo
 from .loader import WORDS_PER_COLUMN, slice_columns, slice_rows, stored_columns, stored_rows
 from .partition import PartitionError, Span, check_kernel_tiles, column_span, qkv_spans, round_up, row_span, v2_padded_shape
 from .vllm_sources import QUANT_METHOD
 
 _ACTIVATION_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _QKV_SHARDS = {"q": 0, "k": 1, "v": 2}
-
-
-def _excluded(prefix: str, original: dict[str, Any]) -> bool:
-    """Whether the source config left this module unquantized (ModelOpt wildcards, CT names / `re:`)."""
-    patterns = list(original.get("exclude_modules") or []) + list(original.get("ignore") or [])
-    quantization = original.get("quantization")
-    if isinstance(quantization, dict):
-        patterns += list(quantization.get("exclude_modules") or [])
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            if re.fullmatch(pattern[3:], prefix):
-                return True
-        elif prefix == pattern or fnmatch.fnmatch(prefix, pattern) or prefix.startswith(pattern + "."):
-            return True
-    return False
 
 
 class MarlinFp4Config(QuantizationConfig):
@@ -65,6 +55,7 @@ class MarlinFp4Config(QuantizationConfig):
         self.quantization = quantization
         self.activation_dtype = _ACTIVATION_DTYPES[quantization["activation_dtype"]]
         self.original = quantization.get("original_quantization_config") or {}
+        self._fp8_configs: dict[str, ModelOptFp8Config] = {}
 
     @classmethod
     def get_name(cls) -> str:
@@ -86,23 +77,46 @@ class MarlinFp4Config(QuantizationConfig):
     def from_config(cls, config: dict[str, Any]) -> "MarlinFp4Config":
         return cls(check_quantization_config({"quantization_config": config}, "config.json"))
 
-    def is_excluded(self, prefix: str) -> bool:
-        parts = [prefix]
-        parent, _, leaf = prefix.rpartition(".")
-        for member in (getattr(self, "packed_modules_mapping", None) or {}).get(leaf, []):
-            parts.append(f"{parent}.{member}" if parent else member)
-        return any(_excluded(part, self.original) for part in parts)
+    def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
+        # As ModelOptMixedPrecisionConfig: table keys are checkpoint names (e.g. Nemotron-H's
+        # `backbone.`), layer prefixes are vLLM's; map the keys once.
+        table = self.quantization.get("quantized_layers")
+        if table:
+            self.quantization = {**self.quantization, "quantized_layers": hf_to_vllm_mapper.apply_dict(table)}
+
+    def layer_algo(self, prefix: str) -> str:
+        try:
+            return layer_algo(self.quantization, prefix, getattr(self, "packed_modules_mapping", None))
+        except LayerSchemeError as err:
+            raise CheckpointError(str(err)) from None
+
+    def fp8_config(self, algo: str) -> ModelOptFp8Config:
+        """vLLM's config for the FP8 layers a mixed source passed through (one per FP8 algorithm)."""
+        if algo not in self._fp8_configs:
+            self._fp8_configs[algo] = ModelOptFp8Config(
+                quant_method=algo,
+                is_checkpoint_fp8_serialized=True,
+                kv_cache_quant_method=source_kv_cache_algo(self.original),
+                exclude_modules=[],
+            )
+        return self._fp8_configs[algo]
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
-        if isinstance(layer, LinearBase):
-            if self.is_excluded(prefix):
-                return UnquantizedLinearMethod()
-            return MarlinFp4LinearMethod(self, prefix)
-        if isinstance(layer.__class__, type) and hasattr(layer, "moe_config"):
-            if self.is_excluded(prefix):
-                return None
-            return MarlinFp4MoEMethod(self, layer, prefix)
-        return None
+        is_linear = isinstance(layer, LinearBase)
+        is_moe = not is_linear and hasattr(layer, "moe_config")
+        if not (is_linear or is_moe):
+            return None
+        algo = self.layer_algo(prefix)
+        if algo == UNQUANTIZED:
+            return UnquantizedLinearMethod() if is_linear else None
+        if algo == MARLIN_FP4:
+            return MarlinFp4LinearMethod(self, prefix) if is_linear else MarlinFp4MoEMethod(self, layer, prefix)
+        fp8 = self.fp8_config(algo)
+        if is_linear:
+            return fp8.LinearMethodCls(fp8)
+        if algo != "FP8":
+            raise CheckpointError(f"{prefix}: FP8 experts of quant_algo {algo}; vLLM's ModelOpt FP8 MoE method takes per-tensor FP8 only")
+        return ModelOptFp8MoEMethod(quant_config=fp8, moe_config=layer.moe_config)
 
 
 def _tp() -> tuple[int, int]:
@@ -236,6 +250,8 @@ class MarlinFp4MoEMethod(FusedMoEMethodBase):
 
     def __init__(self, config: MarlinFp4Config, layer: torch.nn.Module, prefix: str) -> None:
         super().__init__(layer.moe_config)
+        if not getattr(self.moe, "is_act_and_mul", True):
+            raise CheckpointError(f"{prefix}: non-gated experts (w13 = up alone, FORMAT.md §6.2) are not served by this plugin version yet")
         self.config = config
         self.prefix = prefix
 

@@ -5,7 +5,9 @@ signature, the Marlin scale processing); recording exactly what was read says wh
 the plugin's calls match, and lets `plugin.register` name it when an import fails.
 """
 
-#: File path in github.com/vllm-project/vllm -> commit whose text was read.
+#: File path in github.com/vllm-project/vllm -> commit whose text was read. modelopt.py at this
+#: commit is also where ModelOptFp8Config's constructor, ModelOptFp8MoEMethod and
+#: ModelOptMixedPrecisionConfig._resolve_quant_algo (mirrored by layer_schemes.py) were read.
 VLLM_SOURCES: dict[str, str] = {
     "vllm/model_executor/layers/quantization/modelopt.py": "00155cdecca722d98e34234c3d172725b7720b7d",
     "vllm/model_executor/layers/quantization/utils/marlin_utils_fp4.py": "00d52e93333741b205e70acb9217a2849f173696",
