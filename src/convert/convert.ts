@@ -16,7 +16,7 @@ import type { ManifestFile } from '../format/manifest.js';
 import { stageOutput, type StagedOutput } from './output-dir.js';
 import { envInteger, fileError } from '../errors.js';
 import { forEachLimited, writeShard } from './write-shard.js';
-import { copyOtherFiles, writeConfig, writeIndex, writeManifest } from './write-files.js';
+import { copyOtherFiles, writeConfig, writeIndex, writeManifest, writesIndex } from './write-files.js';
 import { HashQueue, type FileDigest } from '../integrity/sha256.js';
 import { readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
@@ -243,7 +243,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         layers = [...layerRecords(plan).values()];
         await writeConfig(ckpt, plan, flavour, staged.tmp);
         const files = ['config.json', ...plan.shards.map((s) => s.file)];
-        if (ckpt.sharded || plan.shards.length > 1) {
+        if (writesIndex(ckpt, plan)) {
           await writeIndex(plan, staged.tmp);
           files.push('model.safetensors.index.json');
         }

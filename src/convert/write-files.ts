@@ -26,10 +26,11 @@ const DROPPED = new Set(['config.json', 'hf_quant_config.json', INDEX_FILE, MANI
 const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
 /** The source flavour's kind and original quantization config (NVFP4 or MXFP4). */
-type SourceFlavour = Pick<Convertible['flavour'], 'kind' | 'original'> & { algo?: string; layers?: Record<string, Record<string, unknown>> };
+export type SourceFlavour = Pick<Convertible['flavour'], 'kind' | 'original'> & { algo?: string; layers?: Record<string, Record<string, unknown>> };
 
-export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceFlavour, outDir: string): Promise<void> {
-  const config = {
+/** The output's config.json: the source's, with the Marlin quantization_config (verify compares with it). */
+export function convertedConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceFlavour): Record<string, unknown> {
+  return {
     ...ckpt.config,
     quantization_config: marlinQuantConfig({
       layout: plan.layout,
@@ -42,7 +43,15 @@ export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceF
       fusedGroups: plan.groups.map((g) => g.members.map((m) => m.source.prefix)),
     }),
   };
-  await writeFile(join(outDir, 'config.json'), json(config));
+}
+
+export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceFlavour, outDir: string): Promise<void> {
+  await writeFile(join(outDir, 'config.json'), json(convertedConfig(ckpt, plan, flavour)));
+}
+
+/** The model's other files that convert copies unchanged (relative paths). */
+export function copiedFiles(ckpt: Checkpoint): string[] {
+  return ckpt.otherFiles.filter((rel) => !DROPPED.has(rel));
 }
 
 /**
@@ -53,8 +62,7 @@ export async function writeConfig(ckpt: Checkpoint, plan: Plan, flavour: SourceF
  */
 export async function copyOtherFiles(ckpt: Checkpoint, outDir: string, finalDir: string): Promise<string[]> {
   const copied: string[] = [];
-  for (const rel of ckpt.otherFiles) {
-    if (DROPPED.has(rel)) continue;
+  for (const rel of copiedFiles(ckpt)) {
     const { handle } = await openRegularFile(join(ckpt.dir, rel), { realPath: ckpt.realPaths.get(rel), noFollow: true });
     try {
       await mkdir(dirname(join(outDir, rel)), { recursive: true });
@@ -69,7 +77,13 @@ export async function copyOtherFiles(ckpt: Checkpoint, outDir: string, finalDir:
   return copied;
 }
 
-export async function writeIndex(plan: Plan, outDir: string): Promise<void> {
+/** Whether convert writes model.safetensors.index.json for this source and plan. */
+export function writesIndex(ckpt: Checkpoint, plan: Plan): boolean {
+  return ckpt.sharded || plan.shards.length > 1;
+}
+
+/** The output's shard index (verify compares with it). */
+export function convertedIndex(plan: Plan): { metadata: { total_size: number }; weight_map: Record<string, string> } {
   const weightMap: Record<string, string> = {};
   let total = 0;
   const entries = plan.shards.flatMap((s) => s.tensors.map((t) => [t.name, s.file, tensorBytes(t)] as const));
@@ -78,7 +92,11 @@ export async function writeIndex(plan: Plan, outDir: string): Promise<void> {
     weightMap[name] = file;
     total += bytes;
   }
-  await writeFile(join(outDir, INDEX_FILE), json({ metadata: { total_size: total }, weight_map: weightMap }));
+  return { metadata: { total_size: total }, weight_map: weightMap };
+}
+
+export async function writeIndex(plan: Plan, outDir: string): Promise<void> {
+  await writeFile(join(outDir, INDEX_FILE), json(convertedIndex(plan)));
 }
 
 export async function writeManifest(

@@ -28,10 +28,15 @@ export interface ShardJob {
   onDigest?(path: string, digest: FileDigest): void;
 }
 
+/** The __metadata__ convert writes into a shard: the records of the modules whose weight it holds. */
+export function convertedShardMetadata(plan: Plan, shard: OutputShard, records: Map<string, LayerRecord>): Record<string, string> {
+  const layers = shard.tensors.map((t) => records.get(t.name)).filter((r): r is LayerRecord => !!r);
+  return shardMetadata(plan.layout, plan.dtype, layers);
+}
+
 export async function writeShard(job: ShardJob): Promise<void> {
   const { plan, shard } = job;
-  const layers = shard.tensors.map((t) => job.records.get(t.name)).filter((r): r is LayerRecord => !!r);
-  const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, shardMetadata(plan.layout, plan.dtype, layers));
+  const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, convertedShardMetadata(plan, shard, job.records));
   let pending: Promise<void> = Promise.resolve();
   const hash = job.onDigest ? new StreamingHash(writer.path) : undefined;
   // Writes complete in order, so everything below `written` is on disk and can be hashed.

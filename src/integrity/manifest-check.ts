@@ -4,7 +4,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { MANIFEST_FILE, manifestProblem, type Manifest } from '../format/manifest.js';
-import { sha256Files } from './sha256.js';
+import { sha256Files, type HashQueue } from './sha256.js';
 
 export interface ManifestProblem {
   file: string;
@@ -37,7 +37,11 @@ export async function readManifest(dir: string): Promise<Manifest> {
   }
 }
 
-export async function checkManifest(dir: string, manifest?: Manifest): Promise<ManifestCheck> {
+/**
+ * hashes: a queue to hash on (verify shares one between the output and the source, and
+ * closes it); by default a queue of its own.
+ */
+export async function checkManifest(dir: string, manifest?: Manifest, hashes?: HashQueue): Promise<ManifestCheck> {
   const m = manifest ?? (await readManifest(dir));
   const problems: ManifestProblem[] = [];
   const present: string[] = [];
@@ -47,7 +51,9 @@ export async function checkManifest(dir: string, manifest?: Manifest): Promise<M
     else if (st.size !== f.bytes) problems.push({ file: f.name, reason: `size ${st.size} differs from the manifest's ${f.bytes}` });
     else if (f.sha256) present.push(f.name);
   }
-  const digests = await sha256Files(present.map((f) => join(dir, f)));
+  const digests = hashes
+    ? new Map(await Promise.all(present.map(async (f) => [join(dir, f), await hashes.digest(join(dir, f))] as const)))
+    : await sha256Files(present.map((f) => join(dir, f)));
   for (const f of m.files) {
     const d = digests.get(join(dir, f.name));
     if (d && d.sha256 !== f.sha256) problems.push({ file: f.name, reason: `sha256 ${d.sha256} differs from the manifest's ${f.sha256} (modified after conversion)` });

@@ -48,11 +48,18 @@ export class HashQueue {
   }
 
   add(path: string): void {
-    if (this.results.has(path)) return;
+    void this.digest(path);
+  }
+
+  /** The digest of one file, queued like add(); the caller awaits it (and close()s the queue). */
+  digest(path: string): Promise<FileDigest> {
+    const known = this.results.get(path);
+    if (known) return known;
     const p = new Promise<FileDigest>((resolve, reject) => this.queue.push({ path, resolve, reject }));
-    p.catch(() => {}); // surfaced by done()
+    p.catch(() => {}); // surfaced by done() or the caller
     this.results.set(path, p);
     this.pump();
+    return p;
   }
 
   async done(): Promise<Map<string, FileDigest>> {

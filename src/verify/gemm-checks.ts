@@ -1,76 +1,114 @@
-// GEMM step, one converted module at a time: at each M, on deterministic random activations,
-// the Marlin GEMM on the converted tensors (reading the layout directly) against the
-// reference GEMM on the source (dequantized per FORMAT.md section 1, with v2's clamp
-// applied; block scales re-encoded onto a fused group's shared global where they are), by
-// relative Frobenius error against the tolerance.
+// GEMM step, one expert of one converted module at a time, on the buffers the structure step
+// read: at each M, on deterministic random activations, the Marlin GEMM on the converted
+// tensors (reading the layout directly) against the reference GEMM on the source
+// (dequantized per FORMAT.md section 1, as the format keeps it: v2's clamp applied, v1's
+// global rounded to the activation dtype, block scales re-encoded onto a fused group's shared
+// global where they are), judged column by column (gemm.ts columnErrors).
 import { globalScaleBytes } from '../format/tensors.js';
-import { clampedScales, gemmError, gemmMarlin, gemmReference, randomActivations } from './gemm.js';
-import { slab } from './bytes.js';
+import { clampedScales, columnErrors, keptGlobalScale, randomActivations } from './gemm.js';
 import type { VerifyContext } from './context.js';
 import type { GemmCheck, LayerReport } from './report.js';
-import { sampleIndices } from './select.js';
-import type { Loaded } from './structure.js';
+import type { ExpertData } from './structure.js';
 import type { Unit } from './units.js';
 
-/** FNV-1a of a label: the activations' seed, so each (layer, expert, M) gets its own. */
-function fnv(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
-  return h;
+/** The activations of every M for one K, rows concatenated in the order of ctx.ms. */
+interface Activations {
+  /** [Σm, k] */
+  all: Buffer;
+  rows: number;
+  /** Per M: its rows in `all`, and the same bytes alone. */
+  parts: { m: number; row0: number; x: Buffer }[];
 }
 
-export async function checkGemms(ctx: VerifyContext, u: Unit, rep: LayerReport, l: Loaded): Promise<void> {
-  const { layout, dtype, backend, ms, tolerance } = ctx;
+const cache = new WeakMap<VerifyContext, Map<number, Activations>>();
+
+/**
+ * Made once per run and K: the seed depends on M only, so every layer of a K sees the same
+ * activations (they are deterministic either way; generating them per layer cost more than
+ * the GEMMs on the GPU).
+ */
+function activations(ctx: VerifyContext, k: number): Activations {
+  let byK = cache.get(ctx);
+  if (!byK) cache.set(ctx, (byK = new Map()));
+  let a = byK.get(k);
+  if (a) return a;
+  const parts: Activations['parts'] = [];
+  let row0 = 0;
+  for (const m of ctx.ms) {
+    parts.push({ m, row0, x: randomActivations(m, k, ctx.dtype, 0x6d61726c + m) });
+    row0 += m;
+  }
+  a = { all: Buffer.concat(parts.map((p) => p.x)), rows: row0, parts };
+  byK.set(k, a);
+  return a;
+}
+
+/** Runs the GEMMs of expert d.e and appends their checks to rep.gemm. */
+export async function checkExpertGemms(ctx: VerifyContext, u: Unit, rep: LayerReport, d: ExpertData, global: Buffer | undefined): Promise<void> {
+  const { layout, dtype, engine, tolerance } = ctx;
   const threads = ctx.opts.threads;
-  const expertsWanted = ctx.opts.experts ?? 4;
-  const checks: GemmCheck[] = [];
-  rep.gemm = checks;
-  const E = u.experts.length;
+  const checks = (rep.gemm ??= []);
   const P = u.parts.length;
   const { n, k, np, kp } = u.shape;
   const width = np * P;
-  const sample = expertsWanted === 'all' ? [...Array(E).keys()] : sampleIndices(E, expertsWanted);
   const gsize = globalScaleBytes(ctx);
   // MXFP4: E8M0 scales read as the kernel reads them, against the source's 2^(b-127); no global, no clamp.
   const scheme = ctx.plan.scheme;
-  for (const e of sample) {
-    const weight = slab(l.weight, e, E);
-    const scales = slab(l.scales, e, E);
-    const global = l.global?.subarray(gsize * e, gsize * (e + 1));
-    for (const m of ms) {
-      const x = randomActivations(m, k, dtype, fnv(`${u.name}/${e}/${m}`));
-      let y: Float32Array;
-      try {
-        y = await gemmMarlin({ x, m, k, n: width, np: width, kp, layout, dtype, weight, scales, global, scheme, threads }, backend);
-        ctx.counts.gemms++;
-      } catch (err) {
-        checks.push({ m, expert: u.kind === 'linear' ? undefined : e, rel_err: Infinity, max_abs_err: Infinity, pass: false, error: (err as Error).message });
-        continue;
-      }
-      for (let p = 0; p < P; p++) {
-        const part = l.src[e]![p]!;
-        const ws2 = u.ws2[e];
-        const kept = scheme === 'mxfp4' ? { scales: part.stored, lost: 0 } : clampedScales(part.stored, layout, u.scales.sf);
-        const ref = await gemmReference({ x, m, n, k, weight: part.weight, scale: kept.scales, ws2, scheme, dtype, threads }, backend);
-        ctx.counts.gemms++;
-        const err = gemmError(y, ref, { m, n, cols: width, col0: p * np });
-        const c: GemmCheck = { m, rel_err: err.rel, max_abs_err: err.maxAbs, pass: err.rel <= tolerance };
-        if (u.kind !== 'linear') {
-          c.expert = e;
-          c.part = u.parts[p];
-        }
-        if (kept.lost > 0 || part.reencoded) {
-          // The source's own scales and global: what clamp and re-encoding cost (information).
-          const exact = await gemmReference({ x, m, n, k, weight: part.weight, scale: part.scale, ws2: part.ownWs2, dtype, threads }, backend);
-          ctx.counts.gemms++;
-          c.rel_err_vs_exact = gemmError(y, exact, { m, n, cols: width, col0: p * np }).rel;
-        }
-        if (err.nonFinite > 0) c.error = `${err.nonFinite} outputs are NaN or infinite`;
-        checks.push(c);
+  const mxfp4 = scheme === 'mxfp4';
+  const g = global?.subarray(gsize * d.e, gsize * (d.e + 1));
+  const ws2 = mxfp4 ? undefined : keptGlobalScale(u.ws2[d.e]!, layout, dtype);
+  const X = activations(ctx, k);
+  const expert = u.kind === 'linear' ? undefined : d.e;
+
+  // The Marlin GEMM: every M in one call where the kernel's rows do not depend on M, else one
+  // call per M (a kernel with M-dependent paths is exercised on each). y rows follow X.all.
+  const base = { k, n: width, np: width, kp, layout, dtype, weight: d.weight!, scales: d.scales!, global: g, scheme, threads };
+  const ys: { m: number; row0: number; y: Float32Array; yRow0: number }[] = [];
+  const failed = new Set<number>();
+  const calls = engine.marlinRowwise ? [{ x: X.all, rows: X.rows, parts: X.parts }] : X.parts.map((p) => ({ x: p.x, rows: p.m, parts: [p] }));
+  for (const call of calls) {
+    try {
+      const y = await engine.marlin({ ...base, x: call.x, m: call.rows });
+      ctx.counts.gemms += call.parts.length;
+      for (const p of call.parts) ys.push({ m: p.m, row0: p.row0, y, yRow0: call.parts.length > 1 ? p.row0 : 0 });
+    } catch (err) {
+      for (const { m } of call.parts) {
+        failed.add(m);
+        checks.push({ m, expert, rel_err: Infinity, max_abs_err: Infinity, pass: false, error: (err as Error).message });
       }
     }
   }
-  rep.worst = ms.map((m) => {
+  if (ys.length === 0) return;
+  // The reference: rows never depend on each other, so one call over every M's rows.
+  for (let p = 0; p < P; p++) {
+    const part = d.src[p]!;
+    const kept = mxfp4 ? { scales: part.stored, lost: 0 } : clampedScales(part.stored, layout, u.scales.sf);
+    const ref = await engine.referenceGemm({ x: X.all, m: X.rows, n, k, weight: part.weight, scale: kept.scales, ws2, scheme, dtype, threads });
+    ctx.counts.gemms += X.parts.length;
+    // The source's own scales and global: what v2's clamp and re-encoding cost (information).
+    const exact =
+      kept.lost > 0 || part.reencoded
+        ? await engine.referenceGemm({ x: X.all, m: X.rows, n, k, weight: part.weight, scale: part.scale, ws2: keptGlobalScale(part.ownWs2, layout, dtype), scheme, dtype, threads })
+        : undefined;
+    for (const { m, row0, y, yRow0 } of ys) {
+      const at = { m, n, cols: width, col0: p * np, row0: yRow0, refRow0: row0 };
+      const err = columnErrors(y, ref, at);
+      const c: GemmCheck = { m, rel_err: err.rel, worst_column: err.column, max_abs_err: err.maxAbs, frobenius_rel_err: err.frobenius, pass: err.rel <= tolerance };
+      if (expert !== undefined) {
+        c.expert = expert;
+        c.part = u.parts[p];
+      }
+      if (exact) c.rel_err_vs_exact = columnErrors(y, exact, at).rel;
+      if (err.nonFinite > 0) c.error = `${err.nonFinite} outputs are NaN or infinite`;
+      checks.push(c);
+    }
+  }
+}
+
+/** The worst error per M over a layer's GEMMs, for the summary table. */
+export function worstPerM(ctx: VerifyContext, rep: LayerReport): void {
+  const checks = rep.gemm ?? [];
+  rep.worst = ctx.ms.map((m) => {
     const at = checks.filter((c) => c.m === m);
     return {
       m,

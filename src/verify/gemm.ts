@@ -219,3 +219,138 @@ export function gemmError(y: Float32Array, ref: Float32Array, shape?: { m: numbe
 export function defaultTolerance(dtype: ActDtype): number {
   return dtype === 'float16' ? 2e-3 : 1e-2;
 }
+
+export interface ColumnErrors {
+  /**
+   * The largest column error over the output columns: for column j,
+   * ||y_j - ref_j|| / max(||ref_j||, ||ref||_F / sqrt(n)) over the m rows. A column far below
+   * the layer's typical magnitude (cancellation at small M) is judged against the typical one.
+   */
+  rel: number;
+  /** The column where rel was found. */
+  column: number;
+  /** max |y - ref| over all elements. */
+  maxAbs: number;
+  /** The whole-matrix relative Frobenius error (information: it dilutes one bad column by sqrt(n)). */
+  frobenius: number;
+  /** Elements of y that are NaN or infinite (rel and maxAbs are then Infinity). */
+  nonFinite: number;
+}
+
+/**
+ * Per-column judging of y against ref (both [m, n]; y may be wider: cols, taking columns
+ * [col0, col0+n), and may hold more rows: rows [row0, row0+m)). One flipped nibble or scale
+ * byte changes one column: its error does not shrink with N as the whole-matrix error does.
+ */
+export function columnErrors(
+  y: Float32Array,
+  ref: Float32Array,
+  shape: { m: number; n: number; cols?: number; col0?: number; row0?: number; refRow0?: number; refCols?: number },
+): ColumnErrors {
+  const { m, n } = shape;
+  const cols = shape.cols ?? n;
+  const col0 = shape.col0 ?? 0;
+  const row0 = shape.row0 ?? 0;
+  const refRow0 = shape.refRow0 ?? 0;
+  const refCols = shape.refCols ?? n;
+  const d2 = new Float64Array(n);
+  const r2 = new Float64Array(n);
+  let maxAbs = 0;
+  let nonFinite = 0;
+  for (let i = 0; i < m; i++) {
+    const yo = (row0 + i) * cols + col0;
+    const ro = (refRow0 + i) * refCols;
+    for (let j = 0; j < n; j++) {
+      const a = y[yo + j]!;
+      const b = ref[ro + j]!;
+      if (!Number.isFinite(a)) {
+        nonFinite++;
+        continue;
+      }
+      const d = a - b;
+      d2[j] += d * d;
+      r2[j] += b * b;
+      const ad = d < 0 ? -d : d;
+      if (ad > maxAbs) maxAbs = ad;
+    }
+  }
+  let dTotal = 0;
+  let rTotal = 0;
+  for (let j = 0; j < n; j++) {
+    dTotal += d2[j]!;
+    rTotal += r2[j]!;
+  }
+  if (nonFinite > 0) return { rel: Infinity, column: -1, maxAbs: Infinity, frobenius: Infinity, nonFinite };
+  const floor = rTotal / n;
+  let rel = 0;
+  let column = -1;
+  for (let j = 0; j < n; j++) {
+    if (d2[j] === 0) continue;
+    const denom = Math.max(r2[j]!, floor);
+    const e = denom > 0 ? Math.sqrt(d2[j]! / denom) : Infinity;
+    if (e > rel || column < 0) {
+      rel = e;
+      column = j;
+    }
+  }
+  const frobenius = rTotal > 0 ? Math.sqrt(dTotal / rTotal) : dTotal > 0 ? Infinity : 0;
+  return { rel, column, maxAbs, frobenius, nonFinite };
+}
+
+/**
+ * The value of weight_scale_2 that the converted checkpoint keeps: layout v1 stores it rounded
+ * to the activation dtype (FORMAT.md section 3), v2 exactly (float32, divided by a power of
+ * two). The reference GEMM multiplies with it, so that a correct conversion matches to
+ * float32 accumulation order and a per-column bound far below one weight's worth holds.
+ */
+export function keptGlobalScale(ws2: number, layout: LayoutVersion, dtype: ActDtype): number {
+  if (layout === 'v2') return Math.fround(ws2);
+  // v1's stored bits are the rounded value times 2^(bias - 7) (layout.h exponent_bias: 126
+  // for bfloat16, 14 for float16), an exact power of two.
+  const bits = addon().processGlobalScale(ws2, { layout, dtype, sf: 1 }).readUInt16LE(0);
+  if (dtype === 'bfloat16') return new Float32Array(new Uint32Array([(bits << 16) >>> 0]).buffer)[0]! / 2 ** 119;
+  const e = (bits >> 10) & 0x1f;
+  const mant = bits & 0x3ff;
+  return (e === 0 ? mant * 2 ** -24 : (1 + mant / 1024) * 2 ** (e - 15)) / 2 ** 7;
+}
+
+/** What multiplies in a GEMM check, and how precisely (one place to choose the kernels). */
+export interface GemmEngine {
+  /** For the report, e.g. "cpu" or "cublas (libcublas.so.13)". */
+  reference: string;
+  /**
+   * The Marlin kernel's output rows depend only on their own activation rows and its code
+   * path not on M: all Ms go through one call, the rows split afterwards, with the same
+   * numbers. False for a kernel with M-dependent tiles (the fast CUDA kernel): one call per M.
+   * The reference is always one call over every M's rows.
+   */
+  marlinRowwise: boolean;
+  /**
+   * Default bound on the per-column error: both kernels dequantize exactly and accumulate in
+   * float32, so a correct conversion differs only by summation order (about 1e-6 at K = 16k);
+   * one wrong nibble or scale byte moves its column by 1e-3 or more (README, verify).
+   */
+  tolerance(dtype: ActDtype): number;
+  marlin(input: MarlinGemmInput): Promise<Float32Array>;
+  referenceGemm(input: ReferenceGemmInput): Promise<Float32Array>;
+}
+
+/** Per-column bound of the float32 engines (see GemmEngine.tolerance). */
+export const EXACT_ENGINE_TOLERANCE = 1e-4;
+
+/**
+ * The GEMM engine of a backend. A faster Marlin kernel (tensor cores, rounded weights) plugs
+ * in here with its own tolerance and rowwise flag; verify calls nothing else.
+ */
+export function gemmEngine(backend: Backend): GemmEngine {
+  return {
+    reference: referenceEngine(backend),
+    // The CPU kernel walks K in the same order for every row whatever M is; the CUDA default
+    // (the fast tensor-core kernel, float32 accumulation of exact products, within 2e-6 of the
+    // simple kernel: bench/notes/gemm.md) picks its split by M.
+    marlinRowwise: backend === 'cpu',
+    tolerance: () => EXACT_ENGINE_TOLERANCE,
+    marlin: (input) => gemmMarlin(input, backend),
+    referenceGemm: (input) => gemmReference(input, backend),
+  };
+}

@@ -10,8 +10,10 @@ export interface VerifyOptions {
   source?: string;
   /** GEMM row counts (default 1, 16, 128). */
   m?: number[];
-  /** Relative Frobenius error bound (default 2e-3 for float16, 1e-2 for bfloat16). */
+  /** Bound on the per-column error of the GEMM check (default: the GEMM engine's, 1e-4 for the float32 engines). */
   tolerance?: number;
+  /** Which checks run (default all): integrity, structure, gemm. */
+  checks?: string | readonly string[];
   /** Which layers get GEMMs: 'all', a count N (a deterministic, evenly spread sample), or a regex on the layer name. */
   layers?: string;
   /** MoE experts per stack that get GEMMs: a count (evenly spread sample) or 'all' (default 4). */
@@ -21,6 +23,8 @@ export interface VerifyOptions {
   threads?: number;
   /** Skip the byte comparison of copied (unquantized) tensors. */
   skipCopied?: boolean;
+  /** Whether `source` was named by the user (--source): a source other than the manifest's is then a warning, not an error. */
+  sourceNamed?: boolean;
   onProgress?(p: { done: number; total: number; layer: string; stage: 'structure' | 'gemm' }): void;
 }
 
@@ -29,8 +33,13 @@ export interface GemmCheck {
   expert?: number;
   /** gate / up / down for MoE stacks. */
   part?: string;
+  /** The largest per-column error (see gemm.ts columnErrors): what is judged against the tolerance. */
   rel_err: number;
+  /** The output column (of this part) where rel_err was found. */
+  worst_column?: number;
   max_abs_err: number;
+  /** The whole-matrix relative Frobenius error (information). */
+  frobenius_rel_err?: number;
   /** Only where v2 zeroed scales or scales were re-encoded: the error against the source's exact weights (information). */
   rel_err_vs_exact?: number;
   pass: boolean;
@@ -57,9 +66,24 @@ export interface LayerReport extends Pick<LayerRecord, 'name' | 'kind' | 'n' | '
   pass: boolean;
 }
 
+/** The source verified against, with the checksums of its shards (computed by this run). */
+export interface SourceReport {
+  path: string;
+  /** Named with --source (else the manifest's path). */
+  named: boolean;
+  /** The path the manifest records. */
+  recorded_path: string | null;
+  /** Whether the shards are the ones the manifest records (null: it records none). */
+  matches_manifest: boolean | null;
+  shards: { name: string; bytes: number; sha256: string }[];
+}
+
 export interface VerifyReport {
   converted: string;
   source: string;
+  /** Present when the integrity check ran. */
+  source_files?: SourceReport;
+  checks: string[];
   layout: LayoutVersion;
   activation_dtype: ActDtype;
   device: Backend;
@@ -79,4 +103,9 @@ export interface VerifyReport {
   failed_layers: string[];
   passed: boolean;
   seconds: number;
+  /** Seconds per stage, summed over the lanes that run side by side (see stage-times.ts). */
+  stages: Record<string, number>;
+  /** Bytes of tensors and files read by the checks (hashing not counted). */
+  bytes_read: number;
+  peak_rss_bytes: number;
 }
