@@ -108,7 +108,7 @@ describe('the import graph of src/', () => {
     );
     // And on the real tree: verify.ts imports the plan (of either scheme) and its own steps.
     expect(g.get('verify/verify.ts')).toContain('plan/source-plan.ts');
-    expect(g.get('verify/verify.ts')).toContain('verify/structure.ts');
+    expect(g.get('verify/verify.ts')).toContain('verify/unit-step.ts');
   });
 
   it('resolves every relative import to a file that exists', () => {
