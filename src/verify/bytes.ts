@@ -1,5 +1,5 @@
 // Byte-level comparisons behind verify's messages: how many bytes differ and where first,
-// a byte as hex, one expert's slab of a stacked tensor.
+// a byte as hex.
 
 export function diffBytes(a: Uint8Array, b: Uint8Array): { count: number; first: number } {
   const n = Math.min(a.length, b.length);
@@ -19,9 +19,3 @@ export function diffBytes(a: Uint8Array, b: Uint8Array): { count: number; first:
 }
 
 export const hex = (v: number | undefined) => (v === undefined ? 'none' : `0x${v.toString(16).padStart(2, '0')}`);
-
-/** Expert e's part of a tensor stacked over `count` experts (the whole tensor for a dense linear). */
-export function slab(t: Buffer, e: number, count: number): Buffer {
-  const size = t.length / count;
-  return t.subarray(e * size, (e + 1) * size);
-}

@@ -215,7 +215,10 @@ export function gemmError(y: Float32Array, ref: Float32Array, shape?: { m: numbe
   return { rel, maxAbs: nonFinite > 0 ? Infinity : maxAbs, nonFinite };
 }
 
-/** Default tolerances on the relative Frobenius error (fixtures/golden/README.md). */
+/**
+ * Whole-matrix relative Frobenius bounds against vLLM's golden GEMM outputs
+ * (fixtures/golden/README.md), for the kernel tests; verify judges per column (columnErrors).
+ */
 export function defaultTolerance(dtype: ActDtype): number {
   return dtype === 'float16' ? 2e-3 : 1e-2;
 }
