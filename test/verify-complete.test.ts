@@ -102,7 +102,7 @@ describe('verify names what convert would not have written (manifest resealed)',
     await resealManifest(bad);
     const { code, report } = verifyJson(bad, '--m', '1');
     expect(code).toBe(1);
-    expect(report.errors).toEqual([expect.stringMatching(/^tokenizer_config\.json: \d+ bytes, the source's has \d+ \(convert copies it unchanged\)$/)]);
+    expect(report.errors).toEqual([expect.stringMatching(/^tokenizer_config\.json: \d+ bytes, the source's tokenizer_config\.json has \d+ \(convert copies it unchanged\)$/)]);
   });
 
   it('an extra file, and a missing one', async () => {

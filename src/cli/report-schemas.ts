@@ -74,8 +74,10 @@ const gemmCheck = z.strictObject({
   m: int,
   expert: int.optional(),
   part: z.string().optional(),
-  rel_err: errNum,
+  rel_err: errNum.describe("the largest per-column error, judged against the tolerance"),
+  worst_column: z.int().optional().describe('the output column (of this part) where rel_err was found; -1 when not finite'),
   max_abs_err: errNum,
+  frobenius_rel_err: errNum.optional().describe('the whole-matrix relative Frobenius error (information)'),
   rel_err_vs_exact: errNum.optional(),
   pass: z.boolean(),
   error: z.string().optional(),
@@ -84,6 +86,17 @@ const gemmCheck = z.strictObject({
 const verifyBody = {
   converted: z.string(),
   source: z.string(),
+  source_files: z
+    .strictObject({
+      path: z.string(),
+      named: z.boolean().describe('named with --source (else the path the manifest records)'),
+      recorded_path: z.string().nullable(),
+      matches_manifest: z.boolean().nullable().describe('whether the shards are the ones the manifest records (null: it records none)'),
+      shards: z.array(z.strictObject({ name: z.string(), bytes: int, sha256: z.string().regex(/^[0-9a-f]{64}$/) })),
+    })
+    .optional()
+    .describe('the source verified against, with its checksums (when the integrity check ran)'),
+  checks: z.array(z.enum(['integrity', 'structure', 'gemm'])),
   layout,
   activation_dtype: dtype,
   device: z.enum(['cpu', 'cuda']),
@@ -119,6 +132,9 @@ const verifyBody = {
   failed_layers: z.array(z.string()),
   passed: z.boolean(),
   seconds: z.number(),
+  stages: z.record(z.string(), z.number()).describe('seconds per stage, summed over the lanes that run side by side'),
+  bytes_read: int,
+  peak_rss_bytes: int,
 };
 const verifyReport = z.strictObject(verifyBody);
 

@@ -1,6 +1,7 @@
 // Completeness: every file of the output is one convert writes for this source, with the
 // content it writes — config.json and the shard index as convert builds them, the model's
-// other files byte-equal with the source's, each shard holding exactly the plan's tensors
+// other files (and the source's model card, kept as SOURCE_MODEL_CARD.md) byte-equal with the
+// source's, each shard holding exactly the plan's tensors
 // (no extra tensor, none in another shard) under the __metadata__ convert writes — and no
 // file that convert would not write. The tensors' bytes are the structure and copied steps'.
 import { existsSync } from 'node:fs';
@@ -9,6 +10,7 @@ import { join } from 'node:path';
 import { INDEX_FILE } from '../checkpoint/model-dir.js';
 import { convertedConfig, convertedIndex, copiedFiles, writesIndex } from '../convert/write-files.js';
 import { convertedShardMetadata } from '../convert/write-shard.js';
+import { CARD_FILE, SOURCE_CARD_FILE } from '../convert/model-card.js';
 import { MANIFEST_FILE } from '../format/manifest.js';
 import { layerRecords } from '../plan/records.js';
 import type { VerifyContext } from './context.js';
@@ -65,22 +67,36 @@ export async function checkFiles(ctx: VerifyContext): Promise<void> {
     if (di) errors.push(`${INDEX_FILE}: ${di}`);
   }
 
-  // The set of files.
+  // The set of files. The model card (README.md) depends on convert's options (names, a target
+  // repo) and gets its verification block filled in after conversion: it must be there, its
+  // bytes are the manifest's to vouch for (integrity). The source's own card is kept
+  // unchanged as SOURCE_MODEL_CARD.md.
   const side = copiedFiles(src);
-  const expected = new Set(['config.json', MANIFEST_FILE, ...plan.shards.map((s) => s.file), ...side, ...(index ? [INDEX_FILE] : [])]);
+  const sourceCard = src.otherFiles.includes(CARD_FILE);
+  const expected = new Set([
+    'config.json',
+    MANIFEST_FILE,
+    CARD_FILE,
+    ...(sourceCard ? [SOURCE_CARD_FILE] : []),
+    ...plan.shards.map((s) => s.file),
+    ...side,
+    ...(index ? [INDEX_FILE] : []),
+  ]);
   const present = new Set([...out.shards, ...out.otherFiles, ...(existsSync(join(out.dir, INDEX_FILE)) ? [INDEX_FILE] : [])]);
   for (const f of [...present].sort()) if (!expected.has(f)) errors.push(`${f}: a file convert does not write for this source`);
   for (const f of [...expected].sort()) if (!present.has(f)) errors.push(`${f}: missing (convert writes it for this source)`);
 
   // The model's other files, byte for byte.
-  for (const f of side) {
+  const pairs: [string, string][] = side.map((f) => [f, f]);
+  if (sourceCard) pairs.push([SOURCE_CARD_FILE, CARD_FILE]);
+  for (const [f, from] of pairs) {
     if (!present.has(f)) continue;
-    const c = await compareFiles(join(out.dir, f), join(src.dir, f), ctx.pool);
+    const c = await compareFiles(join(out.dir, f), join(src.dir, from), ctx.pool);
     if (c.count === 0) continue;
     errors.push(
       c.sizeA !== c.sizeB
-        ? `${f}: ${c.sizeA} bytes, the source's has ${c.sizeB} (convert copies it unchanged)`
-        : `${f}: differs from the source's in ${c.count} bytes, first at byte ${c.first} (convert copies it unchanged)`,
+        ? `${f}: ${c.sizeA} bytes, the source's ${from} has ${c.sizeB} (convert copies it unchanged)`
+        : `${f}: differs from the source's ${from} in ${c.count} bytes, first at byte ${c.first} (convert copies it unchanged)`,
     );
   }
 

@@ -1,6 +1,7 @@
 // What `marlin-fp4 verify` is asked (VerifyOptions) and what it answers (VerifyReport): the
 // shapes the CLI prints and `--json` emits. Types only.
 import type { LayerRecord } from '../format/records.js';
+import type { CheckName } from './checks.js';
 import type { ActDtype, Backend, DeviceChoice, LayoutVersion } from '../transform/marlin.js';
 
 export interface VerifyOptions {
@@ -83,7 +84,7 @@ export interface VerifyReport {
   source: string;
   /** Present when the integrity check ran. */
   source_files?: SourceReport;
-  checks: string[];
+  checks: CheckName[];
   layout: LayoutVersion;
   activation_dtype: ActDtype;
   device: Backend;
