@@ -219,12 +219,20 @@ describe('inspect and verify --source with a repo id', () => {
   it('verify --source <org/name>', async () => {
     const out = join(work, 'local-out');
     const r = await run(['verify', out, '--source', REPO, '--json', '--m', '2']);
-    expect(r.stderr).toBe('');
     const rep = JSON.parse(r.stdout);
     expect(rep.source).toBe(snapshot());
-    // The manifest records the local fixture as the source: its checksums still match the snapshot's.
-    expect(rep.passed).toBe(true);
-    expect(r.code).toBe(0);
+    // The manifest records the local fixture as the source: its shards' checksums still match
+    // the snapshot's, and every layer and tensor verifies. But the repo also has a README,
+    // which convert keeps as SOURCE_MODEL_CARD.md: an output converted from the local
+    // directory lacks it, and verify (complete: every file convert writes) says so.
+    expect(rep.source_files.matches_manifest).toBe(true);
+    expect(rep.failed_layers).toEqual([]);
+    expect(rep.errors).toEqual(['SOURCE_MODEL_CARD.md: missing (convert writes it for this source)']);
+    expect(r.code).toBe(1);
+    // The output converted from the repo itself verifies against it.
+    const fromHub = await run(['verify', join(cwd, 'llama-tiny-ct-marlin'), '--source', REPO, '--json', '--m', '2']);
+    expect(fromHub.stderr).toBe('');
+    expect(JSON.parse(fromHub.stdout).passed).toBe(true);
   });
 });
 
