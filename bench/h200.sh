@@ -25,8 +25,8 @@ for section in "$@"; do
     convert-moe) run convert-moe 300 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;--device cpu" --profile ;;
     convert-dense) run convert-dense 200 node bench/convert.mjs --dir "$work" --preset llama-8b --reps 2 --variants="--device cuda;--device cpu" ;;
     convert-deepseek) run convert-deepseek 280 node bench/convert.mjs --dir "$work" --preset deepseek-v3-2layers --reps 1 --variants="--device cuda;--device cpu" ;;
-    verify-bench) TAIL=30 run verify-bench 270 node bench/verify.mjs --dir "$work/verify" --models llama-8b,moe --devices cuda,cpu --timeout 60 ;;
-    convert-gpt-oss) run convert-gpt-oss 170 node bench/convert.mjs --dir "$work" --preset gpt-oss-20b --reps 1 --variants="--device cuda;--device cpu" ;;
+    verify-bench) TAIL=30 run verify-bench 250 node bench/verify.mjs --dir "$work/verify" --models llama-8b,moe --devices cuda,cpu --timeout 60 ;;
+    convert-gpt-oss) run convert-gpt-oss 130 node bench/convert.mjs --dir "$work" --preset gpt-oss-20b --reps 1 --variants="--device cuda;--device cpu" ;;
     *) echo "unknown section $section" ;;
   esac
 done

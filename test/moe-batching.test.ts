@@ -63,6 +63,21 @@ describe('mapLimited', () => {
     expect(out).toEqual([50, 10, 40, 20, 30, 0]);
     expect(most).toBe(2);
   });
+
+  it('throws the first failing item in order, whichever fails first in time', async () => {
+    const failedInTime: number[] = [];
+    // Item 3 fails at once, item 1 late: a serial loop would report item 1, and so must this.
+    const run = mapLimited([0, 1, 2, 3, 4, 5], 4, async (x) => {
+      await new Promise((r) => setTimeout(r, x === 1 ? 40 : 1));
+      if (x === 1 || x === 3) {
+        failedInTime.push(x);
+        throw new Error(`item ${x}`);
+      }
+      return x;
+    });
+    await expect(run).rejects.toThrow('item 1');
+    expect(failedInTime).toEqual([3, 1]);
+  });
 });
 
 describe('ScaleScans', () => {

@@ -9,26 +9,30 @@ import type { Checkpoint } from './model-dir.js';
 /** Reads in flight at once: libuv runs 4 file operations side by side by default. */
 export const READS_AT_ONCE = 4;
 
-/** Runs `fn` over `items`, at most `limit` at a time; results in the items' order. */
+/**
+ * Runs `fn` over `items`, at most `limit` at a time; results in the items' order. On failure it
+ * throws what a serial loop would: the error of the first failing item in order (items are
+ * started in order, none after a failed one, and those before it still finish), so the message
+ * does not depend on timing or core count.
+ */
 export async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
+  const errors = new Map<number, unknown>();
+  let firstBad = Infinity;
   let next = 0;
-  let failed = false;
   const lane = async () => {
-    while (!failed && next < items.length) {
+    while (next < items.length && next < firstBad) {
       const i = next++;
       try {
         out[i] = await fn(items[i]!, i);
       } catch (e) {
-        failed = true; // no new item starts; the others in flight end first
-        throw e;
+        errors.set(i, e);
+        firstBad = Math.min(firstBad, i);
       }
     }
   };
-  const lanes = Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane);
-  const settled = await Promise.allSettled(lanes);
-  const bad = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (bad) throw bad.reason;
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+  if (errors.size > 0) throw errors.get(firstBad);
   return out;
 }
 
