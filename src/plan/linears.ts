@@ -113,7 +113,8 @@ const NAMES = {
 } as const;
 
 const EXPERT = /^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)$/;
-const ROLE: Record<string, ExpertRole> = { gate_proj: 'gate', w1: 'gate', up_proj: 'up', w3: 'up', down_proj: 'down', w2: 'down' };
+/** An expert projection's role by its module name (Qwen/Llama `*_proj`, Mixtral `w1/w3/w2`). */
+export const ROLE: Record<string, ExpertRole> = { gate_proj: 'gate', w1: 'gate', up_proj: 'up', w3: 'up', down_proj: 'down', w2: 'down' };
 /** 3-D tensors holding gate and up of every expert (gate rows first, as Llama-4's chunk(2) splits them). */
 const FUSED_GATE_UP = new Set(['gate_up_proj', 'w13']);
 
@@ -172,13 +173,11 @@ function packedOf(scale: string, flavour: Flavour): string {
 }
 
 /**
- * The quantized linears of a checkpoint. A missing or malformed piece is an InputError; with
- * `problems` given (inspect), its message is collected instead and that linear (or expert
- * group) is left out, so that every problem is seen in one run.
+ * Runs a finding step: its InputError is thrown, or, with `problems` given (inspect), collected
+ * so that every problem is seen in one run.
  */
-export function findLinears(ckpt: Checkpoint, flavour: Flavour, problems?: string[]): FoundLinears {
-  const t = ckpt.tensors;
-  const attempt = (run: () => void) => {
+export function problemCollector(problems?: string[]): (run: () => void) => void {
+  return (run) => {
     try {
       run();
     } catch (e) {
@@ -186,6 +185,16 @@ export function findLinears(ckpt: Checkpoint, flavour: Flavour, problems?: strin
       else throw e;
     }
   };
+}
+
+/**
+ * The quantized linears of a checkpoint. A missing or malformed piece is an InputError; with
+ * `problems` given (inspect), its message is collected instead and that linear (or expert
+ * group) is left out, so that every problem is seen in one run.
+ */
+export function findLinears(ckpt: Checkpoint, flavour: Flavour, problems?: string[]): FoundLinears {
+  const t = ckpt.tensors;
+  const attempt = problemCollector(problems);
 
   // Block scales with no packed tensor beside them cannot be placed.
   for (const ref of [...t.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {

@@ -13,7 +13,7 @@ import { biasTensor, moduleTensors, stackBiasTensor, type OutputLayout } from '.
 import { addon } from '../transform/addon.js';
 import { moePaddedIntermediate, type ActDtype, type LayoutVersion, type LinearShape } from '../transform/marlin.js';
 import { gptOssPaddedSizes, MXFP4_GROUP } from '../transform/mxfp4.js';
-import { where, type LinearSource } from './linears.js';
+import { problemCollector, ROLE, where, type LinearSource } from './linears.js';
 import { outputShards, type DenseLinear, type MoeStack, type OutputTensor, type Plan } from './plan.js';
 import { ScaleScans } from './scale-plan.js';
 
@@ -47,7 +47,6 @@ export interface FoundMxfp4 {
 }
 
 const EXPERT = /^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)$/;
-const ROLE: Record<string, 'gate' | 'up' | 'down'> = { gate_proj: 'gate', w1: 'gate', up_proj: 'up', w3: 'up', down_proj: 'down', w2: 'down' };
 const GPT_OSS = /^(.+)\.(gate_up_proj|down_proj)_blocks$/;
 
 /**
@@ -56,14 +55,7 @@ const GPT_OSS = /^(.+)\.(gate_up_proj|down_proj)_blocks$/;
  */
 export function findMxfp4(ckpt: Checkpoint, flavour: Mxfp4Flavour, problems?: string[]): FoundMxfp4 {
   const t = ckpt.tensors;
-  const attempt = (run: () => void) => {
-    try {
-      run();
-    } catch (e) {
-      if (problems && e instanceof InputError) problems.push(e.message);
-      else throw e;
-    }
-  };
+  const attempt = problemCollector(problems);
   const found: FoundMxfp4 = { dense: [], gptOss: [], groups: [] };
   const placed = new Set<string>();
 
