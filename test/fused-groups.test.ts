@@ -8,6 +8,7 @@ import { open, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateModel } from '../tools/fixture-generator/generate.js';
+import type { LayerRecord } from '../src/format/records.js';
 import { readHeader } from '../src/safetensors/index.js';
 import { addon } from '../src/transform/addon.js';
 import { expectBytes } from './helpers/bytes.js';
@@ -33,22 +34,8 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-interface Reencoded {
-  scales: number;
-  changed: number;
-  underflowed: number;
-  max_relative_change: number;
-  source_global?: number;
-  shared_global?: number;
-  experts?: number;
-}
-interface Layer {
-  name: string;
-  kind: string;
-  sf: number;
-  fused_group?: string;
-  reencoded?: Reencoded;
-}
+/** A layer of convert's --json report: the record format/records.ts defines. */
+type Layer = LayerRecord;
 
 const WARNING =
   /^(\S+): (?:global scale [\d.e-]+ differs from its fused group's \((\S+): [\d.e-]+, the largest\)|gate and up global scales differ in (\d+) experts? \(each stored with the larger\)): (\d+) block scales re-encoded onto the shared global, (?:none changed value|(\d+) changed value(?: \((\d+) became 0\))?, largest relative change of a dequantized weight ([\d.]+)%) \(--strict refuses\)$/;
