@@ -2,8 +2,10 @@
 // (gemm_cuda.cu) on random tensors (both layouts, both dtypes, padded N and K, M not a multiple
 // of 16, every kernel variant), then times it against cuBLAS (gemm_bench.h) and prints tables.
 // Build: cmake --build native/build --target gemm_bench.
-// Usage: gemm_bench [--check] [--bench] [--variants] [--fp16] (none given: all of them)
+// Usage: gemm_bench [--check] [--bench] [--variants] [--fp16] (none given: all of them),
+//        gemm_bench --one N K M DEPTH ROWS_PER_STEP (one row, for a profiler; 0 = default)
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -97,6 +99,8 @@ void run_checks() {
   uint64_t seed = 1;
   for (ActDtype dt : {ActDtype::BF16, ActDtype::F16})
     for (Layout lay : {Layout::V2, Layout::V1}) {
+      // The default plan: M in and past each tile size, padding, odd K/16 rows (one row per
+      // step), and M = 256, 300 (the dense route where cuBLAS loads).
       check_case(1, 64, 64, false, lay, dt, {}, seed++);
       check_case(5, 192, 320, true, lay, dt, {}, seed++);
       check_case(16, 4096, 1024, false, lay, dt, {}, seed++);
@@ -104,9 +108,23 @@ void run_checks() {
       check_case(33, 1000, 2048, true, lay, dt, {}, seed++);
       check_case(100, 512, 768, false, lay, dt, {}, seed++);
       check_case(130, 384, 4096, true, lay, dt, {}, seed++);
-      for (int mt : {1, 2, 4})
-        for (int depth : {4, 6, 10}) check_case(45, 320, 1088, true, lay, dt, {mt, depth, 1}, seed++);
-      check_case(3, 4096, 4096, false, lay, dt, {1, 6, 3}, seed++);
+      check_case(256, 320, 1088, true, lay, dt, {}, seed++);
+      check_case(300, 1000, 2048, false, lay, dt, {}, seed++);
+      for (int64_t m : {1, 8, 9, 16, 17, 32, 33, 65}) {
+        check_case(m, 4096, 2048, false, lay, dt, {}, seed++);
+        check_case(m, 320, 1056, true, lay, dt, {}, seed++);  // odd K/16 rows
+      }
+      // Every instantiation: tile counts x depths x rows per step.
+      for (int mn8 : {1, 2, 4, 8})
+        for (int depth : {4, 8})
+          for (int rps : {1, 2}) {
+            cuda::FastGemmTuning t;
+            t.m_tiles = mn8;
+            t.depth = depth;
+            t.rows_per_step = rps;
+            check_case(45, 320, 1088, true, lay, dt, t, seed++);
+            check_case(7, 200, 544, true, lay, dt, t, seed++);
+          }
     }
 }
 
@@ -147,6 +165,19 @@ int main(int argc, char** argv) {
     else if (a == "--bench") bench = true;
     else if (a == "--variants") variants = true;
     else if (a == "--fp16") fp16 = true;
+    else if (a == "--one" && i + 5 < argc) {
+      // One shape, one M, one kernel version: for a profiler (ncu) run.
+      cuda::BenchOptions o;
+      o.shapes = {{std::atoll(argv[i + 1]), std::atoll(argv[i + 2])}};
+      o.ms = {std::atoll(argv[i + 3])};
+      o.tuning.depth = std::atoi(argv[i + 4]);
+      o.tuning.rows_per_step = std::atoi(argv[i + 5]);
+      o.cublas = false;
+      o.warmup = 2;
+      o.iters = 3;
+      print_table(cuda::run_gemm_bench(o), "one");
+      return 0;
+    }
   }
   if (!check && !bench && !variants && !fp16) check = bench = variants = fp16 = true;
   try {
@@ -176,25 +207,25 @@ int main(int argc, char** argv) {
       print_table(cuda::run_gemm_bench(o), "fp16, default plan");
     }
     if (variants) {
-      for (int group : {1, 2, 4, 8})
-        for (int depth : {4, 6}) {
+      // Tuning choices on the decode sizes: depth and K/16 rows per step.
+      for (int depth : {4, 8})
+        for (int rps : {1, 2}) {
           cuda::BenchOptions o;
           o.shapes = {{28672, 8192}, {8192, 28672}, {10240, 8192}, {8192, 8192}, {4096, 4096}};
           o.ms = {1, 16};
-          o.tuning = {1, depth, 1, group};
+          o.tuning.depth = depth;
+          o.tuning.rows_per_step = rps;
           o.cublas = false;
           o.iters = 20;
-          print_table(cuda::run_gemm_bench(o), ("variant mt=1 depth=" + std::to_string(depth) + " group=" + std::to_string(group)).c_str());
+          print_table(cuda::run_gemm_bench(o), ("variant depth=" + std::to_string(depth) + " k16/step=" + std::to_string(rps)).c_str());
         }
-      for (int group : {1, 4, 8}) {
-        cuda::BenchOptions o;
-        o.shapes = {{28672, 8192}, {4096, 4096}};
-        o.ms = {32, 128};
-        o.tuning = {0, 0, 1, group};
-        o.cublas = false;
-        o.iters = 20;
-        print_table(cuda::run_gemm_bench(o), ("variant mt=auto group=" + std::to_string(group)).c_str());
-      }
+      // The fused kernel where the dense route would be taken.
+      cuda::BenchOptions o;
+      o.shapes = {{28672, 8192}, {8192, 8192}};
+      o.ms = {128, 256, 1024};
+      o.dense = false;
+      o.iters = 10;
+      print_table(cuda::run_gemm_bench(o), "fused kernel only (no dense route)");
     }
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());

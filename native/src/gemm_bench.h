@@ -23,6 +23,7 @@ struct BenchOptions {
   int iters = 40;
   FastGemmTuning tuning;  // 0s: the kernel's own choice
   bool cublas = true;     // also time cuBLAS
+  bool dense = true;      // let our GEMM take its dense route (dequantize + cuBLAS) at M >= kDenseMinM
 };
 
 struct BenchRow {

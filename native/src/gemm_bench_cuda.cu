@@ -190,6 +190,8 @@ BenchReport run_gemm_bench(const BenchOptions& o) {
       a.dt = o.dt;
       a.global_bits = gbits;
       a.y = (float*)y.p;
+      // Our GEMM may take the dense route at large M: cuBLAS's first weight copy is its scratch.
+      a.dense = wd && o.dense ? (uint16_t*)wd->p : nullptr;
       row.plan = describe_marlin_fast(a, o.tuning);
       row.ours_us = time_calls(o.warmup, o.iters, [&](int i) {
         const char* base = (const char*)quant.p + (size_t)(i % copies) * one;
@@ -198,7 +200,7 @@ BenchReport run_gemm_bench(const BenchOptions& o) {
         launch_marlin_fast(a, nullptr, o.tuning);
       });
       if (gemm_ex && m >= 128) {
-        // The dense route's first half: the Marlin weight dequantized into cuBLAS's first weight copy.
+        // The dense route's first half alone: the Marlin weight dequantized into cuBLAS's first weight copy.
         row.dequant_us = time_calls(2, 10, [&](int i) {
           const char* base = (const char*)quant.p + (size_t)(i % copies) * one;
           a.weight = (const uint32_t*)base;

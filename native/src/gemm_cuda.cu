@@ -176,6 +176,8 @@ struct Cublas {
   void* lib = nullptr;
   void* handle = nullptr;
   cublas_sgemm_t sgemm = nullptr;
+  void* gemm_ex = nullptr;     // cublasGemmEx, for the fast GEMM's dense route
+  void* set_stream = nullptr;  // cublasSetStream_v2
   std::string library, why;
 };
 
@@ -213,6 +215,8 @@ Cublas& cublas() {
       cb.lib = lib;
       cb.handle = handle;
       cb.sgemm = sgemm;
+      cb.gemm_ex = dlsym(lib, "cublasGemmEx");
+      cb.set_stream = dlsym(lib, "cublasSetStream_v2");
       cb.library = n;
       return;
     }
@@ -250,6 +254,32 @@ void* cublas_for_bench(void*& handle, std::string& why) {
   handle = cb.handle;
   why = cb.why;
   return cb.handle ? cb.lib : nullptr;
+}
+
+bool cublas_available() {
+  Cublas& cb = cublas();
+  return cb.handle && cb.gemm_ex && cb.set_stream;
+}
+
+void dense_gemm_cublas(const uint16_t* w, const uint16_t* x, float* y, int64_t m, int64_t n, int64_t k, ActDtype dt, float alpha,
+                       void* stream) {
+  using gemm_ex_t = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int,
+                            const void*, void*, int, int, int, int);
+  using set_stream_t = int (*)(void*, void*);
+  constexpr int kR32F = 0, kR16F = 2, kR16BF = 14, kCompute32F = 68, kGemmDefault = -1;
+  Cublas& cb = cublas();
+  if (!cublas_available()) throw CudaError("cuBLAS unavailable for the dense GEMM: " + (cb.why.empty() ? "no cublasGemmEx" : cb.why));
+  if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) throw InvalidInput("shape too large for cuBLAS");
+  const float zero = 0.0f;
+  const int type = dt == ActDtype::BF16 ? kR16BF : kR16F;
+  std::lock_guard<std::mutex> hold(cb.lock);
+  int st = reinterpret_cast<set_stream_t>(cb.set_stream)(cb.handle, stream);
+  // Column-major view: y^T [n, m] = (w [k, n] col-major)^T · x^T [k, m].
+  if (st == 0)
+    st = reinterpret_cast<gemm_ex_t>(cb.gemm_ex)(cb.handle, kCublasOpT, kCublasOpN, (int)n, (int)m, (int)k, &alpha, w, type, (int)k, x,
+                                                 type, (int)k, &zero, y, kR32F, (int)n, kCompute32F, kGemmDefault);
+  if (st == 0) st = reinterpret_cast<set_stream_t>(cb.set_stream)(cb.handle, nullptr);
+  if (st != 0) throw CudaError("cublasGemmEx failed with status " + std::to_string(st));
 }
 
 std::string reference_engine() {

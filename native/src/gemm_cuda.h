@@ -26,5 +26,14 @@ std::string reference_engine();
 // with gemm_reference.
 void* cublas_for_bench(void*& handle, std::string& why);
 
+// Whether libcublas could be loaded (with cublasGemmEx and cublasSetStream_v2).
+bool cublas_available();
+
+// Enqueues y[m, n] (float32) = alpha · x[m, k] @ w[n, k]^T on a stream with cublasGemmEx, both
+// inputs in the activation dtype (fp32 accumulation). Throws CudaError when cuBLAS is missing or
+// fails. Serialised with the other users of the one cuBLAS handle.
+void dense_gemm_cublas(const uint16_t* w, const uint16_t* x, float* y, int64_t m, int64_t n, int64_t k, ActDtype dt, float alpha,
+                       void* stream);
+
 }  // namespace cuda
 }  // namespace mfp4

@@ -4,37 +4,46 @@
 //
 // The layout rule this kernel stands on, once: in the packed weight I32 [Kp/16, 2·Np], the 128
 // words of one K/16 row and one 64-column chunk c are 32 runs of 4 words, and run t (16 bytes,
-// words 4t..4t+3) is exactly what lane t of a warp needs for the mma.sync m16n8k16 B fragments of
-// that 16x64 tile: word j covers the 16-column block j, lane t = 4·g + q owns columns
-// 16j + g and 16j + g + 8 and rows 2q, 2q+1, 2q+8, 2q+9, and nibble i of the word sits at column
-// 16j + g + 8·((i>>1)&1), row 2q + 8·(i&1) + (i>>2) (gemm_layout.h: marlin_nibble_source). So
-// nibbles i and i+4 (bits 4i.. and 16+4i..) are one B register (rows k, k+1 of one column): a
-// shift and two masks turn them into a half2 / bfloat162 pair. The processed scales of that tile
-// row are 64 bytes (v2: row r at r·Np + 64c; v1: row pair r/2 at (r/2)·2Np + 128c, then 8·(r%2)
-// inside each 16-byte block), and lane t reads the 8 bytes at 8·g, which hold its columns
-// g + 8e' for e' = 0,2,1,3,4,6,5,7 (the 8x8 transpose and the reorder by 4 of section 3).
+// words 4t..4t+3) belongs to lane t = 4·g + q: word j covers the 16-column block j, and nibble i
+// of the word sits at column 16j + g + 8·((i>>1)&1), row 2q + 8·(i&1) + (i>>2) (gemm_layout.h:
+// marlin_nibble_source). Read with the weight as the mma's A operand (Y^T = W · X^T), word j is
+// exactly lane t's A fragment of the m16n8k16 tile "16 weight columns of block j x 16 k":
+// nibbles 0/4 -> a0 (column g, k 2q, 2q+1), 2/6 -> a1 (column g+8), 1/5 -> a2 (column g,
+// k 2q+8, 2q+9), 3/7 -> a3. A shift and two masks turn nibbles p and p+4 into one half2 /
+// bfloat162 register. The processed scales of that tile row are 64 bytes (v2: row r at
+// r·Np + 64c; v1: row pair r/2 at (r/2)·2Np + 128c, then 8·(r%2) inside each 16-byte block), and
+// lane t reads the 8 bytes at 8·g, which hold its columns g + 8e' for e' = 0,2,1,3,4,6,5,7 (the
+// 8x8 transpose and the reorder by 4 of section 3). x^T is the B operand: lane t brings x[row g]
+// at k 2q, 2q+1 and 2q+8, 2q+9, so one mma covers 8 rows of x (M <= 8 costs 4 mma per step).
 //
 // Arithmetic (exact): an E2M1 code placed in the exponent/mantissa bits gives e2m1·2^-14
 // (float16) or e2m1·2^-126 (bfloat16); the scale byte B placed at bit 7 (float16) is v·2^7, and at
 // bit 4 (bfloat16) is v·2^-105, brought to v·2^119 by two exact multiplications by 2^112. Either
-// way the B operand is e2m1·v·2^-7, exact in the activation dtype, and the fp32 accumulator is
+// way the A operand is e2m1·v·2^-7, exact in the activation dtype, and the fp32 accumulator is
 // multiplied once by 128·(global value) at the end.
 //
-// Work split (persistent, stream-K): blockIdx.y picks a 16·MT-row tile of M; the warps of a
-// one-wave grid share all (64-column chunk, K/16 row) steps evenly, each walking one contiguous
-// range chunk-major (a team of G warps reads G adjacent chunks of a row side by side), streaming
-// its 16-byte B runs and A fragments P steps ahead in registers, with no shared memory. Whenever
-// a warp's chunk changes it adds its partial tile into y with fp32 atomics (y is zeroed first),
-// so every SM has work at any N and the tail is at most one step per warp.
+// Work split (persistent, stream-K): blockIdx.y picks 8·MN8 rows of M; the warps of a one-wave
+// grid share all (64-column chunk, K/16 row) steps evenly, each walking one contiguous range
+// chunk-major, and add their partial tile into y with fp32 atomics (y is zeroed first) whenever
+// their chunk changes, so every SM has work at any N and the tail is at most one step per warp.
+// Each lane copies its own 16 bytes of W, 8 bytes of scales and 8 bytes of x per n8 tile
+// (zero-filled past M) with cp.async into a per-warp ring of S steps in shared memory; it reads
+// back only what it wrote, so waiting on its own cp.async groups is all the synchronisation
+// there is, and S steps of 512 bytes per warp are in flight without costing registers. A step is
+// two K/16 rows where a chunk's rows are even (less loop and address work per byte).
 //
-// Status (bench/notes/gemm.md): about 1.3x cuBLAS bf16 at M <= 16 on the large shapes, far behind
-// it from M = 32 up; the issue-14 targets are not met yet.
+// Where it stands (bench/notes/gemm.md, ncu on the H200): at M <= 8 the kernel is bound by
+// instruction issue (about 150 instructions per 512-byte step, two thirds of them the integer
+// dequantization), not by memory; it reaches ~57% of the copy bandwidth at M = 1. From M = 128 a
+// dense route is faster and is taken when the caller gives a scratch buffer: the weight
+// dequantized into [N, K] (marlin_dequant_kernel) and cuBLAS's GEMM on it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <string>
 
 #include "cuda_check.cuh"
+#include "gemm_cuda.h"
 #include "gemm_fast_cuda.h"
 #include "gemm_layout.h"
 #include "transforms_cpu.h"
@@ -53,7 +62,6 @@ struct Params {
   int rows;            // K/16 rows that hold real input features
   int nchunks;         // Np / 64
   int v1;
-  int group;           // adjacent chunks read side by side by a team of warps (divides nchunks and W)
   float gmul;          // 128 · global value
 };
 
@@ -111,149 +119,181 @@ __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, ui
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int MT>
-struct Stage {
-  uint4 w;
-  uint2 s;
-  uint32_t a[MT][4];
+template <int MN8, int U>
+struct RingSlot {  // one step (U rows of K/16) of one warp, per lane
+  uint4 w[U][32];
+  uint2 s[U][32];
+  uint2 x[U][MN8][32];
 };
 
-// One 16-column block j of one step: dequantize, scale, multiply into the two 8-column tiles.
-template <bool BF16, int MT>
-__device__ __forceinline__ void block_mma(float (&acc)[MT][8][4], const Stage<MT>& st, uint32_t word, int j, uint32_t s_pair) {
-  const uint32_t s0 = __byte_perm(s_pair, 0, 0x1010), s1 = __byte_perm(s_pair, 0, 0x3232);
-  const uint32_t b00 = mul2(dequant_pair<BF16, 0>(word), s0, BF16), b01 = mul2(dequant_pair<BF16, 1>(word), s0, BF16);
-  const uint32_t b10 = mul2(dequant_pair<BF16, 2>(word), s1, BF16), b11 = mul2(dequant_pair<BF16, 3>(word), s1, BF16);
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    mma<BF16>(acc[mt][2 * j], st.a[mt], b00, b01);
-    mma<BF16>(acc[mt][2 * j + 1], st.a[mt], b10, b11);
-  }
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src));
 }
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src));
+}
+// 4 bytes, or 4 zero bytes when !ok (src-size 0 reads nothing).
+__device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool ok) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(ok ? 4 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// Adds a warp's partial 16·MT x 64 tile of chunk c into y (atomically: other warps own other
-// K ranges of the same chunk) and clears it.
-template <int MT>
-__device__ __forceinline__ void flush(float (&acc)[MT][8][4], const Params& p, int mb, int c, int lane) {
+// Adds a warp's partial 64 x (8·MN8) tile of Y^T (chunk c, rows mb·8·MN8..) into y and clears it.
+// Lane (g, q) holds columns 16j + g (+8) and rows 2q, 2q+1 of each n8 tile.
+template <int MN8>
+__device__ __forceinline__ void flush_swapped(float (&acc)[MN8][4][4], const Params& p, int mb, int c, int lane) {
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int t = 0; t < MN8; ++t)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = (mb * MT + mt) * 16 + g + 8 * h;
+    for (int e = 0; e < 2; ++e) {
+      const int row = (mb * MN8 + t) * 8 + 2 * q + e;
       if (row < p.m) {
         float* out = p.y + (size_t)row * p.n;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          const int col = 64 * c + 8 * nt + 2 * q;
-          if (col < p.n) atomicAdd(out + col, acc[mt][nt][2 * h] * p.gmul);
-          if (col + 1 < p.n) atomicAdd(out + col + 1, acc[mt][nt][2 * h + 1] * p.gmul);
+        for (int j = 0; j < 4; ++j) {
+          const int col = 64 * c + 16 * j + g;
+          if (col < p.n) atomicAdd(out + col, acc[t][j][e] * p.gmul);
+          if (col + 8 < p.n) atomicAdd(out + col + 8, acc[t][j][2 + e] * p.gmul);
         }
       }
     }
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int t = 0; t < MN8; ++t)
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+      for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
 }
 
-// Persistent, stream-K: blockIdx.y picks the 16·MT-row tile of M; the warps of the x-slice share
-// the (chunk, K/16 row) steps of the whole weight evenly, chunk-major, each walking a contiguous
-// range and flushing its partial tile whenever its chunk changes.
-template <bool BF16, int MT, int W, int P, int MINB>
-__global__ void __launch_bounds__(W * 32, MINB) marlin_fast_kernel(const Params p) {
+template <bool BF16, int MN8, int W, int S, int MINB, int U>
+__global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Params p) {
+  extern __shared__ uint4 ring_smem[];
+  using Slot = RingSlot<MN8, U>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
   const int mb = blockIdx.y;
-  // Teams of `group` warps of one block walk (group of chunks, row) steps; warp wg of a team
-  // takes chunk group·G + wg, so a team reads G·512 contiguous bytes of each row.
-  const int G = p.group, wg = warp % G;
-  const int64_t total = (int64_t)(p.nchunks / G) * p.rows;
-  const int64_t gw = ((int64_t)blockIdx.x * W + warp) / G, nw = (int64_t)gridDim.x * W / G;
+  Slot* const ring = reinterpret_cast<Slot*>(ring_smem) + warp * S;
+  // Steps of U rows (U divides the rows of a chunk: the plan checks it).
+  const int urows = p.rows / U;
+  const int64_t total = (int64_t)p.nchunks * urows;
+  const int64_t gw = (int64_t)blockIdx.x * W + warp, nw = (int64_t)gridDim.x * W;
   const int64_t s0 = total * gw / nw, s1 = total * (gw + 1) / nw;
   const int nsteps = (int)(s1 - s0);
   if (nsteps <= 0) return;
 
-  // This lane's two rows of each 16-row tile, as 32-bit words (two k each).
-  const uint32_t* xrow[MT][2];
-  bool ok[MT][2];
+  // The fetch cursor: chunk lc, row lr, and the global addresses of that step for this lane,
+  // advanced by U rows at a time (64-bit multiplies only when the chunk changes).
+  int lc = (int)(s0 / urows), lr = (int)(s0 % urows) * U;
+  const uint4* wp;
+  const uint8_t* sp;
+  const uint32_t* xp[MN8];
+  bool xok[MN8];
+  const size_t wstep = (size_t)p.nchunks * 32;
+  // The scales of row lr + u relative to row lr (lr even when U = 2): v1 keeps a row pair's
+  // bytes 8 apart in one 16-byte block.
+  const int s_in = p.v1 ? 8 : p.np;
+  auto seek = [&] {
+    wp = p.w + ((size_t)lr * p.nchunks + lc) * 32 + lane;
+    sp = p.v1 ? p.s + (size_t)(lr >> 1) * 2 * p.np + 128 * lc + 16 * g + 8 * (lr & 1) : p.s + (size_t)lr * p.np + 64 * lc + 8 * g;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = (mb * MT + mt) * 16 + g + 8 * h;
-      ok[mt][h] = row < p.m;
-      xrow[mt][h] = reinterpret_cast<const uint32_t*>(p.x) + (size_t)(ok[mt][h] ? row : 0) * (p.k / 2);
+    for (int t = 0; t < MN8; ++t) {
+      const int row = (mb * MN8 + t) * 8 + g;
+      xok[t] = row < p.m;
+      xp[t] = reinterpret_cast<const uint32_t*>(p.x) + (size_t)(xok[t] ? row : 0) * (p.k / 2) + q + lr * 8;
     }
-
-  // The load cursor: chunk lc, row lr of the next step to fetch.
-  int lc = (int)(s0 / p.rows) * G + wg, lr = (int)(s0 % p.rows);
-  auto load = [&](Stage<MT>& st) {
-    st.w = ld_stream(p.w + ((size_t)lr * p.nchunks + lc) * 32 + lane);
-    const uint8_t* sp = p.v1 ? p.s + (size_t)(lr >> 1) * 2 * p.np + 128 * lc + 16 * g + 8 * (lr & 1)
-                             : p.s + (size_t)lr * p.np + 64 * lc + 8 * g;
-    st.s = ld_u2(sp);
-    const int kw = lr * 8 + q;
+  };
+  seek();
+  auto fetch = [&](Slot* slot) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      st.a[mt][0] = ok[mt][0] ? __ldg(xrow[mt][0] + kw) : 0u;
-      st.a[mt][1] = ok[mt][1] ? __ldg(xrow[mt][1] + kw) : 0u;
-      st.a[mt][2] = ok[mt][0] ? __ldg(xrow[mt][0] + kw + 4) : 0u;
-      st.a[mt][3] = ok[mt][1] ? __ldg(xrow[mt][1] + kw + 4) : 0u;
+    for (int u = 0; u < U; ++u) {
+      cp_async16(&slot->w[u][lane], wp + u * wstep);
+      cp_async8(&slot->s[u][lane], sp + u * s_in);
+#pragma unroll
+      for (int t = 0; t < MN8; ++t) {
+        uint32_t* xd = reinterpret_cast<uint32_t*>(&slot->x[u][t][lane]);
+        cp_async4z(xd, xp[t] + 8 * u, xok[t]);
+        cp_async4z(xd + 1, xp[t] + 8 * u + 4, xok[t]);
+      }
     }
-    if (++lr == p.rows) {
+    lr += U;
+    if (lr == p.rows) {
       lr = 0;
-      lc += G;
+      ++lc;
+      seek();
+    } else {
+      wp += U * wstep;
+      // One row: v1 moves 8 bytes inside a row pair, then on to the next pair; U = 2 rows
+      // (lr even): the next pair (v1) or two rows (v2), 2·Np either way.
+      sp += U == 2 ? 2 * p.np : p.v1 ? ((lr & 1) ? 8 : 2 * p.np - 8) : p.np;
+#pragma unroll
+      for (int t = 0; t < MN8; ++t) xp[t] += 8 * U;
     }
   };
 
-  float acc[MT][8][4];
+  float acc[MN8][4][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int t = 0; t < MN8; ++t)
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+      for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
 
-  Stage<MT> buf[P];
+  // One cp.async group per step, empty ones past the end, so that "step i has landed" is
+  // always "at most S-1 groups pending".
 #pragma unroll
-  for (int u = 0; u < P; ++u)
-    if (u < nsteps) load(buf[u]);
-  // Segments: the steps of one chunk. The ring buf holds the next P steps in order buf[0..P-1];
-  // the flush sits outside the unrolled loop, and a segment that ends inside a round of P
-  // rotates the ring so that its head is buf[0] again.
-  int cur_c = (int)(s0 / p.rows) * G + wg, first_row = (int)(s0 % p.rows);
-  for (int done = 0; done < nsteps;) {
-    const int seg = min(nsteps - done, p.rows - first_row);
-    for (int i = 0; i < seg; i += P) {
+  for (int u = 0; u < S; ++u) {
+    if (u < nsteps) fetch(ring + u);
+    cp_commit();
+  }
+  int cc = (int)(s0 / urows), cr = (int)(s0 % urows);  // the step being consumed
+  Slot* slot = ring;
+#pragma unroll 1
+  for (int i = 0; i < nsteps; ++i) {
+    cp_wait<S - 1>();
+    uint4 w[U];
+    uint2 sv[U], xb[U][MN8];
 #pragma unroll
-      for (int u = 0; u < P; ++u) {
-        if (i + u < seg) {
-          const Stage<MT> cur = buf[u];
-          if (done + i + u + P < nsteps) load(buf[u]);
-          uint32_t sj0, sj1, sj2, sj3;
-          scale_pairs<BF16>(cur.s.x, sj0, sj1);
-          scale_pairs<BF16>(cur.s.y, sj2, sj3);
-          block_mma<BF16, MT>(acc, cur, cur.w.x, 0, sj0);
-          block_mma<BF16, MT>(acc, cur, cur.w.y, 1, sj1);
-          block_mma<BF16, MT>(acc, cur, cur.w.z, 2, sj2);
-          block_mma<BF16, MT>(acc, cur, cur.w.w, 3, sj3);
-        }
-      }
+    for (int u = 0; u < U; ++u) {
+      w[u] = slot->w[u][lane];
+      sv[u] = slot->s[u][lane];
+#pragma unroll
+      for (int t = 0; t < MN8; ++t) xb[u][t] = slot->x[u][t][lane];
     }
-    flush<MT>(acc, p, mb, cur_c, lane);
-    cur_c += G;
-    first_row = 0;
-    done += seg;
-    for (int t = seg % P; t > 0 && done < nsteps; --t) {
-      const Stage<MT> head = buf[0];
+    if (i + S < nsteps) fetch(slot);
+    cp_commit();
+    slot = slot + 1 == ring + S ? ring : slot + 1;
 #pragma unroll
-      for (int u = 0; u + 1 < P; ++u) buf[u] = buf[u + 1];
-      buf[P - 1] = head;
+    for (int u = 0; u < U; ++u) {
+        uint32_t sj[4];
+        scale_pairs<BF16>(sv[u].x, sj[0], sj[1]);
+        scale_pairs<BF16>(sv[u].y, sj[2], sj[3]);
+        const uint32_t words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t sa = __byte_perm(sj[j], 0, 0x1010), sb = __byte_perm(sj[j], 0, 0x3232);
+          uint32_t a[4];
+          a[0] = mul2(dequant_pair<BF16, 0>(words[j]), sa, BF16);
+          a[1] = mul2(dequant_pair<BF16, 2>(words[j]), sb, BF16);
+          a[2] = mul2(dequant_pair<BF16, 1>(words[j]), sa, BF16);
+          a[3] = mul2(dequant_pair<BF16, 3>(words[j]), sb, BF16);
+#pragma unroll
+          for (int t = 0; t < MN8; ++t) mma<BF16>(acc[t][j], a, xb[u][t].x, xb[u][t].y);
+        }
+    }
+    if (++cr == urows) {
+      flush_swapped<MN8>(acc, p, mb, cc, lane);
+      cr = 0;
+      ++cc;
     }
   }
+  if (cr != 0) flush_swapped<MN8>(acc, p, mb, cc, lane);
+  cp_wait<0>();
 }
 
 // The dense weight W'[n, k] = e2m1 · v · 2^-7 in the activation dtype (exact), [n, k] row-major,
@@ -300,34 +340,61 @@ __global__ void __launch_bounds__(256) marlin_dequant_kernel(const Params p, uin
 }
 
 struct Config {
-  int mt, warps;
+  int mrows;              // rows of M per block row (blockIdx.y)
+  int warps, depth;
+  int rows_per_step = 1;  // K/16 rows per step (the rows of a chunk must be a multiple)
+  size_t smem = 0;        // dynamic shared memory per block
   const void* fn;
-  void (*launch)(const Params&, dim3 grid, cudaStream_t);
-  int per_sm = 0;  // resident blocks per SM (filled once)
+  void (*launch)(const Params&, dim3 grid, size_t smem, cudaStream_t);
+  int per_sm = 0;         // resident blocks per SM (filled once)
 };
 
-template <bool BF16, int MT, int W, int P, int MINB>
-Config& config() {
+template <bool BF16, int MN8, int W, int S, int MINB, int U>
+Config& config_stream() {
   static Config c = [] {
     Config k;
-    k.mt = MT;
+    k.mrows = 8 * MN8;
     k.warps = W;
-    k.fn = reinterpret_cast<const void*>(&marlin_fast_kernel<BF16, MT, W, P, MINB>);
-    k.launch = [](const Params& p, dim3 grid, cudaStream_t s) { marlin_fast_kernel<BF16, MT, W, P, MINB><<<grid, W * 32, 0, s>>>(p); };
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.per_sm, k.fn, W * 32, 0), "reading the GEMM's occupancy");
+    k.depth = S;
+    k.rows_per_step = U;
+    k.smem = sizeof(RingSlot<MN8, U>) * W * S;
+    k.fn = reinterpret_cast<const void*>(&marlin_stream_kernel<BF16, MN8, W, S, MINB, U>);
+    k.launch = [](const Params& p, dim3 grid, size_t smem, cudaStream_t s) {
+      marlin_stream_kernel<BF16, MN8, W, S, MINB, U><<<grid, W * 32, smem, s>>>(p);
+    };
+    if (k.smem > 48 * 1024)
+      check(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)k.smem), "raising the GEMM's shared memory");
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.per_sm, k.fn, W * 32, k.smem), "reading the GEMM's occupancy");
     k.per_sm = std::max(k.per_sm, 1);
     return k;
   }();
   return c;
 }
 
-Config& pick_config(ActDtype dt, int mt, int depth) {
+// The instantiations: MN8 n8-tiles of M per warp (1, 2, 4, 8: M <= 8, 16, 32, more), S steps in
+// flight (4 measured as good as 8 and 12 on the H200; 8 kept as a tuning choice for M <= 16;
+// 3 for MN8 = 8, whose accumulators leave room for little else), two K/16 rows per step where
+// the rows of a chunk are even.
+Config& pick_config(ActDtype dt, int64_t m, int64_t rows, const FastGemmTuning& t) {
   const bool bf16 = dt == ActDtype::BF16;
-  if (mt == 1 && depth == 4) return bf16 ? config<true, 1, 8, 4, 2>() : config<false, 1, 8, 4, 2>();
-  if (mt == 1 && depth == 10) return bf16 ? config<true, 1, 4, 10, 3>() : config<false, 1, 4, 10, 3>();
-  if (mt == 1) return bf16 ? config<true, 1, 8, 6, 2>() : config<false, 1, 8, 6, 2>();
-  if (mt == 2) return bf16 ? config<true, 2, 8, 4, 1>() : config<false, 2, 8, 4, 1>();
-  return bf16 ? config<true, 4, 4, 2, 1>() : config<false, 4, 4, 2, 1>();
+  const int mn8 = t.m_tiles ? t.m_tiles : m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
+  if (mn8 != 1 && mn8 != 2 && mn8 != 4 && mn8 != 8) throw InvalidInput("m_tiles must be 1, 2, 4 or 8");
+  if (t.rows_per_step != 0 && t.rows_per_step != 1 && t.rows_per_step != 2) throw InvalidInput("rows_per_step must be 1 or 2");
+  const bool two = t.rows_per_step == 2 ? true : t.rows_per_step == 1 ? false : rows % 2 == 0;
+  if (two && rows % 2 != 0) throw InvalidInput("rows_per_step 2 needs an even number of K/16 rows");
+  const bool deep = t.depth == 8 && mn8 <= 2;
+#define MFP4_PICK(MN8, S)                                                                            \
+  do {                                                                                               \
+    if (two) return bf16 ? config_stream<true, MN8, 4, S, 1, 2>() : config_stream<false, MN8, 4, S, 1, 2>(); \
+    return bf16 ? config_stream<true, MN8, 4, S, 1, 1>() : config_stream<false, MN8, 4, S, 1, 1>();          \
+  } while (0)
+  if (mn8 == 1 && deep) MFP4_PICK(1, 8);
+  if (mn8 == 1) MFP4_PICK(1, 4);
+  if (mn8 == 2 && deep) MFP4_PICK(2, 8);
+  if (mn8 == 2) MFP4_PICK(2, 4);
+  if (mn8 == 4) MFP4_PICK(4, 4);
+  MFP4_PICK(8, 3);
+#undef MFP4_PICK
 }
 
 int sm_count() {
@@ -340,13 +407,7 @@ int sm_count() {
   return sms;
 }
 
-struct Plan {
-  Config* cfg = nullptr;
-  Params p;
-  dim3 grid;
-};
-
-Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
+Params make_params(const FastGemmDevice& a) {
   MarlinGemmArgs shape;
   shape.m = a.m;
   shape.k = a.k;
@@ -356,12 +417,7 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   shape.layout = a.layout;
   check_marlin_gemm(shape);
   if (a.m > (1ll << 30) || a.np > (1ll << 30) || a.kp > (1ll << 30)) throw InvalidInput("shape too large for the fast GEMM");
-  int mt = t.m_tiles;
-  if (mt == 0) mt = a.m <= 16 ? 1 : a.m <= 32 ? 2 : 4;
-  if (mt != 1 && mt != 2 && mt != 4) throw InvalidInput("m_tiles must be 1, 2 or 4");
-  Plan pl;
-  pl.cfg = &pick_config(a.dt, mt, t.depth);
-  Params& p = pl.p;
+  Params p;
   p.x = a.x;
   p.w = reinterpret_cast<const uint4*>(a.weight);
   p.s = a.scales;
@@ -374,49 +430,66 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   p.nchunks = (int)(a.np / kTileN);
   p.v1 = a.layout == Layout::V1;
   p.gmul = 128.0f * marlin_global_value(a.global_bits, a.layout, a.dt);
-  p.group = 1;
-  const int want_group = t.group > 0 ? t.group : pl.cfg->warps;
-  for (int gsz = pl.cfg->warps; gsz > 1; gsz /= 2)
-    if (gsz <= want_group && p.nchunks % gsz == 0) {
-      p.group = gsz;
-      break;
-    }
-  const int64_t mblocks = (a.m + 16 * mt - 1) / (16 * mt);
+  return p;
+}
+
+struct Plan {
+  Config* cfg = nullptr;  // null: the dense route
+  Params p;
+  dim3 grid;
+};
+
+bool dense_route(const FastGemmDevice& a) { return a.dense != nullptr && a.m >= kDenseMinM && cublas_available(); }
+
+Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
+  Plan pl;
+  pl.p = make_params(a);
+  if (dense_route(a)) return pl;
+  pl.cfg = &pick_config(a.dt, a.m, pl.p.rows, t);
+  const int64_t mblocks = (a.m + pl.cfg->mrows - 1) / pl.cfg->mrows;
   if (mblocks > 65535) throw InvalidInput("M too large for the fast GEMM");
   // One wave of resident blocks, shared among the row tiles of M (at least one block each).
   const int64_t slots = (int64_t)sm_count() * pl.cfg->per_sm * std::max(1, t.waves);
-  const int64_t total = (int64_t)(p.nchunks / p.group) * p.rows;  // team steps
+  const int64_t steps = (int64_t)pl.p.nchunks * (pl.p.rows / pl.cfg->rows_per_step);
   int64_t bx = std::max<int64_t>(1, slots / mblocks);
-  bx = std::min<int64_t>(bx, (total * p.group + pl.cfg->warps - 1) / pl.cfg->warps);
+  bx = std::min<int64_t>(bx, (steps + pl.cfg->warps - 1) / pl.cfg->warps);
   pl.grid = dim3((unsigned)bx, (unsigned)mblocks);
   return pl;
+}
+
+void launch_dequant(const Params& p, ActDtype dt, uint16_t* dense, cudaStream_t s) {
+  const int blocks = sm_count() * 8;
+  if (dt == ActDtype::BF16) marlin_dequant_kernel<true><<<blocks, 256, 0, s>>>(p, reinterpret_cast<uint4*>(dense));
+  else marlin_dequant_kernel<false><<<blocks, 256, 0, s>>>(p, reinterpret_cast<uint4*>(dense));
+  check(cudaGetLastError(), "launching the Marlin dequantization");
 }
 
 }  // namespace
 
 std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
-  return "m_tiles=" + std::to_string(pl.cfg->mt) + " warps=" + std::to_string(pl.cfg->warps) + " group=" +
-         std::to_string(pl.p.group) + " grid=" +
-         std::to_string(pl.grid.x) + "x" + std::to_string(pl.grid.y);
+  if (!pl.cfg) return "dense: dequantize + cuBLAS";
+  return "stream rows=" + std::to_string(pl.cfg->mrows) + " depth=" + std::to_string(pl.cfg->depth) + " k16/step=" +
+         std::to_string(pl.cfg->rows_per_step) + " grid=" + std::to_string(pl.grid.x) + "x" + std::to_string(pl.grid.y);
 }
 
 void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (!pl.cfg) {
+    launch_dequant(pl.p, a.dt, a.dense, s);
+    dense_gemm_cublas(a.dense, a.x, a.y, a.m, a.n, a.k, a.dt, pl.p.gmul, s);
+    return;
+  }
   check(cudaMemsetAsync(a.y, 0, (size_t)(a.m * a.n) * sizeof(float), s), "zeroing the GEMM's output");
-  pl.cfg->launch(pl.p, pl.grid, s);
+  pl.cfg->launch(pl.p, pl.grid, pl.cfg->smem, s);
   check(cudaGetLastError(), "launching the fast Marlin GEMM");
 }
 
 float launch_marlin_dequant(const FastGemmDevice& a, uint16_t* dense, void* stream) {
-  const Plan pl = make_plan(a, {});
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int blocks = sm_count() * 8;
-  if (a.dt == ActDtype::BF16) marlin_dequant_kernel<true><<<blocks, 256, 0, s>>>(pl.p, reinterpret_cast<uint4*>(dense));
-  else marlin_dequant_kernel<false><<<blocks, 256, 0, s>>>(pl.p, reinterpret_cast<uint4*>(dense));
-  check(cudaGetLastError(), "launching the Marlin dequantization");
-  return pl.p.gmul;
+  const Params p = make_params(a);
+  launch_dequant(p, a.dt, dense, static_cast<cudaStream_t>(stream));
+  return p.gmul;
 }
 
 void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning) {
@@ -428,10 +501,13 @@ void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning) {
   check(cudaSetDevice(d.ordinal), "selecting CUDA device " + std::to_string(d.ordinal));
   const int64_t rows = a.kp / kGroup;
   const size_t xb = (size_t)(a.m * a.k) * 2, wb = (size_t)(rows * 2 * a.np) * 4, sb = (size_t)(rows * a.np), yb = (size_t)(a.m * a.n) * 4;
+  // The dense route's scratch where it would be taken.
+  const size_t db = a.m >= kDenseMinM && cublas_available() ? (size_t)(a.n * a.k) * 2 : 0;
+  auto up = [](size_t b) { return (b + 255) / 256 * 256; };
   char* buf = nullptr;
-  // One allocation: x, weight (16-byte aligned), scales, y.
-  const size_t ox = 0, ow = (xb + 255) / 256 * 256, os = ow + (wb + 255) / 256 * 256, oy = os + (sb + 255) / 256 * 256;
-  check(cudaMalloc(&buf, oy + yb), "allocating " + std::to_string((oy + yb) >> 20) + " MB for the fast GEMM");
+  // One allocation: x, weight (16-byte aligned), scales, y, dense scratch.
+  const size_t ox = 0, ow = up(xb), os = ow + up(wb), oy = os + up(sb), od = oy + up(yb);
+  check(cudaMalloc(&buf, od + db), "allocating " + std::to_string((od + db) >> 20) + " MB for the fast GEMM");
   struct Free {
     char* p;
     ~Free() { cudaFree(p); }
@@ -452,6 +528,7 @@ void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning) {
   d2.scales = reinterpret_cast<const uint8_t*>(buf + os);
   d2.global_bits = a.global_bits;
   d2.y = reinterpret_cast<float*>(buf + oy);
+  d2.dense = db ? reinterpret_cast<uint16_t*>(buf + od) : nullptr;
   launch_marlin_fast(d2, nullptr, tuning);
   check(cudaMemcpy(a.y, buf + oy, yb, cudaMemcpyDeviceToHost), "running the fast Marlin GEMM");
 }

@@ -22,22 +22,28 @@ struct FastGemmDevice {
   const uint8_t* scales = nullptr;   // processed F8 [kp/16, np]
   uint32_t global_bits = 0;          // stored global scale bits (see MarlinGemmArgs)
   float* y = nullptr;                // [m, n]
+  // Optional scratch of n·k activation-dtype elements: with it (and cuBLAS), M >= kDenseMinM
+  // runs as the weight dequantized into [n, k] and cuBLAS's GEMM on it, faster there than the
+  // fused kernel (bench/notes/gemm.md).
+  uint16_t* dense = nullptr;
 };
+
+constexpr int64_t kDenseMinM = 256;
 
 // How the work is cut; 0 = chosen from the shape and the device. Exposed for the bench harness.
 struct FastGemmTuning {
-  int m_tiles = 0;  // 16-row tiles of M per warp: 1, 2 or 4
-  int depth = 0;    // steps each warp fetches ahead (m_tiles 1: 4, 6 or 10)
-  int waves = 1;    // resident-block waves in the grid
-  int group = 0;    // adjacent 64-column chunks a team of warps reads side by side (0: the block's warps)
+  int m_tiles = 0;        // 8-row tiles of M per warp: 1, 2, 4 or 8
+  int depth = 0;          // steps each warp has in flight (4; 8 where m_tiles <= 2)
+  int waves = 1;          // resident-block waves in the grid
+  int rows_per_step = 0;  // K/16 rows per step: 1 or 2 (2 needs an even K/16)
 };
 
 // Enqueues the GEMM on a stream (nullptr: the default stream), zeroing y first (the warps add
-// their partial tiles into it).
+// their partial tiles into it), or the dense route (see FastGemmDevice::dense).
 // Checks the shapes (InvalidInput) but does not synchronize.
 void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTuning& tuning = {});
 
-// What launch_marlin_fast would choose, as "m_tiles=.. warps=.. grid=XxY".
+// What launch_marlin_fast would choose, as "stream rows=.. depth=.. k16/step=.. grid=XxY" or "dense: ...".
 std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& tuning = {});
 
 // Enqueues the dequantization of the converted weight into a dense [n, k] matrix in the
