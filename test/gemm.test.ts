@@ -217,6 +217,53 @@ describe.skipIf(!gpu)(`fast vs simple Marlin GEMM kernel on the ${gpuTitle}: ran
   }
 });
 
+describe('fast vs simple CPU GEMM kernels (register-blocked tiles vs dot products): random packed tensors', () => {
+  // Each vector width the CPU offers (MARLIN_FP4_CPU_GEMM caps the choice; a cap the CPU lacks
+  // falls back to the next narrower one). M covers full and partial row blocks of every width.
+  for (const cap of ['generic', 'avx2', 'avx512'] as const) {
+    it(`${cap}: Marlin and reference GEMMs`, async () => {
+      const saved = process.env.MARLIN_FP4_CPU_GEMM;
+      process.env.MARLIN_FP4_CPU_GEMM = cap;
+      try {
+        let seed = 40;
+        for (const [m, n, np, k, kp] of [
+          [1, 64, 64, 64, 64],
+          [7, 200, 256, 544, 608],
+          [13, 100, 128, 1040, 1088],
+          [145, 192, 192, 2048, 2048],
+        ] as const) {
+          seed++;
+          const dtype = seed % 2 ? 'float16' : 'bfloat16';
+          const rnd = randomActivations(1, (kp / 16) * np * 5, 'bfloat16', seed);
+          const weight = rnd.subarray(0, (kp / 16) * 2 * np * 4);
+          const scales = Buffer.from(rnd.subarray((kp / 16) * 2 * np * 4, (kp / 16) * 2 * np * 4 + (kp / 16) * np));
+          for (let i = 0; i < scales.length; i++) scales[i] = scales[i]! % 16 === 0 ? 0 : 0x40 + (scales[i]! % 0x80);
+          const global = Buffer.alloc(4);
+          global.writeFloatLE(0.375 * 2 ** ((dtype === 'bfloat16' ? 126 : 14) - 7));
+          const x = randomActivations(m, k, dtype, seed);
+          const args = { x, m, k, n, np, kp, layout: 'v2' as const, dtype, weight, scales, global };
+          const fast = await gemmMarlin(args);
+          const simple = await gemmMarlin({ ...args, kernel: 'simple' });
+          expect(gemmError(fast, simple).nonFinite, `Marlin ${m}x${n}x${k}`).toBe(0);
+          expect(gemmError(fast, simple).rel, `Marlin ${m}x${n}x${k}`).toBeLessThan(1e-6);
+          expect(gemmError(simple, new Float32Array(m * n)).rel, 'a non-zero product').toBe(Infinity);
+          // The reference on a source of the same shape (scales E4M3 2^-3 .. 30).
+          const src = rnd.subarray(0, n * (k / 2));
+          const sscale = Buffer.from(rnd.subarray(n * (k / 2), n * (k / 2) + n * (k / 16)));
+          for (let i = 0; i < sscale.length; i++) sscale[i] = 0x20 + (sscale[i]! % 0x40);
+          const rargs = { x, m, n, k, weight: src, scale: sscale, ws2: 0.75, dtype };
+          const rf = await gemmReference(rargs);
+          const rs = await gemmReference({ ...rargs, kernel: 'simple' });
+          expect(gemmError(rf, rs).rel, `reference ${m}x${n}x${k}`).toBeLessThan(1e-6);
+        }
+      } finally {
+        if (saved === undefined) delete process.env.MARLIN_FP4_CPU_GEMM;
+        else process.env.MARLIN_FP4_CPU_GEMM = saved;
+      }
+    });
+  }
+});
+
 describe('GEMM arguments and helpers', () => {
   it('rejects wrong sizes and shapes with the reason', async () => {
     const base = {

@@ -4,13 +4,15 @@
 //   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?, kernel?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T read from the converted Marlin tensors
 //        (weight I32 [kp/16, 2np], scales processed F8 [kp/16, np], global: its stored bytes,
-//        2 under v1 (F16/BF16), 4 under v2 (F32)). kernel (CUDA only): 'fast' (default, the
-//        tensor-core kernel of gemm_fast_cuda.cu) or 'simple' (gemm_cuda.cu's reference kernel).
+//        2 under v1 (F16/BF16), 4 under v2 (F32)). kernel: 'fast' (default: on CUDA the
+//        tensor-core kernel of gemm_fast_cuda.cu, on the CPU gemm_cpu.cc's register-blocked
+//        tile kernel) or 'simple' (gemm_cuda.cu's plain kernel; the CPU's dot-product tiles).
 //        scheme: 'nvfp4' (default) or 'mxfp4' (scales E8M0 [kp/32, np], no global; on CUDA
 //        always the simple kernel).
-//   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?}, backend?)
+//   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?, kernel?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T with W dequantized from the NVFP4 source
-//        (weight U8 [n, k/2], scale F8_E4M3 [n, k/16], ws2 = weight_scale_2).
+//        (weight U8 [n, k/2], scale F8_E4M3 [n, k/16], ws2 = weight_scale_2). kernel (CPU
+//        only): 'fast' (default) or 'simple', as for gemmMarlin.
 //   gemmBench({shapes: [[n, k], ...], ms: [...], dtype, iters?, warmup?})
 //     -> Promise<{device, cublas, copyGBs, l2Bytes, rows: [{n, k, m, np, kp, oursUs, cublasUs,
 //        dequantUs, weightBytes, plan}]}>: the fast GEMM and cuBLAS timed on the GPU (gemm_bench.h);
@@ -67,6 +69,14 @@ bool is_mxfp4(Napi::Env env, const Napi::Object& o) {
   return s == "mxfp4";
 }
 
+// kernel: 'fast' (default) or 'simple' (the plain kernel each fast one is tested against).
+bool simple_kernel(Napi::Env env, const Napi::Object& o) {
+  if (!o.Has("kernel") || o.Get("kernel").IsUndefined()) return false;
+  const std::string kernel = o.Get("kernel").ToString();
+  if (kernel != "fast" && kernel != "simple") type_error(env, "kernel must be 'fast' or 'simple'");
+  return kernel == "simple";
+}
+
 // Runs work on the pool, keeping the options (whose buffers it reads) and the output alive;
 // resolves with the output.
 Napi::Value start(Napi::Env env, Napi::Object opts, Napi::Float32Array out, PromiseWorker::Work work) {
@@ -100,12 +110,7 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   a.dt = get_dtype(env, o);
   a.mxfp4 = is_mxfp4(env, o);
   const int threads = (int)get_int_or(env, o, "threads", 0);
-  bool simple = false;
-  if (o.Has("kernel") && !o.Get("kernel").IsUndefined()) {
-    const std::string kernel = o.Get("kernel").ToString();
-    if (kernel != "fast" && kernel != "simple") type_error(env, "kernel must be 'fast' or 'simple'");
-    simple = kernel == "simple";
-  }
+  const bool simple = simple_kernel(env, o);
   try {
     check_marlin_gemm(a);
   } catch (const InvalidInput& e) {
@@ -146,7 +151,7 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
 #endif
       return;
     }
-    gemm_marlin_cpu(a, threads);
+    gemm_marlin_cpu(a, threads, simple);
   });
 }
 
@@ -165,6 +170,7 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
   if (!a.mxfp4 && !o.Get("ws2").IsNumber()) type_error(env, "expected a number for 'ws2'");
   if (!a.mxfp4) a.ws2 = o.Get("ws2").As<Napi::Number>().FloatValue();
   const int threads = (int)get_int_or(env, o, "threads", 0);
+  const bool simple = simple_kernel(env, o);
   try {
     check_reference_gemm(a);
   } catch (const InvalidInput& e) {
@@ -183,14 +189,14 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
 #if !defined(MFP4_WITH_CUDA)
   if (cuda) return rejected(env, kNoCuda);
 #endif
-  return start(env, o, out, [a, xs, cuda, threads]() {
+  return start(env, o, out, [a, xs, cuda, threads, simple]() {
     if (cuda) {
 #if defined(MFP4_WITH_CUDA)
       cuda::gemm_reference(a);
 #endif
       return;
     }
-    gemm_reference_cpu(a, threads);
+    gemm_reference_cpu(a, threads, simple);
   });
 }
 

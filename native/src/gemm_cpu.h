@@ -26,7 +26,8 @@ struct MarlinGemmArgs {
 
 // Throws InvalidInput (transforms_cpu.h) for shapes the layout cannot have.
 void check_marlin_gemm(const MarlinGemmArgs& a);
-void gemm_marlin_cpu(const MarlinGemmArgs& a, int threads);
+// simple: the plain dot-product tile kernel (the test reference) instead of the fast one.
+void gemm_marlin_cpu(const MarlinGemmArgs& a, int threads, bool simple = false);
 
 struct ReferenceGemmArgs {
   const uint16_t* x = nullptr;      // [m, k]
@@ -40,6 +41,6 @@ struct ReferenceGemmArgs {
 };
 
 void check_reference_gemm(const ReferenceGemmArgs& a);
-void gemm_reference_cpu(const ReferenceGemmArgs& a, int threads);
+void gemm_reference_cpu(const ReferenceGemmArgs& a, int threads, bool simple = false);
 
 }  // namespace mfp4

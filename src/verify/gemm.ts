@@ -27,7 +27,10 @@ export interface MarlinGemmInput {
   /** nvfp4 (default) or mxfp4 (FORMAT.md section 5). */
   scheme?: Scheme;
   threads?: number;
-  /** CUDA only: 'fast' (default, the tensor-core kernel) or 'simple' (the plain reference kernel). */
+  /**
+   * 'fast' (default: on CUDA the tensor-core kernel, on the CPU the register-blocked tiles) or
+   * 'simple' (the plain kernel each fast one is tested against).
+   */
   kernel?: 'fast' | 'simple';
 }
 
@@ -46,6 +49,8 @@ export interface ReferenceGemmInput {
   scheme?: Scheme;
   dtype: ActDtype;
   threads?: number;
+  /** CPU only: 'fast' (default) or 'simple' (the plain kernel the fast one is tested against). */
+  kernel?: 'fast' | 'simple';
 }
 
 /** One timed shape and M of `gemmBench` (microseconds are medians per call). */
