@@ -221,6 +221,17 @@ describe.skipIf(!gpu)(title, () => {
           expectBytes(b.weight, a.weight, `${ctx} unpack`);
           expectBytes(b.weight, weights[e][p], `${ctx} unpack == source`);
           expect(b.paddingNonzero).toBe(a.paddingNonzero);
+          // The comparison on the device (verify's structure check) counts what the host would:
+          // nothing against the source, three bytes against a source edited in three places.
+          const same = await native.gpuUnpackCompare(packed, weights[e][p], opts);
+          expect(same, `${ctx} compare`).toEqual({ count: 0, first: -1, got: 0, paddingNonzero: a.paddingNonzero });
+          const want = Buffer.from(weights[e][p]);
+          const at = [want.length - 1, (want.length >> 1) + 3, want.length >> 2];
+          for (const i of at) want[i] ^= 0x10;
+          const first = Math.min(...at);
+          const diff = await native.gpuUnpackCompare(packed, want, opts);
+          expect(diff, `${ctx} compare edited`).toEqual({ count: 3, first, got: a.weight[first], paddingNonzero: a.paddingNonzero });
+          expect(await native.unpackCompare(packed, want, opts)).toEqual(diff);
         }
       }
       const sstack = stackOf(scales, n, np);

@@ -14,6 +14,7 @@ import {
   repackWeight,
   repackWeightStack,
   setThreads,
+  unpackCompare,
   unpackWeight,
   type LinearShape,
 } from '../src/transform/marlin.js';
@@ -109,6 +110,14 @@ describe('round trips through the inverses', () => {
         const back = await unpackWeight('t', packed, s);
         expectBytes(back.weight, w, 'weight');
         expect(back.paddingNonzero).toBe(0);
+        // verify's fused unpack + compare: nothing against the source; against a source with
+        // two bytes edited, those two and the first one's unpacked value.
+        expect(await unpackCompare('t', packed, w, s)).toEqual({ count: 0, first: -1, got: 0, paddingNonzero: 0 });
+        const edited = Buffer.from(w);
+        edited[edited.length - 1]! ^= 0x01;
+        edited[edited.length >> 1]! ^= 0x80;
+        const first = edited.length >> 1;
+        expect(await unpackCompare('t', packed, edited, s)).toEqual({ count: 2, first, got: w[first], paddingNonzero: 0 });
         const sc = normalScaleBytes((n * k) / 16, n ^ k);
         for (const dtype of ['float16', 'bfloat16'] as const) {
           const p = await processScales('t', sc, s, { layout, dtype });

@@ -1,14 +1,15 @@
 // Node-API bindings of the GEMMs: verify's (the arithmetic is in gemm_cpu.cc, gemm_cuda.cu and
 // gemm_fast_cuda.cu) and bench's (gemm_bench_cuda.cu).
 //
-//   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?, kernel?}, backend?)
+//   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?, kernel?, splitM?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T read from the converted Marlin tensors
 //        (weight I32 [kp/16, 2np], scales processed F8 [kp/16, np], global: its stored bytes,
 //        2 under v1 (F16/BF16), 4 under v2 (F32)). kernel: 'fast' (default: on CUDA the
 //        tensor-core kernel of gemm_fast_cuda.cu, on the CPU gemm_cpu.cc's register-blocked
 //        tile kernel) or 'simple' (gemm_cuda.cu's plain kernel; the CPU's dot-product tiles).
 //        scheme: 'nvfp4' (default) or 'mxfp4' (scales E8M0 [kp/32, np], no global; on CUDA
-//        always the simple kernel).
+//        always the simple kernel). splitM: [m1, m2, ...] summing to m, the rows of x as
+//        consecutive Ms, each its own launch of the CUDA fast kernel on one upload of the weight.
 //   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?, kernel?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T with W dequantized from the NVFP4 source
 //        (weight U8 [n, k/2], scale F8_E4M3 [n, k/16], ws2 = weight_scale_2). kernel (CPU
@@ -94,6 +95,20 @@ std::shared_ptr<std::vector<uint16_t>> act_copy(const Bytes& b) {
   return v;
 }
 
+std::vector<int64_t> int_list(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsArray()) type_error(env, std::string("expected an array for '") + what + "'");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<int64_t> out;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    const Napi::Value e = a.Get(i);
+    if (!e.IsNumber()) type_error(env, std::string("expected numbers in '") + what + "'");
+    const double d = e.As<Napi::Number>().DoubleValue();
+    if (!(d >= 1 && d <= 1e9) || d != (double)(int64_t)d) throw Napi::RangeError::New(env, std::string("'") + what + "' holds " + std::to_string(d) + ", not a positive whole number");
+    out.push_back((int64_t)d);
+  }
+  return out;
+}
+
 Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global}, backend?)";
@@ -126,6 +141,16 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
     expect_size(env, g, global_scale_bytes(a.layout), "global");
     for (size_t i = 0; i < g.size; ++i) a.global_bits |= (uint32_t)g.data[i] << (8 * i);
   }
+  // splitM: the rows of x as consecutive Ms, each its own launch of the CUDA fast kernel (whose
+  // work split depends on M) on one upload of the weight; the other kernels' rows never depend
+  // on M, and they take all rows at once.
+  std::vector<int64_t> splits;
+  if (o.Has("splitM") && !o.Get("splitM").IsUndefined()) {
+    splits = int_list(env, o.Get("splitM"), "splitM");
+    int64_t sum = 0;
+    for (const int64_t m : splits) sum += m;
+    if (sum != a.m) throw Napi::RangeError::New(env, "splitM adds up to " + std::to_string(sum) + ", not m = " + std::to_string(a.m));
+  }
   auto xs = act_copy(x);
   // The packed weight is read as 32-bit words: copy it only if the Buffer is misaligned.
   std::shared_ptr<std::vector<uint32_t>> wcopy;
@@ -141,13 +166,13 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
 #if !defined(MFP4_WITH_CUDA)
   if (cuda) return rejected(env, kNoCuda);
 #endif
-  return start(env, o, out, [a, xs, wcopy, cuda, threads, simple]() {
+  return start(env, o, out, [a, xs, wcopy, cuda, threads, simple, splits]() {
     if (cuda) {
 #if defined(MFP4_WITH_CUDA)
       // The tensor-core kernel reads NVFP4 only: MXFP4 takes the simple kernel, which reads
       // E8M0 scales (mxfp4_layout.h).
       if (simple || a.mxfp4) cuda::gemm_marlin(a);
-      else cuda::gemm_marlin_fast(a);
+      else cuda::gemm_marlin_fast(a, splits);
 #endif
       return;
     }
@@ -228,20 +253,6 @@ Napi::Value bench_report(Napi::Env env, const cuda::BenchReport& rep) {
   return r;
 }
 #endif
-
-[[maybe_unused]] std::vector<int64_t> int_list(Napi::Env env, const Napi::Value& v, const char* what) {
-  if (!v.IsArray()) type_error(env, std::string("expected an array for '") + what + "'");
-  Napi::Array a = v.As<Napi::Array>();
-  std::vector<int64_t> out;
-  for (uint32_t i = 0; i < a.Length(); ++i) {
-    const Napi::Value e = a.Get(i);
-    if (!e.IsNumber()) type_error(env, std::string("expected numbers in '") + what + "'");
-    const double d = e.As<Napi::Number>().DoubleValue();
-    if (!(d >= 1 && d <= 1e9) || d != (double)(int64_t)d) throw Napi::RangeError::New(env, std::string("'") + what + "' holds " + std::to_string(d) + ", not a positive whole number");
-    out.push_back((int64_t)d);
-  }
-  return out;
-}
 
 Napi::Value GemmBench(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -463,5 +463,33 @@ void launch_decode(const uint8_t* src, int64_t src_unit_bytes, int64_t n, int64_
   check_launch("scale decoding");
 }
 
+// Byte comparison of two [n, width] pieces (pitch bytes apart) that sit at bytes
+// [col0, col0 + width) of rows row_bytes long: counts the differing bytes and keeps, as one
+// atomicMin over (index << 8 | got byte), the first one in the whole tensor and its value.
+__global__ void __launch_bounds__(kThreads) diff_kernel(const uint8_t* __restrict__ got, const uint8_t* __restrict__ want,
+                                                        int64_t n, int64_t width, int64_t pitch, int64_t row_bytes,
+                                                        int64_t col0, unsigned long long* count,
+                                                        unsigned long long* first_key) {
+  const int64_t total = n * width;
+  unsigned long long mine = 0;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / width, col = i % width;
+    const uint8_t g = got[row * pitch + col];
+    if (g != want[row * pitch + col]) {
+      ++mine;
+      atomicMin(first_key, ((unsigned long long)(row * row_bytes + col0 + col) << 8) | g);
+    }
+  }
+  if (mine) atomicAdd(count, mine);
+}
+
+void launch_diff(const uint8_t* got, const uint8_t* want, int64_t n, int64_t width, int64_t pitch, int64_t row_bytes,
+                 int64_t col0, unsigned long long* count, unsigned long long* first_key, cudaStream_t stream) {
+  if (n <= 0 || width <= 0) return;
+  const int64_t blocks = std::min<int64_t>(ceil_div(n * width, kThreads), 4096);
+  diff_kernel<<<(unsigned)blocks, kThreads, 0, stream>>>(got, want, n, width, pitch, row_bytes, col0, count, first_key);
+  check_launch("byte comparison");
+}
+
 }  // namespace cuda
 }  // namespace mfp4

@@ -10,7 +10,8 @@
 // be obviously right, not fast.
 //
 // gemm_reference: the NVFP4 source (FORMAT.md section 1) dequantized on the device into float32
-// W [N, K] and multiplied with cuBLAS's SGEMM (default math mode: no TF32). libcublas is loaded
+// W [N, K] and multiplied with cuBLAS's SGEMM (default math mode: no TF32), on the call's own
+// stream from a stream-ordered allocation, so that verify's lanes overlap. libcublas is loaded
 // with dlopen at first use, so the addon loads without it; when none can be loaded, a plain
 // shared-memory SGEMM kernel stands in (reference_engine() says which and why).
 #include <cuda_runtime.h>
@@ -168,16 +169,20 @@ using cublas_create_t = int (*)(void**);
 using cublas_destroy_t = int (*)(void*);
 using cublas_sgemm_t = int (*)(void*, int, int, int, int, int, const float*, const float*, int, const float*, int,
                                const float*, float*, int);
+using cublas_set_stream_t = int (*)(void*, cudaStream_t);
 constexpr int kCublasOpN = 0, kCublasOpT = 1;
 
 struct Cublas {
   std::once_flag once;
-  std::mutex lock;  // one handle, used by one thread at a time
+  std::mutex lock;  // the shared handle, used by one thread at a time (the dense route)
   void* lib = nullptr;
+  // The bench's and the fast GEMM's dense route's; verify's references each use their
+  // thread's (thread_cublas).
   void* handle = nullptr;
+  cublas_create_t create = nullptr;
   cublas_sgemm_t sgemm = nullptr;
-  void* gemm_ex = nullptr;     // cublasGemmEx, for the fast GEMM's dense route
-  void* set_stream = nullptr;  // cublasSetStream_v2
+  cublas_set_stream_t set_stream = nullptr;
+  void* gemm_ex = nullptr;  // cublasGemmEx, for the fast GEMM's dense route
   std::string library, why;
 };
 
@@ -200,8 +205,9 @@ Cublas& cublas() {
       }
       auto create = reinterpret_cast<cublas_create_t>(dlsym(lib, "cublasCreate_v2"));
       auto sgemm = reinterpret_cast<cublas_sgemm_t>(dlsym(lib, "cublasSgemm_v2"));
-      if (!create || !sgemm) {
-        errors = n + " lacks cublasCreate_v2/cublasSgemm_v2";
+      auto set_stream = reinterpret_cast<cublas_set_stream_t>(dlsym(lib, "cublasSetStream_v2"));
+      if (!create || !sgemm || !set_stream) {
+        errors = n + " lacks cublasCreate_v2/cublasSgemm_v2/cublasSetStream_v2";
         dlclose(lib);
         continue;
       }
@@ -214,15 +220,28 @@ Cublas& cublas() {
       }
       cb.lib = lib;
       cb.handle = handle;
+      cb.create = create;
       cb.sgemm = sgemm;
+      cb.set_stream = set_stream;
       cb.gemm_ex = dlsym(lib, "cublasGemmEx");
-      cb.set_stream = dlsym(lib, "cublasSetStream_v2");
       cb.library = n;
       return;
     }
     cb.why = "no libcublas could be loaded (" + errors + ")";
   });
   return c;
+}
+
+// This thread's cuBLAS handle (the shared one belongs to the bench): verify's lanes run
+// references side by side on their own streams, and a handle's workspace is not to be shared
+// between streams running at once. Created at a thread's first reference, kept for the process.
+void* thread_cublas(Cublas& cb) {
+  thread_local void* handle = nullptr;
+  if (!handle) {
+    const int st = cb.create(&handle);
+    if (st != 0) throw CudaError("cublasCreate failed with status " + std::to_string(st));
+  }
+  return handle;
 }
 
 }  // namespace
@@ -291,34 +310,43 @@ std::string gemm_reference(const ReferenceGemmArgs& a) {
   check_reference_gemm(a);
   require_device();
   const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
-  const size_t wbytes = (size_t)(a.n * a.k / 2), sbytes = (size_t)(a.n * (a.k / (a.mxfp4 ? kMxGroup : kGroup)));
-  DevBuf<float> dx(xf.size(), "activations"), dy((size_t)(a.m * a.n), "the output");
-  DevBuf<float> dwf((size_t)(a.n * a.k), "the dequantized weight");
-  DevBuf<uint8_t> dw(wbytes, "the source weight"), ds(sbytes, "the source scales");
-  check(cudaMemcpy(dx.p, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice), "copying activations to the device");
-  check(cudaMemcpy(dw.p, a.weight, wbytes, cudaMemcpyHostToDevice), "copying the source weight to the device");
-  check(cudaMemcpy(ds.p, a.scale, sbytes, cudaMemcpyHostToDevice), "copying the source scales to the device");
-  dequant_source_kernel<<<1024, 256>>>(dw.p, ds.p, a.n, a.k, a.ws2, a.mxfp4, dwf.p);
+  const int64_t xb = (int64_t)xf.size() * 4, yb = a.m * a.n * 4, wfb = a.n * a.k * 4;
+  const int64_t wbytes = a.n * a.k / 2, sbytes = a.n * (a.k / (a.mxfp4 ? kMxGroup : kGroup));
+  // One stream-ordered allocation on this call's own stream: calls from several threads
+  // overlap, and nothing synchronizes the device as cudaMalloc / cudaFree would.
+  detail::Stream st;
+  detail::Arena arena(st.s);
+  const int64_t bytes = detail::align_up(xb) + detail::align_up(yb) + detail::align_up(wfb) + detail::align_up(wbytes) + detail::align_up(sbytes);
+  if (!arena.reserve(bytes)) throw CudaError("CUDA out of memory allocating " + detail::mb(bytes) + " MB for the reference GEMM");
+  float* dx = arena.take<float>(xb);
+  float* dy = arena.take<float>(yb);
+  float* dwf = arena.take<float>(wfb);
+  uint8_t* dw = arena.take<uint8_t>(wbytes);
+  uint8_t* ds = arena.take<uint8_t>(sbytes);
+  detail::copy_rows(dx, xb, xf.data(), xb, xb, 1, cudaMemcpyHostToDevice, st.s, "activations");
+  detail::copy_rows(dw, wbytes, a.weight, wbytes, wbytes, 1, cudaMemcpyHostToDevice, st.s, "the source weight");
+  detail::copy_rows(ds, sbytes, a.scale, sbytes, sbytes, 1, cudaMemcpyHostToDevice, st.s, "the source scales");
+  dequant_source_kernel<<<1024, 256, 0, st.s>>>(dw, ds, a.n, a.k, a.ws2, a.mxfp4, dwf);
   check(cudaGetLastError(), "launching the dequantization kernel");
-  check(cudaDeviceSynchronize(), "dequantizing the source weight");
   Cublas& cb = cublas();
   std::string engine;
   if (cb.handle && a.n < (1ll << 31) && a.k < (1ll << 31) && a.m < (1ll << 31)) {
-    std::lock_guard<std::mutex> hold(cb.lock);
+    void* handle = thread_cublas(cb);
     const float one = 1.0f, zero = 0.0f;
+    int rc = cb.set_stream(handle, st.s);
+    if (rc != 0) throw CudaError("cublasSetStream failed with status " + std::to_string(rc));
     // Column-major view: Y^T [n, m] = (W as a k x n matrix)^T @ (X as a k x m matrix).
-    const int st = cb.sgemm(cb.handle, kCublasOpT, kCublasOpN, (int)a.n, (int)a.m, (int)a.k, &one, dwf.p, (int)a.k, dx.p,
-                            (int)a.k, &zero, dy.p, (int)a.n);
-    if (st != 0) throw CudaError("cuBLAS SGEMM failed with status " + std::to_string(st));
-    check(cudaDeviceSynchronize(), "running cuBLAS SGEMM");
+    rc = cb.sgemm(handle, kCublasOpT, kCublasOpN, (int)a.n, (int)a.m, (int)a.k, &one, dwf, (int)a.k, dx, (int)a.k, &zero, dy, (int)a.n);
+    if (rc != 0) throw CudaError("cuBLAS SGEMM failed with status " + std::to_string(rc));
     engine = "cublas";
   } else {
     const dim3 grid((unsigned)((a.n + 15) / 16), (unsigned)((a.m + 15) / 16));
-    sgemm_nt_kernel<<<grid, dim3(16, 16)>>>(dx.p, dwf.p, a.m, a.n, a.k, dy.p);
+    sgemm_nt_kernel<<<grid, dim3(16, 16), 0, st.s>>>(dx, dwf, a.m, a.n, a.k, dy);
     check(cudaGetLastError(), "launching the reference GEMM kernel");
     engine = "cuda-kernel";
   }
-  check(cudaMemcpy(a.y, dy.p, (size_t)(a.m * a.n) * 4, cudaMemcpyDeviceToHost), "copying the reference GEMM's output");
+  detail::copy_rows(a.y, yb, dy, yb, yb, 1, cudaMemcpyDeviceToHost, st.s, "the reference GEMM's output");
+  detail::sync(st.s, "running the reference GEMM");
   return engine;
 }
 

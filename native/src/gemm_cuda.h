@@ -22,8 +22,8 @@ std::string gemm_reference(const ReferenceGemmArgs& a);
 std::string reference_engine();
 
 // The dlopen'ed libcublas (for dlsym) and its handle, for the bench's bf16/fp16 comparison;
-// nullptr (and why) when none could be loaded. Callers must not use the handle concurrently
-// with gemm_reference.
+// nullptr (and why) when none could be loaded. gemm_reference uses per-thread handles of its
+// own, so the bench's handle is the bench's alone.
 void* cublas_for_bench(void*& handle, std::string& why);
 
 // Whether libcublas could be loaded (with cublasGemmEx and cublasSetStream_v2).

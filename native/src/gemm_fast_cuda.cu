@@ -41,8 +41,10 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "cuda_check.cuh"
+#include "cuda_device.cuh"
 #include "gemm_cuda.h"
 #include "gemm_fast_cuda.h"
 #include "gemm_layout.h"
@@ -492,45 +494,63 @@ float launch_marlin_dequant(const FastGemmDevice& a, uint16_t* dense, void* stre
   return p.gmul;
 }
 
-void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning) {
+void gemm_marlin_fast(const MarlinGemmArgs& a, const std::vector<int64_t>& splits, const FastGemmTuning& tuning) {
   check_marlin_gemm(a);
-  std::string why;
-  if (!cuda_available(why)) throw CudaError("CUDA unavailable: " + why);
-  DeviceInfo d;
-  device_info(d);
-  check(cudaSetDevice(d.ordinal), "selecting CUDA device " + std::to_string(d.ordinal));
+  std::vector<int64_t> ms = splits;
+  if (ms.empty()) ms.push_back(a.m);
+  int64_t total = 0;
+  for (const int64_t m : ms) {
+    if (m < 1) throw InvalidInput("every M of a split must be at least 1");
+    total += m;
+  }
+  if (total != a.m) throw InvalidInput("the Ms of the split add up to " + std::to_string(total) + ", not M = " + std::to_string(a.m));
+  detail::require_device();
   const int64_t rows = a.kp / kGroup;
-  const size_t xb = (size_t)(a.m * a.k) * 2, wb = (size_t)(rows * 2 * a.np) * 4, sb = (size_t)(rows * a.np), yb = (size_t)(a.m * a.n) * 4;
-  // The dense route's scratch where it would be taken.
-  const size_t db = a.m >= kDenseMinM && cublas_available() ? (size_t)(a.n * a.k) * 2 : 0;
-  auto up = [](size_t b) { return (b + 255) / 256 * 256; };
-  char* buf = nullptr;
-  // One allocation: x, weight (16-byte aligned), scales, y, dense scratch.
-  const size_t ox = 0, ow = up(xb), os = ow + up(wb), oy = os + up(sb), od = oy + up(yb);
-  check(cudaMalloc(&buf, od + db), "allocating " + std::to_string((od + db) >> 20) + " MB for the fast GEMM");
-  struct Free {
-    char* p;
-    ~Free() { cudaFree(p); }
-  } hold{buf};
-  check(cudaMemcpy(buf + ox, a.x, xb, cudaMemcpyHostToDevice), "copying activations to the device");
-  check(cudaMemcpy(buf + ow, a.weight, wb, cudaMemcpyHostToDevice), "copying the packed weight to the device");
-  check(cudaMemcpy(buf + os, a.scales, sb, cudaMemcpyHostToDevice), "copying the processed scales to the device");
-  FastGemmDevice d2;
-  d2.x = reinterpret_cast<const uint16_t*>(buf + ox);
-  d2.m = a.m;
-  d2.k = a.k;
-  d2.n = a.n;
-  d2.np = a.np;
-  d2.kp = a.kp;
-  d2.layout = a.layout;
-  d2.dt = a.dt;
-  d2.weight = reinterpret_cast<const uint32_t*>(buf + ow);
-  d2.scales = reinterpret_cast<const uint8_t*>(buf + os);
-  d2.global_bits = a.global_bits;
-  d2.y = reinterpret_cast<float*>(buf + oy);
-  d2.dense = db ? reinterpret_cast<uint16_t*>(buf + od) : nullptr;
-  launch_marlin_fast(d2, nullptr, tuning);
-  check(cudaMemcpy(a.y, buf + oy, yb, cudaMemcpyDeviceToHost), "running the fast Marlin GEMM");
+  const int64_t xb = a.m * a.k * 2, wb = rows * 2 * a.np * 4, sb = rows * a.np;
+  int64_t bytes = detail::align_up(xb) + detail::align_up(wb) + detail::align_up(sb);
+  int64_t most = 0;
+  for (const int64_t m : ms) {
+    bytes += detail::align_up(m * a.n * 4);
+    most = std::max(most, m);
+  }
+  // The dense route's scratch where an M would take it.
+  const int64_t db = most >= kDenseMinM && cublas_available() ? a.n * a.k * 2 : 0;
+  bytes += detail::align_up(db);
+  // One stream-ordered allocation per call (the pool keeps the memory for the next call, and
+  // nothing synchronizes the device as cudaFree does), the weight uploaded once for every M,
+  // each M its own launch (the kernel's split depends on M) into its own output.
+  detail::Stream st;
+  detail::Arena arena(st.s);
+  if (!arena.reserve(bytes)) throw CudaError("CUDA out of memory allocating " + detail::mb(bytes) + " MB for the fast GEMM");
+  uint16_t* dx = arena.take<uint16_t>(xb);
+  uint32_t* dw = arena.take<uint32_t>(wb);
+  uint8_t* ds = arena.take<uint8_t>(sb);
+  uint16_t* dense = db ? arena.take<uint16_t>(db) : nullptr;
+  detail::copy_rows(dx, xb, a.x, xb, xb, 1, cudaMemcpyHostToDevice, st.s, "activations");
+  detail::copy_rows(dw, wb, a.weight, wb, wb, 1, cudaMemcpyHostToDevice, st.s, "the packed weight");
+  detail::copy_rows(ds, sb, a.scales, sb, sb, 1, cudaMemcpyHostToDevice, st.s, "the processed scales");
+  int64_t row0 = 0;
+  for (const int64_t m : ms) {
+    FastGemmDevice d2;
+    d2.x = dx + row0 * a.k;
+    d2.m = m;
+    d2.k = a.k;
+    d2.n = a.n;
+    d2.np = a.np;
+    d2.kp = a.kp;
+    d2.layout = a.layout;
+    d2.dt = a.dt;
+    d2.weight = dw;
+    d2.scales = ds;
+    d2.global_bits = a.global_bits;
+    float* dy = arena.take<float>(m * a.n * 4);
+    d2.y = dy;
+    d2.dense = dense;
+    launch_marlin_fast(d2, st.s, tuning);
+    detail::copy_rows(a.y + row0 * a.n, m * a.n * 4, dy, m * a.n * 4, m * a.n * 4, 1, cudaMemcpyDeviceToHost, st.s, "the GEMM's output");
+    row0 += m;
+  }
+  detail::sync(st.s, "running the fast Marlin GEMM");
 }
 
 }  // namespace cuda

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "gemm_cpu.h"
 
@@ -51,8 +52,11 @@ std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& 
 // turns x @ W'^T into Y. For large M, where a dense GEMM on W' outruns the fused kernel.
 float launch_marlin_dequant(const FastGemmDevice& a, uint16_t* dense, void* stream);
 
-// Host buffers in, float32 out (same arguments as gemm_marlin_cpu), for verify.
-void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning = {});
+// Host buffers in, float32 out (same arguments as gemm_marlin_cpu), for verify. splits: the
+// rows of X as consecutive Ms (summing to a.m), each its own launch on the one upload of the
+// weight (the kernel's work split depends on M); empty: one launch of all a.m rows.
+void gemm_marlin_fast(const MarlinGemmArgs& a, const std::vector<int64_t>& splits, const FastGemmTuning& tuning = {});
+inline void gemm_marlin_fast(const MarlinGemmArgs& a, const FastGemmTuning& tuning = {}) { gemm_marlin_fast(a, {}, tuning); }
 
 }  // namespace cuda
 }  // namespace mfp4

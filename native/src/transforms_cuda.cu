@@ -338,6 +338,45 @@ int64_t run_unpack_weight(const uint32_t* src, int64_t src_row_words, int64_t n,
   return (int64_t)count;
 }
 
+UnpackDiff run_unpack_compare(const uint32_t* src, int64_t src_row_words, int64_t n, int64_t np, int64_t k, int64_t kp,
+                              const uint8_t* want) {
+  check_weight_shapes(n, np, k, kp);
+  if (2 * np > src_row_words) throw InvalidInput("source row too narrow");
+  require_device();
+  const int64_t rows = kp / kGroup, g = k / kGroup, part_words = 2 * np;
+  Stream stream;
+  Arena arena(stream.s);
+  auto bytes = [&](int64_t, int64_t nr) {
+    return align_up(3 * 8) + align_up(nr * part_words * 4) + 2 * align_up(n * 8 * std::min(nr, g));
+  };
+  const Piece pc = plan_pieces(arena, stream.s, 1, rows, kRepackRows, bytes, "the packed weight");
+  auto* counters = arena.take<unsigned long long>(3 * 8);  // stray, count, first key
+  uint32_t* din = arena.take<uint32_t>(pc.rows * part_words * 4);
+  uint8_t* dout = arena.take<uint8_t>(n * 8 * std::min(pc.rows, g));
+  uint8_t* dwant = arena.take<uint8_t>(n * 8 * std::min(pc.rows, g));
+  check(cudaMemsetAsync(counters, 0, 2 * 8, stream.s), "clearing the counters");
+  check(cudaMemsetAsync(counters + 2, 0xFF, 8, stream.s), "clearing the counters");
+  for_each_piece(1, 0, rows, g, pc, [&](const PieceSpan& span) {
+    const int64_t r0 = span.r0, nr = span.nr, w = span.w;
+    copy_rows(din, part_words * 4, src + r0 * src_row_words, src_row_words * 4, part_words * 4, nr,
+              cudaMemcpyHostToDevice, stream.s, "the packed weight");
+    copy_rows(dwant, 8 * w, want + 8 * r0, k / 2, 8 * w, n, cudaMemcpyHostToDevice, stream.s, "the source weight");
+    launch_unpack(din, part_words, n, np, nr, w, dout, 8 * w, counters, stream.s);
+    launch_diff(dout, dwant, n, 8 * w, 8 * w, k / 2, 8 * r0, counters + 1, counters + 2, stream.s);
+  });
+  unsigned long long host[3] = {};
+  check(cudaMemcpyAsync(host, counters, sizeof host, cudaMemcpyDeviceToHost, stream.s), "reading the counters");
+  sync(stream.s, "comparing the unpacked weight");
+  UnpackDiff d;
+  d.stray = (int64_t)host[0];
+  d.count = (int64_t)host[1];
+  if (d.count > 0) {
+    d.first = (int64_t)(host[2] >> 8);
+    d.got = (uint8_t)(host[2] & 0xFF);
+  }
+  return d;
+}
+
 int64_t run_decode_scales(const uint8_t* src, int64_t total_np, int64_t n, int64_t np, int64_t k, int64_t kp,
                           Layout layout, float sf, uint8_t* dst) {
   check_scale_shapes(n, np, k, kp, layout);

@@ -90,5 +90,11 @@ void launch_decode(const uint8_t* src, int64_t src_unit_bytes, int64_t n, int64_
                    int64_t rows_real, Layout layout, const uint8_t* dlut, uint8_t* dst, int64_t dst_pitch,
                    unsigned long long* stray, cudaStream_t stream);
 
+// Compares got with want, both [n, width] with rows pitch bytes apart, standing for bytes
+// [col0, col0 + width) of rows row_bytes long: adds the differing bytes to *count and lowers
+// *first_key (start at all ones) to (index << 8 | got byte) of the first one.
+void launch_diff(const uint8_t* got, const uint8_t* want, int64_t n, int64_t width, int64_t pitch, int64_t row_bytes,
+                 int64_t col0, unsigned long long* count, unsigned long long* first_key, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace mfp4

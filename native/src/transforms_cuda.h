@@ -120,6 +120,19 @@ ScaleRunResult run_scales_stack(const HostStack& experts, int64_t k, int64_t kp,
 int64_t run_unpack_weight(const uint32_t* src, int64_t src_row_words, int64_t n, int64_t np, int64_t k, int64_t kp,
                           uint8_t* dst);
 
+// What unpacking a part gave against the source it should give back, counted on the device.
+struct UnpackDiff {
+  int64_t count = 0;    // bytes of U8 [n, k/2] that differ from the source
+  int64_t first = -1;   // the first of them (row * k/2 + byte), -1 when none
+  uint8_t got = 0;      // the unpacked byte there
+  int64_t stray = 0;    // non-zero 8-byte padding blocks (as run_unpack_weight)
+};
+
+// run_unpack_weight and the comparison with want (U8 [n, k/2], the source) on the device, in
+// pieces: only the counts come back, not the unpacked weight.
+UnpackDiff run_unpack_compare(const uint32_t* src, int64_t src_row_words, int64_t n, int64_t np, int64_t k, int64_t kp,
+                              const uint8_t* want);
+
 // Inverse of the scale processing for one part: src points at the part's first byte of unit 0
 // (unit = one row under v2, a row pair under v1) of processed scales total_np columns wide.
 // dst: E4M3 [n, k/16]. Returns the non-zero padding bytes (same as mfp4::decode_scales).

@@ -29,6 +29,12 @@ export interface NativeAddon {
     data: Uint8Array,
     opts: { n: number; np?: number; k: number; kp?: number; rowWords?: number; wordOffset?: number },
   ): Promise<{ weight: Buffer; paddingNonzero: number }>;
+  /** unpackWeight compared with `want` (U8 [n, k/2]) without handing the unpacked bytes back. */
+  unpackCompare(
+    data: Uint8Array,
+    want: Uint8Array,
+    opts: { n: number; np?: number; k: number; kp?: number; rowWords?: number; wordOffset?: number },
+  ): Promise<{ count: number; first: number; got: number; paddingNonzero: number }>;
   decodeScales(
     data: Uint8Array,
     opts: { n: number; np?: number; k: number; kp?: number; layout: string; sf?: number; totalNp?: number; colOffset?: number },
@@ -41,13 +47,14 @@ export interface NativeAddon {
   /** "cpu", or "cpu,cuda" when the addon was built with the CUDA backend. */
   backends: string;
   /**
-   * GPU twins of the four heavy calls: same arguments, same bytes and results. They reject
+   * GPU twins of the heavy calls: same arguments, same bytes and results. They reject
    * with "CUDA unavailable: <reason>" without a usable device, and with "built without CUDA
    * support" when the addon was built CPU-only (see `backends`).
    */
   gpuRepackWeightStack: NativeAddon['repackWeightStack'];
   gpuProcessScalesStack: NativeAddon['processScalesStack'];
   gpuUnpackWeight: NativeAddon['unpackWeight'];
+  gpuUnpackCompare: NativeAddon['unpackCompare'];
   gpuDecodeScales: NativeAddon['decodeScales'];
   cudaStatus(): CudaStatus;
   /** Testing hook: device allocations above `bytes` count as out of memory (0 = no limit). */

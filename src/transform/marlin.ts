@@ -14,8 +14,8 @@ export type DeviceChoice = Backend | 'auto';
 function heavy(backend: Backend = 'cpu') {
   const a: NativeAddon = addon();
   return backend === 'cuda'
-    ? { repack: a.gpuRepackWeightStack, scales: a.gpuProcessScalesStack, unpack: a.gpuUnpackWeight, decode: a.gpuDecodeScales }
-    : { repack: a.repackWeightStack, scales: a.processScalesStack, unpack: a.unpackWeight, decode: a.decodeScales };
+    ? { repack: a.gpuRepackWeightStack, scales: a.gpuProcessScalesStack, unpack: a.gpuUnpackWeight, unpackCompare: a.gpuUnpackCompare, decode: a.gpuDecodeScales }
+    : { repack: a.repackWeightStack, scales: a.processScalesStack, unpack: a.unpackWeight, unpackCompare: a.unpackCompare, decode: a.decodeScales };
 }
 
 /**
@@ -237,6 +237,31 @@ export function unpackWeight(
 ): Promise<{ weight: Buffer; paddingNonzero: number }> {
   return named(tensor, () =>
     heavy(backend).unpack(packed, {
+      n: s.n,
+      np: s.np,
+      k: s.k,
+      kp: s.kp,
+      rowWords: 2 * where.totalNp,
+      wordOffset: 2 * where.colOffset,
+    }),
+  );
+}
+
+/**
+ * unpackWeight compared with the source it should give back (U8 [N, K/2]), where the unpacking
+ * runs (on the GPU the comparison too): how many bytes differ, the first (row · K/2 + byte,
+ * -1 when none) and its unpacked value; the unpacked weight itself never comes back.
+ */
+export function unpackCompare(
+  tensor: string,
+  packed: Uint8Array,
+  want: Uint8Array,
+  s: LinearShape,
+  where: PartLocation = { totalNp: s.np, colOffset: 0 },
+  backend?: Backend,
+): Promise<{ count: number; first: number; got: number; paddingNonzero: number }> {
+  return named(tensor, () =>
+    heavy(backend).unpackCompare(packed, want, {
       n: s.n,
       np: s.np,
       k: s.k,

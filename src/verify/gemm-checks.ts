@@ -60,23 +60,17 @@ export async function checkExpertGemms(ctx: VerifyContext, u: Unit, rep: LayerRe
   const X = activations(ctx, k);
   const expert = u.kind === 'linear' ? undefined : d.e;
 
-  // The Marlin GEMM: every M in one call where the kernel's rows do not depend on M, else one
-  // call per M (a kernel with M-dependent paths is exercised on each). y rows follow X.all.
+  // The Marlin GEMM: one call over every M's rows (one upload of the weight); where the
+  // kernel's code path depends on M, the call launches it once per M (splitM), so that each
+  // M's path is exercised. y rows follow X.all.
   const base = { k, n: width, np: width, kp, layout, dtype, weight: d.weight!, scales: d.scales!, global: g, scheme, threads };
   const ys: { m: number; row0: number; y: Float32Array; yRow0: number }[] = [];
-  const failed = new Set<number>();
-  const calls = engine.marlinRowwise ? [{ x: X.all, rows: X.rows, parts: X.parts }] : X.parts.map((p) => ({ x: p.x, rows: p.m, parts: [p] }));
-  for (const call of calls) {
-    try {
-      const y = await engine.marlin({ ...base, x: call.x, m: call.rows });
-      ctx.counts.gemms += call.parts.length;
-      for (const p of call.parts) ys.push({ m: p.m, row0: p.row0, y, yRow0: call.parts.length > 1 ? p.row0 : 0 });
-    } catch (err) {
-      for (const { m } of call.parts) {
-        failed.add(m);
-        checks.push({ m, expert, rel_err: Infinity, max_abs_err: Infinity, pass: false, error: (err as Error).message });
-      }
-    }
+  try {
+    const y = await engine.marlin({ ...base, x: X.all, m: X.rows, splitM: engine.marlinRowwise ? undefined : X.parts.map((p) => p.m) });
+    ctx.counts.gemms += X.parts.length;
+    for (const p of X.parts) ys.push({ m: p.m, row0: p.row0, y, yRow0: p.row0 });
+  } catch (err) {
+    for (const { m } of X.parts) checks.push({ m, expert, rel_err: Infinity, max_abs_err: Infinity, pass: false, error: (err as Error).message });
   }
   if (ys.length === 0) return;
   // The reference: rows never depend on each other, so one call over every M's rows.

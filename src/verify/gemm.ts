@@ -32,6 +32,12 @@ export interface MarlinGemmInput {
    * 'simple' (the plain kernel each fast one is tested against).
    */
   kernel?: 'fast' | 'simple';
+  /**
+   * The rows of x as consecutive Ms (summing to m): the CUDA fast kernel, whose work split
+   * depends on M, is launched once per M on one upload of the weight. Other kernels' rows never
+   * depend on M, and they ignore it.
+   */
+  splitM?: number[];
 }
 
 export interface ReferenceGemmInput {
@@ -328,9 +334,10 @@ export interface GemmEngine {
   reference: string;
   /**
    * The Marlin kernel's output rows depend only on their own activation rows and its code
-   * path not on M: all Ms go through one call, the rows split afterwards, with the same
-   * numbers. False for a kernel with M-dependent tiles (the fast CUDA kernel): one call per M.
-   * The reference is always one call over every M's rows.
+   * path not on M: all Ms go through one launch, the rows split afterwards, with the same
+   * numbers. False for a kernel with M-dependent tiles (the fast CUDA kernel): still one call,
+   * which launches it once per M (MarlinGemmInput.splitM). The reference is always one call
+   * over every M's rows.
    */
   marlinRowwise: boolean;
   /**

@@ -12,7 +12,7 @@ import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import { permuteBias, toBf16 } from '../transform/bias.js';
 import { decodeMxfp4Scales } from '../transform/mxfp4.js';
-import { decodeScales, processGlobalScale, unpackWeight } from '../transform/marlin.js';
+import { decodeScales, processGlobalScale, unpackCompare } from '../transform/marlin.js';
 import { asInputError } from '../plan/linears.js';
 import { checkReencodedScales } from './reencoded.js';
 import { clampedScales } from './gemm.js';
@@ -66,14 +66,14 @@ export async function checkExpertStructure(ctx: VerifyContext, u: Unit, rep: Lay
     const { weight, scale } = part;
     const where = { totalNp: shape.np * P, colOffset: p * shape.np };
     if (d.weight) {
-      const unpacked = await unpackWeight(u.tensors.weight.name, d.weight, shape, where, backend);
-      const dw = diffBytes(unpacked.weight, weight);
+      // Unpacked and compared where it runs (on the GPU only the counts come back).
+      const dw = await unpackCompare(u.tensors.weight.name, d.weight, weight, shape, where, backend);
       if (dw.count > 0) {
         const rb = shape.k / 2;
         const at = `[${Math.floor(dw.first / rb)}, k ${2 * (dw.first % rb)}..${2 * (dw.first % rb) + 1}]`;
-        errs.push(`${who(p)}weight: ${dw.count} bytes differ from the source, first at ${at} (${hex(unpacked.weight[dw.first])} vs ${hex(weight[dw.first])})`);
+        errs.push(`${who(p)}weight: ${dw.count} bytes differ from the source, first at ${at} (${hex(dw.got)} vs ${hex(weight[dw.first])})`);
       }
-      if (unpacked.paddingNonzero > 0) errs.push(`${who(p)}weight: ${unpacked.paddingNonzero} non-zero 8-byte blocks in the padding`);
+      if (dw.paddingNonzero > 0) errs.push(`${who(p)}weight: ${dw.paddingNonzero} non-zero 8-byte blocks in the padding`);
     }
     if (!d.scales) continue;
     if (ctx.plan.scheme === 'mxfp4') {
