@@ -20,6 +20,7 @@ run() { # NAME SECONDS COMMAND…
 for section in "$@"; do
   case $section in
     gpu-tests) TAIL=12 run gpu-tests 150 npx vitest run --reporter=dot ;;
+    verify-tests) TAIL=15 run verify-tests 200 npx vitest run --reporter=dot test/gemm.test.ts test/gpu.test.ts test/transforms.test.ts test/verify.test.ts test/verify-complete.test.ts test/verify-integrity.test.ts ;;
     selftest) TAIL=3 run selftest 60 native/build/cuda_selftest --quick ;;
     gemm-bench) TAIL=60 run gemm-bench 120 node bin/marlin-fp4.js bench ;;
     convert-moe) run convert-moe 300 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;--device cpu" --profile ;;

@@ -211,6 +211,12 @@ describe.skipIf(!gpu)(`fast vs simple Marlin GEMM kernel on the ${gpuTitle}: ran
           expect(err.rel, `${m}x${n}x${k}`).toBeLessThan(1e-5);
           const cpu = await gemmMarlin(args, 'cpu');
           expect(gemmError(fast, cpu).rel, `${m}x${n}x${k} vs CPU`).toBeLessThan(1e-5);
+          // verify's call: these rows and one more M in one call, one launch per M (splitM).
+          const x2 = Buffer.concat([x, randomActivations(3, k, dtype, seed + 1)]);
+          const both = await gemmMarlin({ ...args, x: x2, m: m + 3, splitM: [m, 3] }, 'cuda');
+          const bothCpu = await gemmMarlin({ ...args, x: x2, m: m + 3 }, 'cpu');
+          expect(gemmError(both.subarray(0, m * n), fast).rel, `${m}x${n}x${k} split`).toBeLessThan(1e-6);
+          expect(gemmError(both, bothCpu).rel, `${m}x${n}x${k} split vs CPU`).toBeLessThan(1e-5);
         }
       });
     }
@@ -283,6 +289,7 @@ describe('GEMM arguments and helpers', () => {
     expect(() => gemmMarlin({ ...base, global: Buffer.alloc(2) })).toThrow('global holds 2 bytes, expected 4');
     expect(() => gemmMarlin({ ...base, n: 65 })).toThrow('N = 65 is not in [1, Np = 64]');
     expect(() => gemmMarlin({ ...base, m: 0 })).toThrow('M must be at least 1');
+    expect(() => gemmMarlin({ ...base, splitM: [1, 1] })).toThrow('splitM adds up to 2, not m = 1');
     expect(() => gemmReference({ x: base.x, m: 1, n: 4, k: 24, weight: Buffer.alloc(48), scale: Buffer.alloc(4), ws2: 1, dtype: 'float16' })).toThrow(
       'K = 24 is not a multiple of 16',
     );

@@ -5,10 +5,10 @@
 // global rounded to the activation dtype, block scales re-encoded onto a fused group's shared
 // global where they are), judged column by column (gemm.ts columnErrors).
 import { globalScaleBytes } from '../format/tensors.js';
-import { clampedScales, columnErrors, keptGlobalScale, randomActivations } from './gemm.js';
+import { columnErrors, keptGlobalScale, randomActivations } from './gemm.js';
 import type { VerifyContext } from './context.js';
 import type { GemmCheck, LayerReport } from './report.js';
-import type { ExpertData } from './structure.js';
+import { keptScales, type ExpertData } from './structure.js';
 import type { Unit } from './units.js';
 
 /** The activations of every M for one K, rows concatenated in the order of ctx.ms. */
@@ -76,7 +76,7 @@ export async function checkExpertGemms(ctx: VerifyContext, u: Unit, rep: LayerRe
   // The reference: rows never depend on each other, so one call over every M's rows.
   for (let p = 0; p < P; p++) {
     const part = d.src[p]!;
-    const kept = mxfp4 ? { scales: part.stored, lost: 0 } : clampedScales(part.stored, layout, u.scales.sf);
+    const kept = mxfp4 ? { scales: part.stored, lost: 0 } : keptScales(part, layout, u.scales.sf);
     const ref = await engine.referenceGemm({ x: X.all, m: X.rows, n, k, weight: part.weight, scale: kept.scales, ws2, scheme, dtype, threads });
     ctx.counts.gemms += X.parts.length;
     // The source's own scales and global: what v2's clamp and re-encoding cost (information).

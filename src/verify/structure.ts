@@ -12,7 +12,7 @@ import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import { permuteBias, toBf16 } from '../transform/bias.js';
 import { decodeMxfp4Scales } from '../transform/mxfp4.js';
-import { decodeScales, processGlobalScale, unpackCompare } from '../transform/marlin.js';
+import { decodeScales, processGlobalScale, unpackCompare, type LayoutVersion } from '../transform/marlin.js';
 import { asInputError } from '../plan/linears.js';
 import { checkReencodedScales } from './reencoded.js';
 import { clampedScales } from './gemm.js';
@@ -31,7 +31,15 @@ export interface ExpertData {
    * Per part: source weight and block scales, the part's own global scale, and the scales as the
    * output should hold them (re-encoded onto the stored global; the same buffer where not).
    */
-  src: { weight: Buffer; scale: Buffer; ownWs2: number; stored: Buffer; reencoded: boolean }[];
+  src: { weight: Buffer; scale: Buffer; ownWs2: number; stored: Buffer; reencoded: boolean; kept?: { scales: Uint8Array; lost: number } }[];
+}
+
+/**
+ * A part's block scales as a correct conversion keeps them (gemm.ts clampedScales of the stored
+ * ones), worked out once per expert for both the structure and the GEMM step.
+ */
+export function keptScales(part: ExpertData['src'][number], layout: LayoutVersion, sf: number): { scales: Uint8Array; lost: number } {
+  return (part.kept ??= clampedScales(part.stored, layout, sf));
 }
 
 export function expectTensor(ckpt: Checkpoint, want: TensorSpec, errors: string[]): boolean {
@@ -105,7 +113,7 @@ export async function checkExpertStructure(ctx: VerifyContext, u: Unit, rep: Lay
       }
     }
     // Exactly the bytes convert's rule gives (the re-encoded source where it applies).
-    const want = clampedScales(part.stored, layout, sf);
+    const want = keptScales(part, layout, sf);
     rep.zeroed_scales += want.lost;
     const ds = diffBytes(decoded.scales, want.scales);
     if (ds.count > 0) {
