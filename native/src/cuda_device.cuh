@@ -109,6 +109,18 @@ class Arena {
   int64_t size_ = 0, used_ = 0;
 };
 
+// One piece of `bytes` that cannot be sliced (a GEMM's operands): reserved in the arena, after
+// the pool's cached memory is given back if that is what is missing; else CudaError("CUDA out
+// of memory allocating … MB for <what>").
+inline void reserve_whole(Arena& arena, cudaStream_t s, int64_t bytes, const std::string& what) {
+  if (arena.reserve(bytes)) return;
+  if (g_memory_limit.load() == 0 && g_pool) {
+    cudaStreamSynchronize(s);
+    cudaMemPoolTrimTo(g_pool, 0);
+    if (arena.reserve(bytes)) return;
+  }
+  throw CudaError("CUDA out of memory allocating " + mb(bytes) + " MB for " + what);
+}
 
 // Rows of `width` bytes, host <-> device; one flat copy when the rows are contiguous.
 void copy_rows(void* dst, int64_t dpitch, const void* src, int64_t spitch, int64_t width, int64_t height,

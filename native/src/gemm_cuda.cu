@@ -317,7 +317,7 @@ std::string gemm_reference(const ReferenceGemmArgs& a) {
   detail::Stream st;
   detail::Arena arena(st.s);
   const int64_t bytes = detail::align_up(xb) + detail::align_up(yb) + detail::align_up(wfb) + detail::align_up(wbytes) + detail::align_up(sbytes);
-  if (!arena.reserve(bytes)) throw CudaError("CUDA out of memory allocating " + detail::mb(bytes) + " MB for the reference GEMM");
+  detail::reserve_whole(arena, st.s, bytes, "the reference GEMM");
   float* dx = arena.take<float>(xb);
   float* dy = arena.take<float>(yb);
   float* dwf = arena.take<float>(wfb);

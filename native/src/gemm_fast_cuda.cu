@@ -521,7 +521,7 @@ void gemm_marlin_fast(const MarlinGemmArgs& a, const std::vector<int64_t>& split
   // each M its own launch (the kernel's split depends on M) into its own output.
   detail::Stream st;
   detail::Arena arena(st.s);
-  if (!arena.reserve(bytes)) throw CudaError("CUDA out of memory allocating " + detail::mb(bytes) + " MB for the fast GEMM");
+  detail::reserve_whole(arena, st.s, bytes, "the fast GEMM");
   uint16_t* dx = arena.take<uint16_t>(xb);
   uint32_t* dw = arena.take<uint32_t>(wb);
   uint8_t* ds = arena.take<uint8_t>(sb);
