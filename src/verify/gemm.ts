@@ -134,9 +134,14 @@ export function referenceEngine(backend: Backend): string {
   return backend === 'cuda' ? native().gpuGemmEngine() : 'cpu';
 }
 
+// One scratch float for f32Bits: a fresh typed array per value made the activations of a large
+// K take seconds of the main thread.
+const scratchF32 = new Float32Array(1);
+const scratchU32 = new Uint32Array(scratchF32.buffer);
+
 function f32Bits(v: number): number {
-  const f = new Float32Array([v]);
-  return new Uint32Array(f.buffer)[0]!;
+  scratchF32[0] = v;
+  return scratchU32[0]!;
 }
 
 /** float16 bits of a value that float16 holds exactly (a normal number or 0). */
