@@ -181,16 +181,35 @@ export function randomActivations(m: number, k: number, dtype: ActDtype, seed: n
  */
 export function clampedScales(scales: Uint8Array, layout: LayoutVersion, sf: number): { scales: Uint8Array; lost: number } {
   const lostByte = new Uint8Array(256);
-  for (let b = 1; b < 0x7f; b++) if (scaleIsLost(b, layout, sf)) lostByte[b] = 1;
+  // Every lost byte is below t; 0x80 has the top bit set.
+  let t = 1;
+  for (let b = 1; b < 0x7f; b++) {
+    if (!scaleIsLost(b, layout, sf)) continue;
+    lostByte[b] = 1;
+    t = b + 1;
+  }
   let lost = 0;
   let out: Uint8Array | undefined;
-  for (let i = 0; i < scales.length; i++) {
+  const visit = (i: number) => {
     const b = scales[i]!;
-    if (b !== 0x80 && !lostByte[b]) continue;
+    if (b !== 0x80 && !lostByte[b]) return;
     out ??= Uint8Array.from(scales);
     out[i] = 0;
     if (b !== 0x80) lost++;
+  };
+  // Four bytes at a time (this runs on every block scale of the model, on the main thread): a
+  // word with no byte below t (the "has less" bit trick, exact for t <= 128) and no top bit
+  // set holds nothing to clamp; any other word is looked at byte by byte.
+  const n = scales.length;
+  let i = 0;
+  for (const head = Math.min(n, (4 - (scales.byteOffset & 3)) & 3); i < head; i++) visit(i);
+  const words = new Uint32Array(scales.buffer, scales.byteOffset + i, (n - i) >> 2);
+  const below = 0x01010101 * t;
+  for (let j = 0; j < words.length; j++) {
+    const w = words[j]!;
+    if ((((w - below) & ~w) | w) & 0x80808080) for (let q = i + 4 * j; q < i + 4 * j + 4; q++) visit(q);
   }
+  for (i += 4 * words.length; i < n; i++) visit(i);
   return { scales: out ?? scales, lost };
 }
 
