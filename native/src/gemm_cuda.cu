@@ -337,7 +337,10 @@ std::string gemm_reference(const ReferenceGemmArgs& a) {
     if (rc != 0) throw CudaError("cublasSetStream failed with status " + std::to_string(rc));
     // Column-major view: Y^T [n, m] = (W as a k x n matrix)^T @ (X as a k x m matrix).
     rc = cb.sgemm(handle, kCublasOpT, kCublasOpN, (int)a.n, (int)a.m, (int)a.k, &one, dwf, (int)a.k, dx, (int)a.k, &zero, dy, (int)a.n);
+    // The call's stream is destroyed on return: the handle goes back to the default stream.
+    const int reset = cb.set_stream(handle, nullptr);
     if (rc != 0) throw CudaError("cuBLAS SGEMM failed with status " + std::to_string(rc));
+    if (reset != 0) throw CudaError("cublasSetStream failed with status " + std::to_string(reset));
     engine = "cublas";
   } else {
     const dim3 grid((unsigned)((a.n + 15) / 16), (unsigned)((a.m + 15) / 16));
