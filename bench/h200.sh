@@ -22,7 +22,8 @@ for section in "$@"; do
     gpu-tests) TAIL=12 run gpu-tests 150 npx vitest run --reporter=dot ;;
     verify-tests) TAIL=15 run verify-tests 200 npx vitest run --reporter=dot test/gemm.test.ts test/gpu.test.ts test/transforms.test.ts test/verify.test.ts test/verify-complete.test.ts test/verify-integrity.test.ts ;;
     selftest) TAIL=3 run selftest 60 native/build/cuda_selftest --quick ;;
-    gemm-bench) TAIL=60 run gemm-bench 120 node bin/marlin-fp4.js bench ;;
+    gemm-bench) TAIL=60 run gemm-bench 150 node bin/marlin-fp4.js bench ;;
+    gemm-check) TAIL=4 run gemm-check 120 native/build/gemm_bench --check ;;
     convert-moe) run convert-moe 300 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;--device cpu" --profile ;;
     convert-dense) run convert-dense 200 node bench/convert.mjs --dir "$work" --preset llama-8b --reps 2 --variants="--device cuda;--device cpu" ;;
     convert-deepseek) run convert-deepseek 280 node bench/convert.mjs --dir "$work" --preset deepseek-v3-2layers --reps 1 --variants="--device cuda;--device cpu" ;;

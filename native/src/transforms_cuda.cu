@@ -346,22 +346,22 @@ UnpackDiff run_unpack_compare(const uint32_t* src, int64_t src_row_words, int64_
   const int64_t rows = kp / kGroup, g = k / kGroup, part_words = 2 * np;
   Stream stream;
   Arena arena(stream.s);
-  auto bytes = [&](int64_t, int64_t nr) {
-    return align_up(3 * 8) + align_up(nr * part_words * 4) + 2 * align_up(n * 8 * std::min(nr, g));
-  };
+  // The source's piece goes where the packed piece was once it is unpacked (stream order):
+  // n·8·w <= 8·nr·np bytes, so the compare needs no more device memory than the unpack.
+  auto bytes = [&](int64_t, int64_t nr) { return align_up(3 * 8) + align_up(nr * part_words * 4) + align_up(n * 8 * std::min(nr, g)); };
   const Piece pc = plan_pieces(arena, stream.s, 1, rows, kRepackRows, bytes, "the packed weight");
   auto* counters = arena.take<unsigned long long>(3 * 8);  // stray, count, first key
   uint32_t* din = arena.take<uint32_t>(pc.rows * part_words * 4);
   uint8_t* dout = arena.take<uint8_t>(n * 8 * std::min(pc.rows, g));
-  uint8_t* dwant = arena.take<uint8_t>(n * 8 * std::min(pc.rows, g));
+  uint8_t* dwant = reinterpret_cast<uint8_t*>(din);
   check(cudaMemsetAsync(counters, 0, 2 * 8, stream.s), "clearing the counters");
   check(cudaMemsetAsync(counters + 2, 0xFF, 8, stream.s), "clearing the counters");
   for_each_piece(1, 0, rows, g, pc, [&](const PieceSpan& span) {
     const int64_t r0 = span.r0, nr = span.nr, w = span.w;
     copy_rows(din, part_words * 4, src + r0 * src_row_words, src_row_words * 4, part_words * 4, nr,
               cudaMemcpyHostToDevice, stream.s, "the packed weight");
-    copy_rows(dwant, 8 * w, want + 8 * r0, k / 2, 8 * w, n, cudaMemcpyHostToDevice, stream.s, "the source weight");
     launch_unpack(din, part_words, n, np, nr, w, dout, 8 * w, counters, stream.s);
+    copy_rows(dwant, 8 * w, want + 8 * r0, k / 2, 8 * w, n, cudaMemcpyHostToDevice, stream.s, "the source weight");
     launch_diff(dout, dwant, n, 8 * w, 8 * w, k / 2, 8 * r0, counters + 1, counters + 2, stream.s);
   });
   unsigned long long host[3] = {};
