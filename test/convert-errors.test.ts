@@ -108,6 +108,20 @@ const cases: Case[] = [
     error: /^model-0000\d-of-00002\.safetensors: tensor model\.layers\.1\.mlp\.experts\.1\.down_proj\.weight_scale: block scale \[7, 2\] is NaN; Marlin stores scales without a sign$/,
   },
   {
+    // The stack's scales are read and scanned many at once; the error is still the first bad
+    // scale of the first bad expert in order, at its place in its own tensor.
+    title: 'NaN block scales in two experts of one MoE stack',
+    src: MOE,
+    edit: (n, t) => {
+      const bad = { 'model.layers.1.mlp.experts.1.down_proj.weight_scale': 4 * 3 + 1, 'model.layers.1.mlp.experts.2.down_proj.weight_scale': 0 }[n];
+      if (bad === undefined) return t;
+      const data = Buffer.from(t.data);
+      data[bad] = 0x7f;
+      return { ...t, data };
+    },
+    error: /^model-0000\d-of-00002\.safetensors: tensor model\.layers\.1\.mlp\.experts\.1\.down_proj\.weight_scale: block scale \[3, 1\] is NaN; Marlin stores scales without a sign$/,
+  },
+  {
     title: 'a global scale that is not positive',
     edit: (n, t) => (n === 'model.layers.0.self_attn.o_proj.weight_scale_2' ? f32Scalar(-2) : t),
     error: 'model.safetensors: tensor model.layers.0.self_attn.o_proj.weight_scale_2: global scale -2 is not a positive finite number',

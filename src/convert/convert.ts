@@ -208,6 +208,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       // once the scans of its own modules are done (its header's records need them).
       const plan = await timed('plan', planSource(ckpt, source, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
       plan.scans.start(SCANS_AT_ONCE, plan.shards.flatMap(shardModules));
+      void timed('scans', plan.scans.settled());
       const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
       let bytesDone = 0;
       // Page-locked buffers for the GPU (MARLIN_FP4_PIN=0: pageable, as a fallback).

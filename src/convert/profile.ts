@@ -6,9 +6,9 @@ import type { Backend } from '../transform/marlin.js';
 
 export const PROFILE = process.env.MARLIN_FP4_PROFILE === '1';
 
-type Phase = 'plan' | 'scanWait' | 'read' | 'transform' | 'write' | 'writeWait';
-const spent: Record<Phase, number> = { plan: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
-const calls: Record<Phase, number> = { plan: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
+type Phase = 'plan' | 'scans' | 'scanWait' | 'read' | 'transform' | 'write' | 'writeWait';
+const spent: Record<Phase, number> = { plan: 0, scans: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
+const calls: Record<Phase, number> = { plan: 0, scans: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
 const allocated = { buffers: 0, bytes: 0 };
 
 /** Adds the time until `p` settles to `phase` (milliseconds, summed over concurrent shards). */
@@ -45,7 +45,8 @@ export function reportProfile(backend: Backend, totalMs: number, lanes: number):
   const lines = [
     `profile (MARLIN_FP4_PROFILE=1), --device ${backend}; read/transform/write times are summed over the ${lanes} shards converted at once:`,
     `  plan (global scales)       ${s(spent.plan)}`,
-    `  waiting for scale scans    ${s(spent.scanWait)}  (summed over shards; the scans run beside the conversion)`,
+    `  scale scans, all of them   ${s(spent.scans)}  (from their start to the last one's end, beside the conversion)`,
+    `  waiting for scale scans    ${s(spent.scanWait)}  (summed over shards; each waits for its own modules' scans)`,
     `  reading tensors            ${s(spent.read)}  (${calls.read} reads)`,
     `  transform calls            ${s(spent.transform)}  (${calls.transform} calls)`,
   ];

@@ -1,5 +1,6 @@
 // Writes one output shard: header from the plan, then every tensor's bytes in order, with one
-// write in flight while the next chunk is read and transformed.
+// write in flight while the next chunk is read and transformed, small tensors gathered into
+// few writes (coalesce.ts).
 import { join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import type { OutputShard, Plan } from '../plan/plan.js';
@@ -10,7 +11,7 @@ import type { BufferPool } from './buffer-pool.js';
 import { shardMetadata, type LayerRecord } from '../format/records.js';
 import { StreamingHash, type FileDigest } from '../integrity/sha256.js';
 import { produce } from './produce.js';
-import { timed } from './profile.js';
+import { CoalescingWriter } from './coalesce.js';
 
 export interface ShardJob {
   ckpt: Checkpoint;
@@ -37,10 +38,13 @@ export function convertedShardMetadata(plan: Plan, shard: OutputShard, records: 
 export async function writeShard(job: ShardJob): Promise<void> {
   const { plan, shard } = job;
   const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, convertedShardMetadata(plan, shard, job.records));
-  let pending: Promise<void> = Promise.resolve();
   const hash = job.onDigest ? new StreamingHash(writer.path) : undefined;
   // Writes complete in order, so everything below `written` is on disk and can be hashed.
   let written = writer.dataStart;
+  const out = new CoalescingWriter(writer, (end) => {
+    written = end;
+    hash?.advance(end);
+  });
   try {
     for (const t of shard.tensors) {
       const ctx = {
@@ -52,22 +56,14 @@ export async function writeShard(job: ShardJob): Promise<void> {
         pool: job.pool,
         onInput: (n: number) => job.onInput(n, t.name),
       };
-      await produce(ctx, t, async (chunk, release) => {
-        await timed('writeWait', pending);
-        pending = timed('write', writer.write(t.name, chunk)).then(() => {
-          written += chunk.length;
-          hash?.advance(written);
-          release?.();
-        });
-        pending.catch(() => {}); // surfaced by the next await of `pending`
-      });
+      await produce(ctx, t, (chunk, release) => out.write(t.name, chunk, release));
     }
-    await pending;
+    await out.finish();
     await writer.close();
     if (hash) job.onDigest!(writer.path, await hash.finish(written));
   } catch (e) {
     await hash?.abort();
-    await pending.catch(() => {});
+    await out.settle();
     await writer.abort();
     throw fileError(join(job.finalDir, shard.file), 'write', e, 'output');
   }

@@ -195,13 +195,13 @@ async function planDenseScales(
   }
   if (scanScales === false) return groups;
   for (const g of groups) {
-    scans.add(g.members, async () => {
-      const { each } = await planScales(ckpt, g.members.map((m): ScalePart => ({ lin: m.source, reencoding: m.reencoding })), layout, dtype);
+    scans.add(g.members, async (scratch) => {
+      const { each } = await planScales(ckpt, g.members.map((m): ScalePart => ({ lin: m.source, reencoding: m.reencoding })), layout, dtype, scratch);
       g.members.forEach((m, i) => (m.scales = each[i]!));
     });
   }
   for (const d of dense) {
-    if (!d.group) scans.add([d], async () => void (d.scales = (await planScales(ckpt, [{ lin: d.source }], layout, dtype)).all));
+    if (!d.group) scans.add([d], async (scratch) => void (d.scales = (await planScales(ckpt, [{ lin: d.source }], layout, dtype, scratch)).all));
   }
   return groups;
 }
@@ -274,7 +274,7 @@ async function planStacks(
       reencodings,
       scales: UNSCANNED,
     };
-    if (scanScales !== false) scans.add([stack], async () => void (stack.scales = (await planScales(ckpt, scope, layout, dtype)).all));
+    if (scanScales !== false) scans.add([stack], async (scratch) => void (stack.scales = (await planScales(ckpt, scope, layout, dtype, scratch, { each: false })).all));
     stacks.push(stack);
   }
   return stacks;

@@ -55,6 +55,45 @@ export async function writeFully(handle: FileHandle, buf: Uint8Array, position: 
   }
 }
 
+/**
+ * Writes `bufs` back to back from `position` with as few calls as possible: writev, which may
+ * write part of them, resumed where it stopped; more than IOV_MAX buffers or MAX_IO_CHUNK
+ * bytes in all go in several calls.
+ */
+export async function writevFully(handle: FileHandle, bufs: Uint8Array[], position: number): Promise<void> {
+  let i = 0;
+  let skip = 0; // bytes of bufs[i] already written
+  while (i < bufs.length) {
+    const batch: Uint8Array[] = [];
+    let bytes = 0;
+    for (let j = i; j < bufs.length && batch.length < IOV_MAX; j++) {
+      const b = j === i ? bufs[j]!.subarray(skip) : bufs[j]!;
+      if (batch.length > 0 && bytes + b.length > MAX_IO_CHUNK) break;
+      batch.push(b);
+      bytes += b.length;
+    }
+    if (batch.length === 1 && bytes > MAX_IO_CHUNK) {
+      await writeFully(handle, batch[0]!, position);
+      position += bytes;
+      i++;
+      skip = 0;
+      continue;
+    }
+    let { bytesWritten } = await handle.writev(batch, position);
+    if (bytesWritten === 0 && bytes > 0) throw new Error(`writev wrote nothing at byte ${position}`);
+    position += bytesWritten;
+    while (i < bufs.length && bytesWritten >= bufs[i]!.length - skip) {
+      bytesWritten -= bufs[i]!.length - skip;
+      i++;
+      skip = 0;
+    }
+    skip += bytesWritten;
+  }
+}
+
+/** Buffers one writev takes (Linux's IOV_MAX). */
+const IOV_MAX = 1024;
+
 /** What a file that is not a regular file is, for messages. */
 export function fileKind(st: Stats): string {
   if (st.isFIFO()) return 'a FIFO';

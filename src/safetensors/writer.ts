@@ -2,7 +2,7 @@ import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { DTYPE_SIZE, isDtype, type Dtype } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
 import { MAX_HEADER_BYTES } from './header.js';
-import { writeFully } from './io.js';
+import { writeFully, writevFully } from './io.js';
 
 export interface PlannedTensor {
   name: string;
@@ -139,17 +139,28 @@ export class SafetensorsWriter {
 
   /** Appends `chunk` to tensor `name`; may be called several times per tensor. */
   async write(name: string, chunk: Uint8Array): Promise<void> {
+    const position = this.reserve(name, chunk.length);
+    if (chunk.length === 0) return;
+    return this.writeAt([chunk], position);
+  }
+
+  /**
+   * Claims the next `bytes` of tensor `name` (the same order and size checks as write()) and
+   * returns their position in the file, without writing them: a caller that gathers the
+   * bytes of many small tensors writes them later with one writeAt() (convert/coalesce.ts).
+   */
+  reserve(name: string, bytes: number): number {
     this.assertOpen();
     if (this.failure) throw new Error(`${this.path}: an earlier write failed`, { cause: this.failure.error });
     const idx = this.index.get(name);
     if (idx === undefined) throw new SafetensorsError(this.path, name, 'not in the planned tensor list');
     if (idx < this.cur) {
       // Tolerated so a generic "write every tensor's bytes" loop works for zero-size tensors.
-      if (chunk.length === 0) return;
+      if (bytes === 0) return this.dataStart + this.plan[idx]!.begin + this.plan[idx]!.size;
       throw new SafetensorsError(
         this.path,
         name,
-        `overflow: already complete with ${this.plan[idx]!.size} bytes, ${chunk.length} more would exceed the planned size`,
+        `overflow: already complete with ${this.plan[idx]!.size} bytes, ${bytes} more would exceed the planned size`,
       );
     }
     const slot = this.plan[this.cur]!;
@@ -160,24 +171,30 @@ export class SafetensorsWriter {
         `written out of order: tensor ${slot.name} must be finished first (${this.written} of ${slot.size} bytes written)`,
       );
     }
-    if (this.written + chunk.length > slot.size) {
+    if (this.written + bytes > slot.size) {
       throw new SafetensorsError(
         this.path,
         name,
-        `overflow: ${chunk.length} bytes after ${this.written} would exceed the planned ${slot.size} bytes`,
+        `overflow: ${bytes} bytes after ${this.written} would exceed the planned ${slot.size} bytes`,
       );
     }
-    if (chunk.length === 0) return;
-
     // Bookkeeping advances before the I/O starts, so back-to-back writes that the caller
     // doesn't await still get the right positions and the right order checks.
     const position = this.dataStart + slot.begin + this.written;
-    this.written += chunk.length;
+    this.written += bytes;
     this.skipComplete();
+    return position;
+  }
 
+  /**
+   * Writes `chunks` back to back from `position`, which reserve() handed out for them, in one
+   * call (writev) where they fit one. Writes run one after another, in the order issued.
+   */
+  writeAt(chunks: Uint8Array[], position: number): Promise<void> {
+    this.assertOpen();
     const op = this.tail.then(() => {
       if (this.failure) throw new Error(`${this.path}: an earlier write failed`, { cause: this.failure.error });
-      return writeFully(this.handle, chunk, position);
+      return chunks.length === 1 ? writeFully(this.handle, chunks[0]!, position) : writevFully(this.handle, chunks, position);
     });
     this.tail = op.catch((error: unknown) => {
       this.failure ??= { error };

@@ -1,0 +1,119 @@
+// The coalescing writer of convert's shards (src/convert/coalesce.ts) and the writer calls it
+// rests on (reserve, writeAt, writevFully): the bytes are those of one write per chunk, small
+// chunks go out many per call, and partial writev results are resumed.
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { FileHandle } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { CoalescingWriter, SMALL_CHUNK } from '../src/convert/coalesce.js';
+import { SafetensorsWriter, type PlannedTensor } from '../src/safetensors/index.js';
+import { writevFully } from '../src/safetensors/io.js';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mfp4-coalesce-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A shard of many tiny tensors around a few large ones, as an MoE layer's output is. */
+function moeLikePlan(): { plan: PlannedTensor[]; data: Map<string, Buffer> } {
+  const plan: PlannedTensor[] = [];
+  const data = new Map<string, Buffer>();
+  const add = (name: string, bytes: number) => {
+    plan.push({ name, dtype: 'U8', shape: [bytes] });
+    data.set(name, randomBytes(bytes));
+  };
+  add('norm', 4096);
+  for (let e = 0; e < 300; e++) add(`experts.${e}.input_scale`, 4);
+  add('w13_weight', 3 * SMALL_CHUNK + 17); // large: written in chunks of mixed sizes
+  add('w13_weight_scale', SMALL_CHUNK - 3);
+  for (let e = 0; e < 2000; e++) add(`tiny.${e}`, 700); // more than a staging buffer's worth
+  add('empty', 0);
+  add('tail', 5);
+  return { plan, data };
+}
+
+/** Chunks of a tensor as a producer hands them over: large tensors in uneven pieces. */
+function* chunks(b: Buffer): Generator<Buffer> {
+  if (b.length <= SMALL_CHUNK) return yield b;
+  const cuts = [SMALL_CHUNK + 1, 100, 2 * SMALL_CHUNK];
+  let off = 0;
+  for (const c of cuts) {
+    if (off >= b.length) break;
+    yield b.subarray(off, Math.min(b.length, off + c));
+    off += c;
+  }
+  if (off < b.length) yield b.subarray(off);
+}
+
+describe('CoalescingWriter', () => {
+  it('writes the same file as one write per chunk, in far fewer calls, releasing every chunk', async () => {
+    const { plan, data } = moeLikePlan();
+    const plain = join(dir, 'plain.safetensors');
+    const w1 = await SafetensorsWriter.create(plain, plan);
+    let chunkCount = 0;
+    for (const t of plan) for (const c of chunks(data.get(t.name)!)) (chunkCount++, await w1.write(t.name, c));
+    await w1.close();
+
+    const gathered = join(dir, 'gathered.safetensors');
+    const w2 = await SafetensorsWriter.create(gathered, plan);
+    const writeAt = vi.spyOn(w2, 'writeAt');
+    const ends: number[] = [];
+    const out = new CoalescingWriter(w2, (end) => ends.push(end));
+    let released = 0;
+    for (const t of plan) for (const c of chunks(data.get(t.name)!)) await out.write(t.name, c, () => released++);
+    await out.finish();
+    await w2.close();
+
+    const expected = await readFile(plain);
+    expect((await readFile(gathered)).equals(expected)).toBe(true);
+    expect(released).toBe(chunkCount);
+    // 2,300 small tensors and 4 large chunks: a handful of calls, not one per chunk.
+    expect(writeAt.mock.calls.length).toBeLessThan(10);
+    expect(chunkCount).toBeGreaterThan(2300);
+    // Completion is reported in order, up to the file's end.
+    expect(ends).toEqual([...ends].sort((a, b) => a - b));
+    expect(ends.at(-1)).toBe(expected.length);
+  });
+
+  it('refuses a chunk out of order at once, naming the tensor', async () => {
+    const { plan, data } = moeLikePlan();
+    const w = await SafetensorsWriter.create(join(dir, 'misuse.safetensors'), plan);
+    const out = new CoalescingWriter(w, () => {});
+    await out.write('norm', data.get('norm')!);
+    await expect(out.write('tail', Buffer.alloc(5))).rejects.toThrow(/tail.*out of order: tensor experts\.0\.input_scale must be finished first/);
+    await out.settle();
+    await w.abort();
+  });
+});
+
+describe('writevFully', () => {
+  it('resumes partial writev results and writes every buffer in order', async () => {
+    const file = Buffer.alloc(64, 0xee);
+    const calls: number[] = [];
+    // A file that takes at most 7 bytes per call, as a partial writev may.
+    const handle = {
+      async writev(bufs: Uint8Array[], position: number) {
+        calls.push(bufs.length);
+        let n = 0;
+        for (const b of bufs) for (const byte of b) if (n < 7) file[position + n++] = byte;
+        return { bytesWritten: n, buffers: bufs };
+      },
+      async write(buf: Uint8Array, offset: number, length: number, position: number) {
+        const n = Math.min(7, length);
+        file.set(buf.subarray(offset, offset + n), position);
+        return { bytesWritten: n, buffer: buf };
+      },
+    } as unknown as FileHandle;
+    const parts = [Buffer.from('abc'), Buffer.alloc(0), Buffer.from('defghijklmnop'), Buffer.from('q'), Buffer.from('rstuvwxyz0123')];
+    await writevFully(handle, parts, 5);
+    expect(file.subarray(5, 5 + 30).toString()).toBe('abcdefghijklmnopqrstuvwxyz0123');
+    expect(file[4]).toBe(0xee);
+    expect(file[35]).toBe(0xee);
+    expect(calls.length).toBe(Math.ceil(30 / 7));
+  });
+});
