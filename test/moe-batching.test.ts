@@ -1,11 +1,11 @@
 // How convert gets through MoE checkpoints fast without changing a byte: expert tensors read
 // many at once (adjacent ones in one read), a batch of experts per transform call, and the
 // block-scale scans run beside the conversion (ScaleScans) instead of all before it.
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { cp, readdir, readFile, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint, readTensor } from '../src/checkpoint/model-dir.js';
-import { mapLimited, readTensorsInto, tensorsBytes } from '../src/checkpoint/read-batch.js';
+import { mapLimited, readSmallTensors, readTensorsInto, tensorsBytes } from '../src/checkpoint/read-batch.js';
 import { ScaleScans } from '../src/plan/scale-plan.js';
 import { generateModel } from '../tools/fixture-generator/generate.js';
 import { cli, MODELS, tempDir } from './helpers/models.js';
@@ -44,6 +44,39 @@ describe('readTensorsInto', () => {
       const size = tensorsBytes(ckpt, [a!, c!]);
       await expect(reader.readAdjacentInto([a!, c!], Buffer.alloc(size))).rejects.toThrow(/does not follow/);
       await expect(reader.readAdjacentInto([a!], Buffer.alloc(tensorsBytes(ckpt, [a!]) + 1))).rejects.toThrow(/adjacent tensors hold/);
+    } finally {
+      await ckpt.close();
+    }
+  });
+});
+
+describe('readSmallTensors', () => {
+  it('reads every scalar of the MoE fixture, in the order asked, as one read per tensor would', async () => {
+    const ckpt = await openCheckpoint(join(MODELS, 'qwen3-moe-tiny-modelopt'));
+    try {
+      const names = [...ckpt.tensors.keys()].filter((n) => /(weight_scale_2|input_scale)$/.test(n)).reverse();
+      expect(names.length).toBeGreaterThan(20);
+      const got = await readSmallTensors(ckpt, names, 16);
+      for (const [i, n] of names.entries()) expect(got[i]!.equals(await readTensor(ckpt, n)), n).toBe(true);
+    } finally {
+      await ckpt.close();
+    }
+  });
+
+  it('names the first tensor in order that cannot be read when a shard is cut short', async () => {
+    const dir = join(work, 'cut');
+    await cp(join(MODELS, 'qwen3-moe-tiny-modelopt'), dir, { recursive: true });
+    const ckpt = await openCheckpoint(dir);
+    try {
+      const shard = ckpt.shards.at(-1)!;
+      const reader = ckpt.readers.get(shard)!;
+      const scalars = reader.names().filter((n) => n.endsWith('weight_scale_2'));
+      const cutAt = ckpt.tensors.get(scalars.at(-3)!)!.entry; // the last three are past the end
+      await truncate(join(dir, shard), reader.header.dataStart + cutAt.begin);
+      // Asked for in reverse: a batched read fails on the whole run; the first asked is named.
+      await expect(readSmallTensors(ckpt, [scalars[0]!, ...scalars.slice(-3).reverse()], 16)).rejects.toThrow(
+        new RegExp(`${scalars.at(-1)!.replace(/\./g, '\\.')}.*unexpected end of file`),
+      );
     } finally {
       await ckpt.close();
     }

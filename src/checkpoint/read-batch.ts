@@ -4,7 +4,7 @@
 // all into one caller-owned buffer (a pooled, page-locked one when it feeds the GPU).
 import { InputError } from '../errors.js';
 import { SafetensorsError } from '../safetensors/index.js';
-import type { Checkpoint } from './model-dir.js';
+import { readTensor, type Checkpoint } from './model-dir.js';
 
 /** Reads in flight at once: libuv runs 4 file operations side by side by default. */
 export const READS_AT_ONCE = 4;
@@ -57,7 +57,7 @@ interface Run {
  * the order given. Inside `target` the tensors lie in file order, so a run of tensors that are
  * adjacent in their shard is one read.
  */
-export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[], target: Buffer): Promise<Buffer[]> {
+export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[], target: Buffer, limit = READS_AT_ONCE): Promise<Buffer[]> {
   const refs = names.map((n) => {
     const r = ckpt.tensors.get(n);
     if (!r) throw new InputError(`${ckpt.dir}: tensor ${n}: missing`);
@@ -85,7 +85,7 @@ export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[]
     offset += size;
     prevEnd = entry.end;
   }
-  await mapLimited(runs, READS_AT_ONCE, (r) =>
+  await mapLimited(runs, limit, (r) =>
     ckpt.readers
       .get(r.shard)!
       .readAdjacentInto(r.names, target.subarray(r.offset, r.offset + r.bytes))
@@ -95,4 +95,19 @@ export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[]
       }),
   );
   return views;
+}
+
+/**
+ * The bytes of many small tensors (an MoE's thousands of scalar global and input scales), in
+ * the order named: those lying back to back in a shard in one read (checkpoint writers often
+ * store them so, grouped by dtype), the rest `limit` at a time. When a read fails, the tensors
+ * are read one by one, so the error names the first tensor in order that cannot be read.
+ */
+export async function readSmallTensors(ckpt: Checkpoint, names: readonly string[], limit: number): Promise<Buffer[]> {
+  if (names.length === 0) return [];
+  try {
+    return await readTensorsInto(ckpt, names, Buffer.allocUnsafe(tensorsBytes(ckpt, names)), limit);
+  } catch {
+    return mapLimited(names, limit, (n) => readTensor(ckpt, n));
+  }
 }

@@ -7,7 +7,13 @@ import { where, type LinearSource } from './linears.js';
 /** ModelOpt's weight_scale_2 of a linear (compressed-tensors' reciprocal undone, in f32). */
 export async function readGlobalScale(ckpt: Checkpoint, lin: LinearSource): Promise<number> {
   if (!lin.global) throw new Error(`internal: ${lin.prefix} has no global scale (MXFP4)`);
-  const raw = (await readTensor(ckpt, lin.global)).readFloatLE(0);
+  return globalScale(ckpt, lin, await readTensor(ckpt, lin.global));
+}
+
+/** The global scale of `lin` from its tensor's bytes `data` (read by the caller, many at once). */
+export function globalScale(ckpt: Checkpoint, lin: LinearSource, data: Buffer): number {
+  if (!lin.global) throw new Error(`internal: ${lin.prefix} has no global scale (MXFP4)`);
+  const raw = data.readFloatLE(0);
   const value = lin.globalReciprocal ? Math.fround(1 / raw) : raw;
   if (!(value > 0) || !Number.isFinite(value)) {
     throw new InputError(`${where(ckpt, lin.global)}: global scale ${raw} is not a positive finite number`);
@@ -27,7 +33,13 @@ export async function readGlobalScale(ckpt: Checkpoint, lin: LinearSource): Prom
  */
 export async function readInputScale(ckpt: Checkpoint, lin: LinearSource): Promise<number | undefined> {
   if (!lin.inputScale) return undefined;
-  const raw = (await readTensor(ckpt, lin.inputScale)).readFloatLE(0);
+  return inputScale(ckpt, lin, await readTensor(ckpt, lin.inputScale));
+}
+
+/** The input scale of `lin` (which has one) from its tensor's bytes `data`. */
+export function inputScale(ckpt: Checkpoint, lin: LinearSource, data: Buffer): number {
+  if (!lin.inputScale) throw new Error(`internal: ${lin.prefix} has no input scale`);
+  const raw = data.readFloatLE(0);
   const value = lin.inputReciprocal ? Math.fround(1 / raw) : raw;
   if (!(value >= 0) || !Number.isFinite(value)) {
     const as = lin.inputReciprocal ? ` (input_scale = 1 / ${raw} = ${value})` : '';

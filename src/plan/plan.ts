@@ -11,9 +11,9 @@ import { linearShape, type ActDtype, type LayoutVersion, type LinearShape } from
 import { stackName, stacksOf, stackPartShape, stackSizes, type ExpertRole, type StackSizes, type StackWhich } from '../format/moe.js';
 import { biasTensor, inputScaleTensor, moduleTensors, type ModuleKind, type OutputLayout, type TensorSpec } from '../format/tensors.js';
 import { asInputError, expertPart, findLinears, isBlockScale, isPackedFp4, where, type ExpertGroup, type LinearSource } from './linears.js';
-import { readGlobalScale, readInputScale } from './global-scales.js';
+import { globalScale, inputScale, readGlobalScale, readInputScale } from './global-scales.js';
 import { planScales, ScaleScans, type ScaleOutcome, type ScalePart } from './scale-plan.js';
-import { mapLimited } from '../checkpoint/read-batch.js';
+import { mapLimited, readSmallTensors } from '../checkpoint/read-batch.js';
 import { findFusedGroups, globalsDiffer, partReencoding, sharedGlobal, strictRefusal, type FusedGroup } from './fused-groups.js';
 import type { Reencoding } from '../transform/reencode.js';
 
@@ -240,12 +240,16 @@ async function planStacks(
   scans: ScaleScans,
 ): Promise<MoeStack[]> {
   const sizes = stackShape(ckpt, group, layout);
-  // Thousands of 4-byte reads in a big MoE: side by side, not one after another.
-  const globals: Partial<Record<ExpertRole, number>>[] = await mapLimited(group.experts, SCALARS_AT_ONCE / 4, async (ex) => {
-    const [gate, up, down] = await Promise.all(
-      (['gate', 'up', 'down'] as const).map((r) => (ex[r] ? readGlobalScale(ckpt, ex[r]) : Promise.resolve(undefined))),
-    );
-    return { gate, up, down };
+  // Thousands of 4-byte tensors in a big MoE: read together (adjacent ones in one read), then
+  // checked in order, so the first bad one is named whatever the reads' timing.
+  const roles = ['gate', 'up', 'down'] as const;
+  const present = group.experts.flatMap((ex) => roles.filter((r) => ex[r]).map((r) => ex[r]!));
+  const data = await readSmallTensors(ckpt, present.map((lin) => lin.global!), SCALARS_AT_ONCE);
+  let next = 0;
+  const globals: Partial<Record<ExpertRole, number>>[] = group.experts.map((ex) => {
+    const g: Partial<Record<ExpertRole, number>> = {};
+    for (const r of roles) if (ex[r]) g[r] = globalScale(ckpt, ex[r], data[next++]!);
+    return g;
   });
   for (const [e, { gate, up }] of globals.entries()) {
     if (strict && group.gated && gate !== up) {
@@ -327,7 +331,8 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
         }
       }
     }
-    const values = await mapLimited(withInput, SCALARS_AT_ONCE, (lin) => readInputScale(ckpt, lin));
+    const raw = await readSmallTensors(ckpt, withInput.map((lin) => lin.inputScale!), SCALARS_AT_ONCE);
+    const values = withInput.map((lin, i) => inputScale(ckpt, lin, raw[i]!));
     withInput.forEach((lin, i) => put(lin.inputScale!, { ...inputScaleTensor(lin.prefix), producer: { kind: 'input-scale', value: values[i]! } }));
   }
   let copied = 0;
