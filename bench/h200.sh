@@ -24,9 +24,13 @@ for section in "$@"; do
     selftest) TAIL=3 run selftest 60 native/build/cuda_selftest --quick ;;
     gemm-bench) TAIL=60 run gemm-bench 150 node bin/marlin-fp4.js bench ;;
     gemm-check) TAIL=4 run gemm-check 120 native/build/gemm_bench --check ;;
-    convert-moe) run convert-moe 300 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;--device cpu" --profile ;;
+    convert-moe) run convert-moe 300 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;--device cpu" --profile --same-bytes ;;
+    # Whether libuv's pool (4 threads unless set before node starts) limits the MoE conversion.
+    convert-moe-pool) run convert-moe-pool 200 node bench/convert.mjs --dir "$work" --preset qwen3-moe-128x24 --reps 2 --variants="--device cuda;UV_THREADPOOL_SIZE=16 --device cuda" ;;
     convert-dense) run convert-dense 200 node bench/convert.mjs --dir "$work" --preset llama-8b --reps 2 --variants="--device cuda;--device cpu" ;;
-    convert-deepseek) run convert-deepseek 280 node bench/convert.mjs --dir "$work" --preset deepseek-v3-2layers --reps 1 --variants="--device cuda;--device cpu" ;;
+    # 16.5 GB of input and as much output: the other presets' models go first (64 GB disk).
+    convert-deepseek) rm -rf "$work"/qwen3-moe-128x24 "$work"/llama-8b "$work"/gpt-oss-20b
+      run convert-deepseek 450 node bench/convert.mjs --dir "$work" --preset deepseek-v3-2layers --reps 1 --variants="--device cuda;--device cpu" --profile --same-bytes ;;
     verify-bench) TAIL=30 run verify-bench 250 node bench/verify.mjs --dir "$work/verify" --models llama-8b,moe --devices cuda,cpu --timeout 60 ;;
     convert-gpt-oss) run convert-gpt-oss 130 node bench/convert.mjs --dir "$work" --preset gpt-oss-20b --reps 1 --variants="--device cuda;--device cpu" ;;
     *) echo "unknown section $section" ;;
