@@ -52,12 +52,13 @@ const SCAN_BATCH_BYTES = 8 * 1024 * 1024;
 
 /**
  * A scan's reusable read buffer: fresh memory costs page faults on every batch, so each lane
- * of ScaleScans keeps one (at most SCAN_BATCH_BYTES, or one part's size if larger).
+ * of ScaleScans keeps one, SCAN_BATCH_BYTES (or one larger part's size). Its pages are only
+ * touched as far as reads fill it.
  */
 export class ScanBuffer {
   private buffer: Buffer | undefined;
   take(size: number): Buffer {
-    if (!this.buffer || this.buffer.length < size) this.buffer = Buffer.allocUnsafeSlow(Math.max(size, Math.min(SCAN_BATCH_BYTES, 1 << 20)));
+    if (!this.buffer || this.buffer.length < size) this.buffer = Buffer.allocUnsafeSlow(Math.max(size, SCAN_BATCH_BYTES));
     return this.buffer.subarray(0, size);
   }
 }
