@@ -113,7 +113,7 @@ export interface PlanOptions {
   deferScans?: boolean;
 }
 
-/** Scans run side by side (each reads its tensors one after another). */
+/** Scans run side by side (each reads its scale tensors a batch at a time: scale-plan.ts). */
 export const SCANS_AT_ONCE = 4;
 /** Scalar tensors (global and input scales) read side by side while planning. */
 const SCALARS_AT_ONCE = 16;
