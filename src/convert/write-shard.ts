@@ -12,6 +12,7 @@ import { shardMetadata, type LayerRecord } from '../format/records.js';
 import { StreamingHash, type FileDigest } from '../integrity/sha256.js';
 import { produce } from './produce.js';
 import { CoalescingWriter } from './coalesce.js';
+import { mapLimited } from '../checkpoint/read-batch.js';
 
 export interface ShardJob {
   ckpt: Checkpoint;
@@ -72,21 +73,10 @@ export async function writeShard(job: ShardJob): Promise<void> {
 /**
  * Runs `fn` over items with at most `limit` at a time. Writes to one file serialize in the
  * kernel, so shards written side by side keep the disk and the cores busier than one.
- * After a failure no new item starts; the first error is thrown once the running ones end.
+ * After a failure no new item starts; once the running ones end, the error thrown is the one a
+ * serial loop would meet (the first failing item in order: mapLimited), so convert and verify
+ * name the same tensor whatever the timing.
  */
 export async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const lane = async () => {
-    while (!failure && next < items.length) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
-  if (failure) throw failure.error;
+  await mapLimited(items, limit, (item) => fn(item));
 }
