@@ -235,16 +235,12 @@ export function unpackWeight(
   where: PartLocation = { totalNp: s.np, colOffset: 0 },
   backend?: Backend,
 ): Promise<{ weight: Buffer; paddingNonzero: number }> {
-  return named(tensor, () =>
-    heavy(backend).unpack(packed, {
-      n: s.n,
-      np: s.np,
-      k: s.k,
-      kp: s.kp,
-      rowWords: 2 * where.totalNp,
-      wordOffset: 2 * where.colOffset,
-    }),
-  );
+  return named(tensor, () => heavy(backend).unpack(packed, partOptions(s, where)));
+}
+
+/** The native options naming one part's columns in a (possibly concatenated) packed weight. */
+function partOptions(s: LinearShape, where: PartLocation) {
+  return { n: s.n, np: s.np, k: s.k, kp: s.kp, rowWords: 2 * where.totalNp, wordOffset: 2 * where.colOffset };
 }
 
 /**
@@ -260,16 +256,7 @@ export function unpackCompare(
   where: PartLocation = { totalNp: s.np, colOffset: 0 },
   backend?: Backend,
 ): Promise<{ count: number; first: number; got: number; paddingNonzero: number }> {
-  return named(tensor, () =>
-    heavy(backend).unpackCompare(packed, want, {
-      n: s.n,
-      np: s.np,
-      k: s.k,
-      kp: s.kp,
-      rowWords: 2 * where.totalNp,
-      wordOffset: 2 * where.colOffset,
-    }),
-  );
+  return named(tensor, () => heavy(backend).unpackCompare(packed, want, partOptions(s, where)));
 }
 
 /** Inverse of processScales for one part: E4M3 [N, K/16]; undecodable bytes come back as NaN (0x7F). */
