@@ -14,7 +14,7 @@ import { addon } from '../transform/addon.js';
 import { moePaddedIntermediate, type ActDtype, type LayoutVersion, type LinearShape } from '../transform/marlin.js';
 import { gptOssPaddedSizes, MXFP4_GROUP } from '../transform/mxfp4.js';
 import { problemCollector, ROLE, where, type LinearSource } from './linears.js';
-import { outputShards, type DenseLinear, type MoeStack, type OutputTensor, type Plan } from './plan.js';
+import { ShardPlacement, type DenseLinear, type MoeStack, type Plan } from './plan.js';
 import { ScaleScans } from './scale-plan.js';
 
 /** What a plan of an MXFP4 checkpoint records of the scale factor: MXFP4 has none (and no scale scans). */
@@ -298,9 +298,9 @@ export function planMxfp4(ckpt: Checkpoint, flavour: Mxfp4Flavour, { layout, dty
   const stacks: MoeStack[] = [...found.gptOss.flatMap(gptOssStacks), ...found.groups.flatMap((g) => expertStacks(ckpt, g))];
 
   const out: OutputLayout = { layout, dtype, scheme: 'mxfp4' };
-  const consumed = new Set<string>();
-  const byShard = new Map<string, OutputTensor[]>(ckpt.shards.map((s) => [s, []]));
-  const put = (anchor: string, t: OutputTensor) => byShard.get(ckpt.tensors.get(anchor)!.shard)!.push(t);
+  const place = new ShardPlacement(ckpt);
+  const { consumed } = place;
+  const put = place.put;
   for (const d of dense) {
     const { prefix, weight } = d.source;
     d.source.members.forEach((m) => consumed.add(m));
@@ -321,12 +321,7 @@ export function planMxfp4(ckpt: Checkpoint, flavour: Mxfp4Flavour, { layout, dty
     }
     for (const lins of s.sources) for (const lin of lins) lin.members.forEach((m) => consumed.add(m));
   }
-  let copied = 0;
-  for (const ref of ckpt.tensors.values()) {
-    if (consumed.has(ref.name)) continue;
-    put(ref.name, { name: ref.name, dtype: ref.entry.dtype, shape: ref.entry.shape, producer: { kind: 'copy', tensor: ref.name } });
-    copied++;
-  }
+  const copied = place.copyRest();
   // MXFP4 has no global scale, hence no fused groups sharing one.
-  return { scheme: 'mxfp4', layout, dtype, shards: outputShards(ckpt, byShard), dense, groups: [], stacks, ignored: [], copied, scans: new ScaleScans() };
+  return { scheme: 'mxfp4', layout, dtype, shards: place.shards(), dense, groups: [], stacks, ignored: [], copied, scans: new ScaleScans() };
 }

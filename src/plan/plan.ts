@@ -3,7 +3,7 @@
 // before anything is written.
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import type { Checkpoint } from '../checkpoint/model-dir.js';
+import type { Checkpoint, TensorRef } from '../checkpoint/model-dir.js';
 import type { Flavour } from '../checkpoint/flavour.js';
 import type { Scheme } from '../format/quant-config.js';
 import { DTYPE_SIZE } from '../safetensors/index.js';
@@ -296,9 +296,9 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
   const stacks: MoeStack[] = [];
   for (const g of found.groups) stacks.push(...(await planStacks(ckpt, g, opts, scans)));
 
-  const consumed = new Set<string>();
-  const byShard = new Map<string, OutputTensor[]>(ckpt.shards.map((s) => [s, []]));
-  const put = (anchor: string, t: OutputTensor) => byShard.get(ckpt.tensors.get(anchor)!.shard)!.push(t);
+  const place = new ShardPlacement(ckpt);
+  const { consumed } = place;
+  const put = place.put;
   const out: OutputLayout = { layout, dtype };
 
   for (const d of dense) {
@@ -335,35 +335,61 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
     const values = withInput.map((lin, i) => inputScale(ckpt, lin, raw[i]!));
     withInput.forEach((lin, i) => put(lin.inputScale!, { ...inputScaleTensor(lin.prefix), producer: { kind: 'input-scale', value: values[i]! } }));
   }
-  let copied = 0;
-  for (const ref of ckpt.tensors.values()) {
-    if (consumed.has(ref.name)) continue;
-    // The invariant, at the one place copies are decided: packed FP4 or its block scales are
-    // never copied (findLinears refuses what it cannot place; this catches anything else).
+  // The invariant, at the one place copies are decided: packed FP4 or its block scales are
+  // never copied (findLinears refuses what it cannot place; this catches anything else).
+  const copied = place.copyRest((ref) => {
     if (isPackedFp4(ref.name, ref.entry.dtype) || isBlockScale(ref.name, ref.entry.dtype)) {
       throw new InputError(`${where(ckpt, ref.name)}: ${ref.entry.dtype} ${isBlockScale(ref.name, ref.entry.dtype) ? 'NVFP4 block scales' : 'packed FP4'} that no converted layer uses; marlin-fp4 will not copy it unconverted`);
     }
-    put(ref.name, { name: ref.name, dtype: ref.entry.dtype, shape: ref.entry.shape, producer: { kind: 'copy', tensor: ref.name } });
-    copied++;
-  }
+  });
 
-  const shards = outputShards(ckpt, byShard);
+  const shards = place.shards();
   if (!opts.deferScans) await scans.runAll(SCANS_AT_ONCE);
   return { scheme: 'nvfp4', layout, dtype, shards, dense, groups, stacks, ignored: found.ignored, copied, scans };
 }
 
-/** The shards in the source's order, tensors sorted by name; a name given twice is an InputError. */
-export function outputShards(ckpt: Checkpoint, byShard: Map<string, OutputTensor[]>): OutputShard[] {
-  const names = new Set<string>();
-  const shards: OutputShard[] = [];
-  for (const [file, tensors] of byShard) {
-    if (tensors.length === 0) continue;
-    tensors.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    for (const t of tensors) {
-      if (names.has(t.name)) throw new InputError(`${ckpt.dir}: output tensor ${t.name} would be written twice (a source tensor already has that name)`);
-      names.add(t.name);
-    }
-    shards.push({ file, tensors });
+/**
+ * Where a plan's output tensors go: each into the shard of the source tensor it is made from
+ * (its anchor); every source tensor no converted module consumed is copied into its own shard.
+ */
+export class ShardPlacement {
+  /** Source tensors a converted module reads (never copied). */
+  readonly consumed = new Set<string>();
+  private readonly byShard: Map<string, OutputTensor[]>;
+
+  constructor(private readonly ckpt: Checkpoint) {
+    this.byShard = new Map<string, OutputTensor[]>(ckpt.shards.map((s) => [s, []]));
   }
-  return shards;
+
+  readonly put = (anchor: string, t: OutputTensor): void => {
+    this.byShard.get(this.ckpt.tensors.get(anchor)!.shard)!.push(t);
+  };
+
+  /** Copies every source tensor not consumed, each first shown to `check` (which may throw); returns how many. */
+  copyRest(check?: (ref: TensorRef) => void): number {
+    let copied = 0;
+    for (const ref of this.ckpt.tensors.values()) {
+      if (this.consumed.has(ref.name)) continue;
+      check?.(ref);
+      this.put(ref.name, { name: ref.name, dtype: ref.entry.dtype, shape: ref.entry.shape, producer: { kind: 'copy', tensor: ref.name } });
+      copied++;
+    }
+    return copied;
+  }
+
+  /** The shards in the source's order, tensors sorted by name; a name given twice is an InputError. */
+  shards(): OutputShard[] {
+    const names = new Set<string>();
+    const shards: OutputShard[] = [];
+    for (const [file, tensors] of this.byShard) {
+      if (tensors.length === 0) continue;
+      tensors.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      for (const t of tensors) {
+        if (names.has(t.name)) throw new InputError(`${this.ckpt.dir}: output tensor ${t.name} would be written twice (a source tensor already has that name)`);
+        names.add(t.name);
+      }
+      shards.push({ file, tensors });
+    }
+    return shards;
+  }
 }
