@@ -1,7 +1,6 @@
 // What CI sees: --json reports against their published schemas, GitHub Actions annotations and the
 // step summary, progress lines without a terminal, inspect's module list, inspect <repo-id> by
 // range requests only, and the Hub settings read as huggingface_hub reads them.
-import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,7 +9,7 @@ import { envFlag, hubOffline, hubToken, tokenPath } from '../src/checkpoint/hub-
 import { frontMatter, renderModelCard, type CardInfo } from '../src/convert/model-card.js';
 import { jsonSchema, REPORT_SCHEMAS } from '../src/cli/report-schemas.js';
 import { generateModel } from '../tools/fixture-generator/generate.js';
-import { BIN, MODELS, ROOT, mutateModel, tempDir, type CliResult } from './helpers/models.js';
+import { cliAsync, MODELS, ROOT, mutateModel, tempDir, type CliResult } from './helpers/models.js';
 import { repoFromDirOnDisk, startHub, type FakeHub } from './helpers/hub-server.js';
 
 const LLAMA = join(MODELS, 'llama-tiny-modelopt');
@@ -18,17 +17,7 @@ const MOE = join(MODELS, 'qwen3-moe-tiny-ct');
 let work: string;
 
 function run(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
-  return new Promise((ok, fail) => {
-    const merged: Record<string, string | undefined> = { ...process.env, NO_COLOR: '1', ...env };
-    for (const [k, v] of Object.entries(merged)) if (v === undefined) delete merged[k];
-    const child = spawn(process.execPath, [BIN, ...args], { env: merged as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', fail);
-    child.on('close', (code) => ok({ code: code ?? -1, stdout, stderr }));
-  });
+  return cliAsync(args, env);
 }
 
 beforeAll(async () => {

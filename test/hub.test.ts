@@ -1,14 +1,13 @@
 // Hub repo ids as model arguments (convert, inspect, verify --source), against a local HTTP
 // stand-in for the Hub (test/helpers/hub-server.ts) reached through HF_ENDPOINT: no real
 // network. Files land in the standard cache layout under HF_HOME.
-import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { looksLikeRepoId, neededFile } from '../src/checkpoint/resolve-model.js';
-import { BIN, MODELS, tempDir, type CliResult } from './helpers/models.js';
+import { cliAsync, MODELS, tempDir, type CliResult } from './helpers/models.js';
 import { repoFromDir, startHub, type FakeHub } from './helpers/hub-server.js';
 
 const FIXTURE = join(MODELS, 'llama-tiny-ct');
@@ -22,17 +21,7 @@ let cwd: string;
 
 /** The CLI in a child process, asynchronously (the fake Hub answers from this process). */
 function run(args: string[], env: Record<string, string | undefined> = {}, dir = cwd): Promise<CliResult> {
-  return new Promise((ok, fail) => {
-    const base: Record<string, string | undefined> = { ...process.env, NO_COLOR: '1', HF_HOME: home, HF_ENDPOINT: hub.url };
-    for (const k of ['HF_TOKEN', 'HF_HUB_CACHE', 'HUGGINGFACE_HUB_CACHE', 'HF_HUB_OFFLINE', 'XDG_CACHE_HOME']) delete base[k];
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: dir, env: { ...base, ...env } as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', fail);
-    child.on('close', (code) => ok({ code: code ?? -1, stdout, stderr }));
-  });
+  return cliAsync(args, { HF_HOME: home, HF_ENDPOINT: hub.url, HF_TOKEN: undefined, HF_HUB_CACHE: undefined, HUGGINGFACE_HUB_CACHE: undefined, HF_HUB_OFFLINE: undefined, XDG_CACHE_HOME: undefined, ...env }, dir);
 }
 
 /** Every file of a directory tree, relative path -> bytes. */

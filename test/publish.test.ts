@@ -2,12 +2,11 @@
 // fake Hub (test/helpers/hub-server.ts) speaking the upload protocol @huggingface/hub uses
 // (preupload, LFS batch and PUTs, NDJSON commit). The published repo is downloaded again with the
 // library and compared byte for byte with the local output.
-import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { appendFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, MODELS, tempDir, type CliResult } from './helpers/models.js';
+import { cliAsync, MODELS, tempDir, type CliResult } from './helpers/models.js';
 import { REPORT_SCHEMAS } from '../src/cli/report-schemas.js';
 import { repoFromDir, startHub, type FakeHub, type HubFile } from './helpers/hub-server.js';
 
@@ -22,19 +21,7 @@ let hub: FakeHub;
 let home: string;
 
 function run(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
-  return new Promise((ok, fail) => {
-    const base: Record<string, string | undefined> = { ...process.env, NO_COLOR: '1', HF_HOME: home, HF_ENDPOINT: hub.url, HF_TOKEN: WRITER };
-    for (const k of ['HF_HUB_CACHE', 'HUGGINGFACE_HUB_CACHE', 'HF_HUB_OFFLINE', 'XDG_CACHE_HOME']) delete base[k];
-    const merged = { ...base, ...env };
-    for (const [k, v] of Object.entries(merged)) if (v === undefined) delete merged[k];
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: work, env: merged as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', fail);
-    child.on('close', (code) => ok({ code: code ?? -1, stdout, stderr }));
-  });
+  return cliAsync(args, { HF_HOME: home, HF_ENDPOINT: hub.url, HF_TOKEN: WRITER, HF_HUB_CACHE: undefined, HUGGINGFACE_HUB_CACHE: undefined, HF_HUB_OFFLINE: undefined, XDG_CACHE_HOME: undefined, ...env }, work);
 }
 
 /** Every file of a directory (top level), name -> bytes. */

@@ -1,6 +1,6 @@
 // Model directories for convert tests: the committed fixtures, copies with one thing broken,
 // and single-layer models built from the golden vectors.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -25,6 +25,24 @@ export interface CliResult {
 export function cli(args: string[], env: Record<string, string> = {}): CliResult {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', ...env } });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * The same, in a child process that does not block this one (a test's fake Hub answers from
+ * this process). env is laid over this process's; a key set to undefined is removed.
+ */
+export function cliAsync(args: string[], env: Record<string, string | undefined> = {}, cwd?: string): Promise<CliResult> {
+  return new Promise((ok, fail) => {
+    const merged: Record<string, string | undefined> = { ...process.env, NO_COLOR: '1', ...env };
+    for (const [k, v] of Object.entries(merged)) if (v === undefined) delete merged[k];
+    const child = spawn(process.execPath, [BIN, ...args], { cwd, env: merged as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', fail);
+    child.on('close', (code) => ok({ code: code ?? -1, stdout, stderr }));
+  });
 }
 
 export interface TensorData {
