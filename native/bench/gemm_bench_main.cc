@@ -4,6 +4,7 @@
 // Build: cmake --build native/build --target gemm_bench.
 // Usage: gemm_bench [--check] [--bench] [--variants] [--fp16] (none given: all of them),
 //        gemm_bench --one N K M DEPTH ROWS_PER_STEP (one row, for a profiler; 0 = default)
+//        gemm_bench --tile N K M DEPTH (one row through the tiled kernel)
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -89,9 +90,9 @@ void check_case(int64_t m, int64_t n, int64_t k, bool pad, Layout layout, ActDty
   const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
   const bool ok = bad == 0 && rel < 1e-5;
   if (!ok) ++g_fail;
-  std::printf("%s m=%-4lld n=%-5lld np=%-5lld k=%-5lld kp=%-5lld %s %s mt=%d depth=%d rel=%.2e maxabs=%.2e nonfinite=%lld\n",
+  std::printf("%s m=%-4lld n=%-5lld np=%-5lld k=%-5lld kp=%-5lld %s %s kernel=%d mt=%d depth=%d rel=%.2e maxabs=%.2e nonfinite=%lld\n",
               ok ? "PASS" : "FAIL", (long long)m, (long long)n, (long long)np, (long long)k, (long long)kp,
-              layout == Layout::V1 ? "v1" : "v2", dt == ActDtype::BF16 ? "bf16" : "f16", t.m_tiles, t.depth, rel, maxabs,
+              layout == Layout::V1 ? "v1" : "v2", dt == ActDtype::BF16 ? "bf16" : "f16", t.kernel, t.m_tiles, t.depth, rel, maxabs,
               (long long)bad);
 }
 
@@ -122,9 +123,23 @@ void run_checks() {
             t.m_tiles = mn8;
             t.depth = depth;
             t.rows_per_step = rps;
+            t.kernel = 1;
             check_case(45, 320, 1088, true, lay, dt, t, seed++);
             check_case(7, 200, 544, true, lay, dt, t, seed++);
           }
+      // The tiled kernel's instantiations, at Ms below, inside and past a block row; odd K/16
+      // rows (a last stage of fewer than 4 rows, v2) and a chunk count no block shape divides.
+      for (int mt : {4, 8, 16})
+        for (int depth : {3, 4, 5}) {
+          cuda::FastGemmTuning t;
+          t.kernel = 2;
+          t.m_tiles = mt;
+          t.depth = depth;
+          check_case(7, 200, 544, true, lay, dt, t, seed++);
+          check_case(45, 320, 1088, true, lay, dt, t, seed++);
+          check_case(130, 1000, 2080, false, lay, dt, t, seed++);
+          if (lay == Layout::V2) check_case(77, 320, 1056, true, lay, dt, t, seed++);
+        }
     }
 }
 
@@ -165,6 +180,20 @@ int main(int argc, char** argv) {
     else if (a == "--bench") bench = true;
     else if (a == "--variants") variants = true;
     else if (a == "--fp16") fp16 = true;
+    else if (a == "--tile" && i + 4 < argc) {
+      // One shape, one M through the tiled kernel (m_tiles, depth): for a profiler (ncu) run.
+      cuda::BenchOptions o;
+      o.shapes = {{std::atoll(argv[i + 1]), std::atoll(argv[i + 2])}};
+      o.ms = {std::atoll(argv[i + 3])};
+      o.tuning.kernel = 2;
+      o.tuning.depth = std::atoi(argv[i + 4]);
+      o.cublas = false;
+      o.dense = false;
+      o.warmup = 2;
+      o.iters = 3;
+      print_table(cuda::run_gemm_bench(o), "tile");
+      return 0;
+    }
     else if (a == "--one" && i + 5 < argc) {
       // One shape, one M, one kernel version: for a profiler (ncu) run.
       cuda::BenchOptions o;
@@ -219,6 +248,26 @@ int main(int argc, char** argv) {
           o.iters = 20;
           print_table(cuda::run_gemm_bench(o), ("variant depth=" + std::to_string(depth) + " k16/step=" + std::to_string(rps)).c_str());
         }
+      // The streaming kernel against the tiled one around kTileMinM and up.
+      for (int kernel : {1, 2}) {
+        cuda::BenchOptions o;
+        o.shapes = {{28672, 8192}, {8192, 28672}, {10240, 8192}, {4096, 4096}};
+        o.ms = {16, 32, 48, 64, 128, 256};
+        o.tuning.kernel = kernel;
+        o.dense = false;
+        o.iters = 10;
+        print_table(cuda::run_gemm_bench(o), kernel == 1 ? "streaming kernel" : "tiled kernel");
+      }
+      for (int depth : {3, 5}) {
+        cuda::BenchOptions o;
+        o.shapes = {{28672, 8192}, {8192, 28672}};
+        o.ms = {64, 128, 256};
+        o.tuning.kernel = 2;
+        o.tuning.depth = depth;
+        o.dense = false;
+        o.iters = 10;
+        print_table(cuda::run_gemm_bench(o), ("tiled kernel depth=" + std::to_string(depth)).c_str());
+      }
       // The fused kernel where the dense route would be taken.
       cuda::BenchOptions o;
       o.shapes = {{28672, 8192}, {8192, 8192}};

@@ -34,9 +34,11 @@
 //
 // Where it stands (bench/notes/gemm.md, ncu on the H200): at M <= 8 the kernel is bound by
 // instruction issue (about 150 instructions per 512-byte step, two thirds of them the integer
-// dequantization), not by memory; it reaches ~57% of the copy bandwidth at M = 1. From M = 128 a
-// dense route is faster and is taken when the caller gives a scratch buffer: the weight
-// dequantized into [N, K] (marlin_dequant_kernel) and cuBLAS's GEMM on it.
+// dequantization), not by memory; it reaches ~57% of the copy bandwidth at M = 1. Which kernel
+// runs: this one up to M = 16; from kTileMinM the tiled kernel of gemm_tile_cuda.cu, which
+// shares x among the warps of a block; from kDenseMinM the dense route, taken when the caller
+// gives a scratch buffer: the weight dequantized into [N, K] (marlin_dequant_kernel) and
+// cuBLAS's GEMM on it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -47,6 +49,8 @@
 #include "cuda_device.cuh"
 #include "gemm_cuda.h"
 #include "gemm_fast_cuda.h"
+#include "gemm_fast_device.cuh"
+#include "gemm_tile_cuda.cuh"
 #include "gemm_layout.h"
 #include "transforms_cpu.h"
 #include "transforms_cuda.h"
@@ -55,71 +59,7 @@ namespace mfp4 {
 namespace cuda {
 namespace {
 
-struct Params {
-  const uint16_t* x;
-  const uint4* w;
-  const uint8_t* s;
-  float* y;
-  int m, k, n, np;
-  int rows;            // K/16 rows that hold real input features
-  int nchunks;         // Np / 64
-  int v1;
-  float gmul;          // 128 · global value
-};
-
-// 16 bytes that are read once: keep them out of L1.
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ uint2 ld_u2(const uint8_t* p) { return __ldg(reinterpret_cast<const uint2*>(p)); }
-
-// Nibbles p and p+4 of a packed word as a pair of E2M1 values times 2^-14 (float16) or 2^-126
-// (bfloat16): sign to bit 15, the three magnitude bits to the exponent's low bits and the
-// mantissa's top bit.
-template <bool BF16, int P>
-__device__ __forceinline__ uint32_t dequant_pair(uint32_t w) {
-  const uint32_t v = P == 3 ? w : w << (12 - 4 * P);
-  if constexpr (BF16) return (v & 0x80008000u) | ((v >> 6) & 0x01C001C0u);
-  else return (v & 0x80008000u) | ((v >> 3) & 0x0E000E00u);
-}
-
-__device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b, bool bf16) {
-  uint32_t d;
-  if (bf16) asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
-  else asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
-
-// Four scale bytes (b0..b3, columns of 16-col blocks j, j+1: (j,h0) (j+1,h0) (j,h1) (j+1,h1)) as
-// two pairs: lo = (b0, b2) = block j's two 8-column tiles, hi = (b1, b3) = block j+1's.
-template <bool BF16>
-__device__ __forceinline__ void scale_pairs(uint32_t sw, uint32_t& lo, uint32_t& hi) {
-  if constexpr (BF16) {
-    const uint32_t two112 = 0x77807780u;  // bfloat16 2^112, twice
-    lo = mul2(mul2((sw << 4) & 0x0FF00FF0u, two112, true), two112, true);
-    hi = mul2(mul2((sw >> 4) & 0x0FF00FF0u, two112, true), two112, true);
-  } else {
-    lo = (sw << 7) & 0x7F807F80u;
-    hi = (sw >> 1) & 0x7F807F80u;
-  }
-}
-
-template <bool BF16>
-__device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  if constexpr (BF16)
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using namespace fastgemm;
 
 template <int MN8, int U>
 struct RingSlot {  // one step (U rows of K/16) of one warp, per lane
@@ -127,23 +67,6 @@ struct RingSlot {  // one step (U rows of K/16) of one warp, per lane
   uint2 s[U][32];
   uint2 x[U][MN8][32];
 };
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src));
-}
-__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
-  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src));
-}
-// 4 bytes, or 4 zero bytes when !ok (src-size 0 reads nothing).
-__device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool ok) {
-  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(ok ? 4 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // Adds a warp's partial 64 x (8·MN8) tile of Y^T (chunk c, rows mb·8·MN8..) into y and clears it.
 // Lane (g, q) holds columns 16j + g (+8) and rows 2q, 2q+1 of each n8 tile.
@@ -436,7 +359,8 @@ Params make_params(const FastGemmDevice& a) {
 }
 
 struct Plan {
-  Config* cfg = nullptr;  // null: the dense route
+  Config* cfg = nullptr;  // the streaming kernel; null: the tiled kernel (tile.launch) or the dense route
+  TileLaunch tile;
   Params p;
   dim3 grid;
 };
@@ -447,6 +371,11 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   Plan pl;
   pl.p = make_params(a);
   if (dense_route(a)) return pl;
+  if (t.kernel < 0 || t.kernel > 2) throw InvalidInput("kernel must be 0 (by M), 1 (streaming) or 2 (tiled)");
+  if (t.kernel == 2 || (t.kernel == 0 && a.m >= kTileMinM)) {
+    pl.tile = plan_tile(pl.p, a.dt == ActDtype::BF16, t.m_tiles, t.depth, sm_count());
+    return pl;
+  }
   pl.cfg = &pick_config(a.dt, a.m, pl.p.rows, t);
   const int64_t mblocks = (a.m + pl.cfg->mrows - 1) / pl.cfg->mrows;
   if (mblocks > 65535) throw InvalidInput("M too large for the fast GEMM");
@@ -470,6 +399,9 @@ void launch_dequant(const Params& p, ActDtype dt, uint16_t* dense, cudaStream_t 
 
 std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
+  if (pl.tile.launch)
+    return "tile rows=" + std::to_string(pl.tile.mrows) + " chunks=" + std::to_string(pl.tile.chunks) + " depth=" +
+           std::to_string(pl.tile.depth) + " grid=" + std::to_string(pl.tile.grid.x) + "x" + std::to_string(pl.tile.grid.y);
   if (!pl.cfg) return "dense: dequantize + cuBLAS";
   return "stream rows=" + std::to_string(pl.cfg->mrows) + " depth=" + std::to_string(pl.cfg->depth) + " k16/step=" +
          std::to_string(pl.cfg->rows_per_step) + " grid=" + std::to_string(pl.grid.x) + "x" + std::to_string(pl.grid.y);
@@ -478,13 +410,14 @@ std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& 
 void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (!pl.cfg) {
+  if (!pl.cfg && !pl.tile.launch) {
     launch_dequant(pl.p, a.dt, a.dense, s);
     dense_gemm_cublas(a.dense, a.x, a.y, a.m, a.n, a.k, a.dt, pl.p.gmul, s);
     return;
   }
   check(cudaMemsetAsync(a.y, 0, (size_t)(a.m * a.n) * sizeof(float), s), "zeroing the GEMM's output");
-  pl.cfg->launch(pl.p, pl.grid, pl.cfg->smem, s);
+  if (pl.tile.launch) pl.tile.launch(pl.p, pl.tile.grid, pl.tile.smem, s);
+  else pl.cfg->launch(pl.p, pl.grid, pl.cfg->smem, s);
   check(cudaGetLastError(), "launching the fast Marlin GEMM");
 }
 

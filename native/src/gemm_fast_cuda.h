@@ -33,11 +33,15 @@ constexpr int64_t kDenseMinM = 256;
 
 // How the work is cut; 0 = chosen from the shape and the device. Exposed for the bench harness.
 struct FastGemmTuning {
-  int m_tiles = 0;        // 8-row tiles of M per warp: 1, 2, 4 or 8
-  int depth = 0;          // steps each warp has in flight (4; 8 where m_tiles <= 2)
+  int m_tiles = 0;        // 8-row tiles of M per warp: 1, 2, 4 or 8 (streaming); per block: 4, 8 or 16 (tiled)
+  int depth = 0;          // steps each warp has in flight (4; 8 where m_tiles <= 2); tiled: stages, 3-5
   int waves = 1;          // resident-block waves in the grid
   int rows_per_step = 0;  // K/16 rows per step: 1 or 2 (2 needs an even K/16)
+  int kernel = 0;         // 0: by M (kTileMinM); 1: the streaming kernel; 2: the tiled kernel
 };
+
+// From this M on the tiled kernel (shared x, gemm_tile_cuda.cu) replaces the streaming one.
+constexpr int64_t kTileMinM = 17;
 
 // Enqueues the GEMM on a stream (nullptr: the default stream), zeroing y first (the warps add
 // their partial tiles into it), or the dense route (see FastGemmDevice::dense).

@@ -1,0 +1,114 @@
+// Device pieces shared by the fast Marlin GEMM's kernels (gemm_fast_cuda.cu: the streaming
+// kernel for small M and the dense route; gemm_tile_cuda.cu: the tiled kernel for larger M):
+// the launch parameters, the exact E2M1 and scale decoding into the mma's A operand (the
+// arithmetic is explained at the top of gemm_fast_cuda.cu), the mma itself and cp.async.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mfp4 {
+namespace cuda {
+namespace fastgemm {
+
+struct Params {
+  const uint16_t* x;
+  const uint4* w;
+  const uint8_t* s;
+  float* y;
+  int m, k, n, np;
+  int rows;            // K/16 rows that hold real input features
+  int nchunks;         // Np / 64
+  int v1;
+  float gmul;          // 128 · global value
+};
+
+// 16 bytes that are read once: keep them out of L1.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint2 ld_u2(const uint8_t* p) { return __ldg(reinterpret_cast<const uint2*>(p)); }
+
+// Nibbles p and p+4 of a packed word as a pair of E2M1 values times 2^-14 (float16) or 2^-126
+// (bfloat16): sign to bit 15, the three magnitude bits to the exponent's low bits and the
+// mantissa's top bit.
+template <bool BF16, int P>
+__device__ __forceinline__ uint32_t dequant_pair(uint32_t w) {
+  const uint32_t v = P == 3 ? w : w << (12 - 4 * P);
+  if constexpr (BF16) return (v & 0x80008000u) | ((v >> 6) & 0x01C001C0u);
+  else return (v & 0x80008000u) | ((v >> 3) & 0x0E000E00u);
+}
+
+__device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b, bool bf16) {
+  uint32_t d;
+  if (bf16) asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+  else asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+// Four scale bytes (b0..b3, columns of 16-col blocks j, j+1: (j,h0) (j+1,h0) (j,h1) (j+1,h1)) as
+// two pairs: lo = (b0, b2) = block j's two 8-column tiles, hi = (b1, b3) = block j+1's.
+template <bool BF16>
+__device__ __forceinline__ void scale_pairs(uint32_t sw, uint32_t& lo, uint32_t& hi) {
+  if constexpr (BF16) {
+    const uint32_t two112 = 0x77807780u;  // bfloat16 2^112, twice
+    lo = mul2(mul2((sw << 4) & 0x0FF00FF0u, two112, true), two112, true);
+    hi = mul2(mul2((sw >> 4) & 0x0FF00FF0u, two112, true), two112, true);
+  } else {
+    lo = (sw << 7) & 0x7F807F80u;
+    hi = (sw >> 1) & 0x7F807F80u;
+  }
+}
+
+// Not volatile: a pure function of its registers, so the compiler may interleave it with the
+// decoding and the shared-memory reads around it.
+template <bool BF16>
+__device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  if constexpr (BF16)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src));
+}
+// 16 bytes, or 16 zero bytes when !ok (src-size 0 reads nothing; src must still be a valid address).
+__device__ __forceinline__ void cp_async16z(void* dst, const void* src, bool ok) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src));
+}
+// 4 bytes, or 4 zero bytes when !ok (src-size 0 reads nothing).
+__device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool ok) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(ok ? 4 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Four 8x8 b16 matrices from shared memory (lanes 8i..8i+7 give the row addresses of matrix i):
+// lane (g, q) receives row g, elements 2q and 2q+1 of each, which is an mma B fragment when the
+// rows are activations (x rows) and the columns 8 consecutive k.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const void* smem) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a));
+}
+
+}  // namespace fastgemm
+}  // namespace cuda
+}  // namespace mfp4
