@@ -4,7 +4,7 @@
 // Build: cmake --build native/build --target gemm_bench.
 // Usage: gemm_bench [--check] [--bench] [--variants] [--fp16] (none given: all of them),
 //        gemm_bench --one N K M DEPTH ROWS_PER_STEP (one row, for a profiler; 0 = default)
-//        gemm_bench --tile N K M DEPTH (one row through the tiled kernel)
+//        gemm_bench --tile N K M DEPTH KERNEL (one row through the tiled (2) or wgmma (3) kernel)
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -127,17 +127,26 @@ void run_checks() {
             check_case(45, 320, 1088, true, lay, dt, t, seed++);
             check_case(7, 200, 544, true, lay, dt, t, seed++);
           }
-      // The tiled kernel's instantiations, at Ms below, inside and past a block row; odd K/16
-      // rows (a last stage of fewer than 4 rows, v2) and a chunk count no block shape divides.
+      // The tiled and the wgmma kernels' instantiations, at Ms below, inside and past a block
+      // row; odd K/16 rows (a last stage of fewer than 4 rows, v2) and a chunk count no block
+      // shape divides.
+      for (int kernel : {2, 3})
       for (int mt : {4, 8, 16})
         for (int depth : {3, 4, 5}) {
+          if (kernel == 3 && !cuda::fast_gemm_has_wgmma()) continue;
           cuda::FastGemmTuning t;
-          t.kernel = 2;
+          t.kernel = kernel;
           t.m_tiles = mt;
           t.depth = depth;
           check_case(7, 200, 544, true, lay, dt, t, seed++);
           check_case(45, 320, 1088, true, lay, dt, t, seed++);
           check_case(130, 1000, 2080, false, lay, dt, t, seed++);
+          if (kernel == 3) {  // the wgmma kernel's 8- and 16-row blocks
+            cuda::FastGemmTuning t2 = t;
+            t2.m_tiles = mt == 4 ? 1 : mt == 8 ? 2 : 0;
+            check_case(1, 200, 544, true, lay, dt, t2, seed++);
+            check_case(13, 4096, 1024, false, lay, dt, t2, seed++);
+          }
           if (lay == Layout::V2) check_case(77, 320, 1056, true, lay, dt, t, seed++);
         }
     }
@@ -180,12 +189,12 @@ int main(int argc, char** argv) {
     else if (a == "--bench") bench = true;
     else if (a == "--variants") variants = true;
     else if (a == "--fp16") fp16 = true;
-    else if (a == "--tile" && i + 4 < argc) {
-      // One shape, one M through the tiled kernel (m_tiles, depth): for a profiler (ncu) run.
+    else if (a == "--tile" && i + 5 < argc) {
+      // One shape, one M through the tiled (2) or wgmma (3) kernel at a depth: for ncu.
       cuda::BenchOptions o;
       o.shapes = {{std::atoll(argv[i + 1]), std::atoll(argv[i + 2])}};
       o.ms = {std::atoll(argv[i + 3])};
-      o.tuning.kernel = 2;
+      o.tuning.kernel = std::atoi(argv[i + 5]);
       o.tuning.depth = std::atoi(argv[i + 4]);
       o.cublas = false;
       o.dense = false;
@@ -249,24 +258,27 @@ int main(int argc, char** argv) {
           print_table(cuda::run_gemm_bench(o), ("variant depth=" + std::to_string(depth) + " k16/step=" + std::to_string(rps)).c_str());
         }
       // The streaming kernel against the tiled one around kTileMinM and up.
-      for (int kernel : {1, 2}) {
+      for (int kernel : {1, 2, 3}) {
+        if (kernel == 3 && !cuda::fast_gemm_has_wgmma()) continue;
         cuda::BenchOptions o;
         o.shapes = {{28672, 8192}, {8192, 28672}, {10240, 8192}, {4096, 4096}};
-        o.ms = {16, 32, 48, 64, 128, 256};
+        o.ms = {1, 16, 32, 48, 64, 128, 256};
+        if (kernel == 2) o.ms = {16, 32, 48, 64, 128, 256};
         o.tuning.kernel = kernel;
         o.dense = false;
         o.iters = 10;
-        print_table(cuda::run_gemm_bench(o), kernel == 1 ? "streaming kernel" : "tiled kernel");
+        print_table(cuda::run_gemm_bench(o), kernel == 1 ? "streaming kernel" : kernel == 2 ? "tiled kernel" : "wgmma kernel");
       }
-      for (int depth : {3, 5}) {
+      for (int depth : {4, 5}) {
+        if (!cuda::fast_gemm_has_wgmma()) break;
         cuda::BenchOptions o;
         o.shapes = {{28672, 8192}, {8192, 28672}};
-        o.ms = {64, 128, 256};
-        o.tuning.kernel = 2;
+        o.ms = {64, 128, 256, 1024};
+        o.tuning.kernel = 3;
         o.tuning.depth = depth;
         o.dense = false;
         o.iters = 10;
-        print_table(cuda::run_gemm_bench(o), ("tiled kernel depth=" + std::to_string(depth)).c_str());
+        print_table(cuda::run_gemm_bench(o), ("wgmma kernel depth=" + std::to_string(depth)).c_str());
       }
       // The fused kernel where the dense route would be taken.
       cuda::BenchOptions o;

@@ -35,8 +35,9 @@
 // Where it stands (bench/notes/gemm.md, ncu on the H200): at M <= 8 the kernel is bound by
 // instruction issue (about 150 instructions per 512-byte step, two thirds of them the integer
 // dequantization), not by memory; it reaches ~57% of the copy bandwidth at M = 1. Which kernel
-// runs: this one up to M = 16; from kTileMinM the tiled kernel of gemm_tile_cuda.cu, which
-// shares x among the warps of a block; from kDenseMinM the dense route, taken when the caller
+// runs: this one up to M = 16; from kTileMinM the tiled mma.sync kernel of gemm_tile_cuda.cu and
+// from kWgmmaMinM, on sm_90, the wgmma kernel of gemm_wgmma_cuda.cu, both sharing x among the
+// warps of a block; from kDenseMinM the dense route, taken when the caller
 // gives a scratch buffer: the weight dequantized into [N, K] (marlin_dequant_kernel) and
 // cuBLAS's GEMM on it.
 #include <cuda_runtime.h>
@@ -51,6 +52,7 @@
 #include "gemm_fast_cuda.h"
 #include "gemm_fast_device.cuh"
 #include "gemm_tile_cuda.cuh"
+#include "gemm_wgmma_cuda.cuh"
 #include "gemm_layout.h"
 #include "transforms_cpu.h"
 #include "transforms_cuda.h"
@@ -68,26 +70,10 @@ struct RingSlot {  // one step (U rows of K/16) of one warp, per lane
   uint2 x[U][MN8][32];
 };
 
-// Adds a warp's partial 64 x (8·MN8) tile of Y^T (chunk c, rows mb·8·MN8..) into y and clears it.
-// Lane (g, q) holds columns 16j + g (+8) and rows 2q, 2q+1 of each n8 tile.
+// Adds a warp's partial tile (chunk c, rows mb·8·MN8..) into y and clears it.
 template <int MN8>
 __device__ __forceinline__ void flush_swapped(float (&acc)[MN8][4][4], const Params& p, int mb, int c, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int t = 0; t < MN8; ++t)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int row = (mb * MN8 + t) * 8 + 2 * q + e;
-      if (row < p.m) {
-        float* out = p.y + (size_t)row * p.n;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int col = 64 * c + 16 * j + g;
-          if (col < p.n) atomicAdd(out + col, acc[t][j][e] * p.gmul);
-          if (col + 8 < p.n) atomicAdd(out + col + 8, acc[t][j][2 + e] * p.gmul);
-        }
-      }
-    }
+  add_tile<MN8>(acc, p, mb * MN8 * 8, c, lane);
 #pragma unroll
   for (int t = 0; t < MN8; ++t)
 #pragma unroll
@@ -371,9 +357,15 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   Plan pl;
   pl.p = make_params(a);
   if (dense_route(a)) return pl;
-  if (t.kernel < 0 || t.kernel > 2) throw InvalidInput("kernel must be 0 (by M), 1 (streaming) or 2 (tiled)");
+  if (t.kernel < 0 || t.kernel > 3) throw InvalidInput("kernel must be 0 (by M), 1 (streaming), 2 (tiled) or 3 (wgmma)");
+  if (t.kernel == 3 && !wgmma_available()) throw InvalidInput("the wgmma kernel needs an sm_90 device and a build with sm_90a code");
+  const bool bf16 = a.dt == ActDtype::BF16;
+  if (t.kernel == 3 || (t.kernel == 0 && a.m >= kWgmmaMinM && wgmma_available())) {
+    pl.tile = plan_wgmma(pl.p, bf16, t.m_tiles, t.depth, sm_count());
+    return pl;
+  }
   if (t.kernel == 2 || (t.kernel == 0 && a.m >= kTileMinM)) {
-    pl.tile = plan_tile(pl.p, a.dt == ActDtype::BF16, t.m_tiles, t.depth, sm_count());
+    pl.tile = plan_tile(pl.p, bf16, t.m_tiles, t.depth, sm_count());
     return pl;
   }
   pl.cfg = &pick_config(a.dt, a.m, pl.p.rows, t);
@@ -397,10 +389,12 @@ void launch_dequant(const Params& p, ActDtype dt, uint16_t* dense, cudaStream_t 
 
 }  // namespace
 
+bool fast_gemm_has_wgmma() { return wgmma_available(); }
+
 std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
   if (pl.tile.launch)
-    return "tile rows=" + std::to_string(pl.tile.mrows) + " chunks=" + std::to_string(pl.tile.chunks) + " depth=" +
+    return std::string(pl.tile.wgmma ? "wgmma" : "tile") + " rows=" + std::to_string(pl.tile.mrows) + " chunks=" + std::to_string(pl.tile.chunks) + " depth=" +
            std::to_string(pl.tile.depth) + " grid=" + std::to_string(pl.tile.grid.x) + "x" + std::to_string(pl.tile.grid.y);
   if (!pl.cfg) return "dense: dequantize + cuBLAS";
   return "stream rows=" + std::to_string(pl.cfg->mrows) + " depth=" + std::to_string(pl.cfg->depth) + " k16/step=" +

@@ -37,11 +37,17 @@ struct FastGemmTuning {
   int depth = 0;          // steps each warp has in flight (4; 8 where m_tiles <= 2); tiled: stages, 3-5
   int waves = 1;          // resident-block waves in the grid
   int rows_per_step = 0;  // K/16 rows per step: 1 or 2 (2 needs an even K/16)
-  int kernel = 0;         // 0: by M (kTileMinM); 1: the streaming kernel; 2: the tiled kernel
+  int kernel = 0;         // 0: by M (kTileMinM); 1: streaming; 2: tiled (mma.sync); 3: wgmma (sm_90)
 };
 
-// From this M on the tiled kernel (shared x, gemm_tile_cuda.cu) replaces the streaming one.
+// From this M on a kernel sharing x through shared memory replaces the streaming one: the tiled
+// mma.sync kernel (gemm_tile_cuda.cu), and from kWgmmaMinM on sm_90 the wgmma kernel
+// (gemm_wgmma_cuda.cu). Crossovers measured on the H200 (bench/notes/gemm.md).
 constexpr int64_t kTileMinM = 17;
+constexpr int64_t kWgmmaMinM = 65;
+
+// Whether the wgmma kernel can run here (an sm_90 device and a build with sm_90a code).
+bool fast_gemm_has_wgmma();
 
 // Enqueues the GEMM on a stream (nullptr: the default stream), zeroing y first (the warps add
 // their partial tiles into it), or the dense route (see FastGemmDevice::dense).

@@ -101,6 +101,48 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
+// Adds a warp's partial 64 x (8·T) tile of Y^T (chunk c; n8 tiles of M rows row0 + 8t ..) into y,
+// times 128 · global. Lane (g, q) holds columns 16j + g (+8) and rows 2q, 2q+1 of each n8 tile
+// (the mma accumulator layout of both mma.sync kernels).
+template <int T>
+__device__ __forceinline__ void add_tile(const float (&acc)[T][4][4], const Params& p, int row0, int c, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int t = 0; t < T; ++t)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int row = row0 + 8 * t + 2 * q + e;
+      if (row < p.m) {
+        float* out = p.y + (size_t)row * p.n;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int col = 64 * c + 16 * j + g;
+          if (col < p.n) atomicAdd(out + col, acc[t][j][e] * p.gmul);
+          if (col + 8 < p.n) atomicAdd(out + col + 8, acc[t][j][2 + e] * p.gmul);
+        }
+      }
+    }
+}
+
+// The scale bytes of a stage of 4 K/16 rows x CH chunks, copied in 16-byte pieces by the first
+// 4·4·CH threads of a block: v2 keeps [K/16 row][chunk] 64 bytes (4 pieces), v1 [row pair][chunk]
+// 128 bytes (8 pieces). The piece's place depends only on the thread, so it is worked out once.
+template <int CH>
+struct ScaleCopy {
+  bool active;
+  int k, c, off;  // first K/16 row and chunk of the piece (relative to the unit), byte offset
+  __device__ __forceinline__ ScaleCopy(const Params& p, int tid) {
+    active = tid < 4 * CH * 4;
+    k = p.v1 ? 2 * (tid / (CH * 8)) : tid / (CH * 4);
+    c = (tid / (p.v1 ? 8 : 4)) % CH;
+    off = p.v1 ? (k >> 1) * 2 * p.np + 128 * c + 16 * (tid % 8) : k * p.np + 64 * c + 16 * (tid % 4);
+  }
+  // The unit at K/16 row r0 (a multiple of 4) and chunk c0, krows and cols what is left of K and N.
+  __device__ __forceinline__ void copy(const Params& p, uint4* dst, int tid, int r0, int c0, int krows, int cols) const {
+    if (active && k < krows && c < cols) cp_async16(dst + tid, p.s + (size_t)r0 * p.np + 64 * c0 * (p.v1 ? 2 : 1) + off);
+  }
+};
+
 // Four 8x8 b16 matrices from shared memory (lanes 8i..8i+7 give the row addresses of matrix i):
 // lane (g, q) receives row g, elements 2q and 2q+1 of each, which is an mma B fragment when the
 // rows are activations (x rows) and the columns 8 consecutive k.

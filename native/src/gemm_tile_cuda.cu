@@ -76,11 +76,7 @@ __global__ void __launch_bounds__(CH * WM * 32, 1) marlin_tile_kernel(const Para
     wc[it] = (i / 32) % CH;
     wo[it] = (wk[it] * p.nchunks + wc[it]) * 32 + i % 32;
   }
-  // Scales: v2 [K/16 row][chunk] 64 bytes = 4 pieces; v1 [row pair][chunk] 128 bytes = 8 pieces.
-  const bool sthread = tid < KS * CH * 4;
-  const int spieces = p.v1 ? 8 : 4;
-  const int sk = p.v1 ? 2 * (tid / (CH * 8)) : tid / (CH * 4), sc = (tid / spieces) % CH;
-  const int so = p.v1 ? (sk >> 1) * 2 * p.np + 128 * sc + 16 * (tid % 8) : sk * p.np + 64 * sc + 16 * (tid % 4);
+  const ScaleCopy<CH> scopy(p, tid);
 
   // Copies unit u (column group u / kunits, K/16 rows 4·(u % kunits)..) into a stage.
   auto load = [&](int64_t u, Stage* st) {
@@ -97,8 +93,7 @@ __global__ void __launch_bounds__(CH * WM * 32, 1) marlin_tile_kernel(const Para
 #pragma unroll
     for (int it = 0; it < WI; ++it)
       if (wk[it] < krows && wc[it] < cols) cp_async16(&st->w[wk[it]][wc[it]][(tid + it * NT) % 32], wb + wo[it]);
-    // v1 pairs rows: r0 is a multiple of 4, so r0 / 2 · 2Np is the pair row's offset.
-    if (sthread && sk < krows && sc < cols) cp_async16(&st->s[tid], p.s + (size_t)r0 * p.np + 64 * c0 * (p.v1 ? 2 : 1) + so);
+    scopy.copy(p, st->s, tid, r0, c0, krows, cols);
   };
 
   float acc[T][4][4];
@@ -110,27 +105,10 @@ __global__ void __launch_bounds__(CH * WM * 32, 1) marlin_tile_kernel(const Para
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
   };
-  // Adds this warp's 64 x (8·T) tile of Y^T (chunk gi·CH + cw) into y; lane (g, q) holds
-  // columns 16j + g (+8) and rows 2q, 2q+1 of each n8 tile.
+  // Adds this warp's 64 x (8·T) tile (chunk gi·CH + cw) into y.
   auto flush = [&](int gi) {
     const int c = gi * CH + cw;
-    if (c < p.nchunks) {
-#pragma unroll
-      for (int t = 0; t < T; ++t)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int row = m0 + (mw * T + t) * 8 + 2 * q + e;
-          if (row < p.m) {
-            float* out = p.y + (size_t)row * p.n;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int col = 64 * c + 16 * j + g;
-              if (col < p.n) atomicAdd(out + col, acc[t][j][e] * p.gmul);
-              if (col + 8 < p.n) atomicAdd(out + col + 8, acc[t][j][2 + e] * p.gmul);
-            }
-          }
-        }
-    }
+    if (c < p.nchunks) add_tile<T>(acc, p, m0 + mw * T * 8, c, lane);
     clear();
   };
   clear();
@@ -265,13 +243,17 @@ TileLaunch plan_tile(const Params& p, bool bf16, int m_tiles, int depth, int sms
   if (mt != 4 && mt != 8 && mt != 16) throw InvalidInput("the tiled GEMM takes m_tiles 4, 8 or 16");
   if (depth != 0 && depth != 3 && depth != 4 && depth != 5) throw InvalidInput("the tiled GEMM takes depth 3, 4 or 5");
   TileLaunch k = bf16 ? pick<true>(mt, depth) : pick<false>(mt, depth);
+  size_grid(k, p, sms);
+  return k;
+}
+
+void size_grid(TileLaunch& k, const Params& p, int sms) {
   const int64_t mblocks = (p.m + k.mrows - 1) / k.mrows;
-  if (mblocks > 65535 || (int64_t)p.m * p.k >= (1ll << 31)) throw InvalidInput("M too large for the tiled GEMM");
+  if (mblocks > 65535 || (int64_t)p.m * p.k >= (1ll << 31)) throw InvalidInput("M too large for the fast GEMM's shared-x kernels");
   const int64_t units = (int64_t)((p.nchunks + k.chunks - 1) / k.chunks) * ((p.rows + kUnitRows - 1) / kUnitRows);
   const int64_t slots = (int64_t)sms * k.grid.x;  // one wave, shared by the block rows of M
   const int64_t bx = std::min<int64_t>(std::max<int64_t>(1, slots / mblocks), units);
   k.grid = dim3((unsigned)bx, (unsigned)mblocks);
-  return k;
 }
 
 }  // namespace fastgemm

@@ -15,6 +15,7 @@ struct TileLaunch {
   int mrows = 0;   // rows of M per block (blockIdx.y)
   int chunks = 0;  // 64-column chunks per block
   int depth = 0;   // pipeline stages of 4 K/16 rows
+  bool wgmma = false;  // the Hopper kernel (gemm_wgmma_cuda.cu)
   size_t smem = 0;
   dim3 grid;
   void (*launch)(const Params&, dim3 grid, size_t smem, cudaStream_t) = nullptr;
@@ -24,6 +25,10 @@ struct TileLaunch {
 // per block), `depth` stages (0 = 4; 3 or 5 for the bench), a one-wave stream-K grid over `sms`
 // multiprocessors.
 TileLaunch plan_tile(const Params& p, bool bf16, int m_tiles, int depth, int sms);
+
+// The stream-K grid of a shared-x kernel (both work on units of 4 K/16 rows x k.chunks chunks):
+// one wave of k.grid.x blocks per SM (what the config left there), shared by the block rows of M.
+void size_grid(TileLaunch& k, const Params& p, int sms);
 
 }  // namespace fastgemm
 }  // namespace cuda

@@ -1,0 +1,19 @@
+// The Hopper kernel of the fast Marlin GEMM (gemm_wgmma_cuda.cu): wgmma with the decoded weight
+// as the A operand in registers, for M from kTileMinM up on sm_90 (built as sm_90a).
+#pragma once
+#include "gemm_tile_cuda.cuh"
+
+namespace mfp4 {
+namespace cuda {
+namespace fastgemm {
+
+// Whether this build has the sm_90a code and the current device runs it (checked once).
+bool wgmma_available();
+
+// The launch for M rows (m_tiles: 0 = chosen from M; 1, 2, 4, 8, 16 = 8 to 128 rows per block),
+// `depth` stages (0 = 3; 4 or 5 for the bench), a one-wave stream-K grid over `sms`.
+TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int sms);
+
+}  // namespace fastgemm
+}  // namespace cuda
+}  // namespace mfp4
