@@ -61,8 +61,21 @@ function lostOf(part: ExpertData['src'][number], u: Unit, ctx: VerifyContext): n
   return (part.lost ??= lostScales(scanScales(u.tensors.scales.name, part.stored, u.shape.k / 16), ctx.layout, u.scales.sf));
 }
 
+/** Told when the GEMM step no longer reads the converted tensors (afterMarlin) or the source's (afterReferences). */
+export interface GemmProgress {
+  afterMarlin?(): void;
+  afterReferences?(): void;
+}
+
 /** Runs the GEMMs of expert d.e and appends their checks to rep.gemm. */
-export async function checkExpertGemms(ctx: VerifyContext, u: Unit, rep: LayerReport, d: ExpertData, global: Buffer | undefined): Promise<void> {
+export async function checkExpertGemms(
+  ctx: VerifyContext,
+  u: Unit,
+  rep: LayerReport,
+  d: ExpertData,
+  global: Buffer | undefined,
+  progress: GemmProgress = {},
+): Promise<void> {
   const { layout, dtype, engine, tolerance } = ctx;
   const threads = ctx.opts.threads;
   const checks = (rep.gemm ??= []);
@@ -97,6 +110,7 @@ export async function checkExpertGemms(ctx: VerifyContext, u: Unit, rep: LayerRe
       for (const { m } of X.parts) checks.push({ m, expert, rel_err: Infinity, max_abs_err: Infinity, pass: false, error: (err as Error).message });
       return;
     }
+    progress.afterMarlin?.();
     // The reference: rows never depend on each other, so one call over every M's rows, into
     // one buffer that every part reuses.
     const ref = output(X.rows * n);
@@ -111,6 +125,7 @@ export async function checkExpertGemms(ctx: VerifyContext, u: Unit, rep: LayerRe
         exact ??= output(X.rows * n);
         await engine.referenceGemm({ x: X.all, m: X.rows, n, k, weight: part.weight, scale: part.scale, ws2: keptGlobalScale(part.ownWs2, layout, dtype), scheme, dtype, threads, out: exact });
       }
+      if (p === P - 1) progress.afterReferences?.();
       const judged = await Promise.all(
         X.parts.map(async ({ m, row0 }) => {
           const at = { m, n, cols: width, col0: p * np, row0, refRow0: row0 };
