@@ -4,10 +4,8 @@
 // cases are skipped, with the reason in the title, where no CUDA device is usable.
 import { describe, expect, it } from 'vitest';
 import { addon } from '../src/transform/addon.js';
-import { scaleIsLost } from '../src/transform/block-scales.js';
 import { decodeScales, linearShape, processGlobalScale, processScales, repackWeight } from '../src/transform/marlin.js';
 import {
-  clampedScales,
   defaultTolerance,
   gemmError,
   gemmMarlin,
@@ -16,6 +14,7 @@ import {
   referenceEngine,
 } from '../src/verify/gemm.js';
 import { DTYPES, openGolden } from './helpers/golden.js';
+import { clampedScales } from './helpers/verify-oracles.js';
 
 const status = addon().cudaStatus();
 const gpu = status.available;
@@ -306,36 +305,6 @@ describe('GEMM arguments and helpers', () => {
     const x = Buffer.alloc(2 * 16);
     const want = addon().backends === 'cpu' ? 'built without CUDA support' : `CUDA unavailable: ${status.reason}`;
     await expect(gemmReference({ x, m: 1, n: 1, k: 16, weight: Buffer.alloc(8), scale: Buffer.alloc(1), ws2: 1, dtype: 'float16' }, 'cuda')).rejects.toThrow(want);
-  });
-
-  it('clampedScales (four bytes at a time) zeroes exactly what the byte rule does, at any alignment', () => {
-    const rnd = randomActivations(1, 4099, 'bfloat16', 5);
-    for (const [layout, sf] of [
-      ['v2', 1],
-      ['v2', 2 ** -6],
-      ['v2', 2 ** -12],
-      ['v1', 1],
-    ] as const) {
-      for (const offset of [0, 1, 2, 3]) {
-        const scales = rnd.subarray(offset, offset + 8190 - offset);
-        const want = Uint8Array.from(scales);
-        let lost = 0;
-        for (let i = 0; i < want.length; i++) {
-          const b = want[i]!;
-          if (b === 0x80) want[i] = 0;
-          else if (scaleIsLost(b, layout, sf)) {
-            want[i] = 0;
-            lost++;
-          }
-        }
-        const got = clampedScales(scales, layout, sf);
-        expect(Buffer.from(got.scales).equals(Buffer.from(want)), `${layout} sf ${sf} offset ${offset}`).toBe(true);
-        expect(got.lost, `${layout} sf ${sf} offset ${offset}`).toBe(lost);
-        if (layout === 'v2' && sf === 2 ** -6) expect(lost).toBeGreaterThan(0);
-      }
-    }
-    const clean = Buffer.from([0x38, 0x40, 0x7e, 0x00, 0x45]);
-    expect(clampedScales(clean, 'v2', 1).scales).toBe(clean); // nothing to clamp: the input itself
   });
 
   it('random activations are deterministic, exact in both dtypes, and the error measure is right', () => {

@@ -253,6 +253,17 @@ describe.skipIf(!gpu)(title, () => {
           const b = await native.gpuDecodeScales(processed, opts);
           expectBytes(b.scales, a.scales, `${ctx} ${dtype} decode`);
           expect(b.paddingNonzero).toBe(a.paddingNonzero);
+          // verify's comparison (decoded on the device, compared on the pool thread) finds what
+          // the CPU's does: nothing against the source, one scale against a source edited once.
+          const same = await native.gpuDecodeCompare(processed, scales[e][p], opts);
+          expect(same, `${ctx} ${dtype} decodeCompare`).toEqual(await native.decodeCompare(processed, scales[e][p], opts));
+          expect(same).toMatchObject({ count: 0, first: -1, paddingNonzero: a.paddingNonzero });
+          const want = Buffer.from(scales[e][p]);
+          const i = want.findIndex((v, j) => j >= want.length >> 1 && v >= 0x60 && v < 0x7e);
+          want[i]! += 1;
+          const diff = await native.gpuDecodeCompare(processed, want, opts);
+          expect(diff, `${ctx} ${dtype} decodeCompare edited`).toEqual({ ...same, count: 1, first: i, got: a.scales[i] });
+          expect(await native.decodeCompare(processed, want, opts)).toEqual(diff);
         }
       }
     }

@@ -1,7 +1,7 @@
 // Node-API bindings of the GEMMs: verify's (the arithmetic is in gemm_cpu.cc, gemm_cuda.cu and
 // gemm_fast_cuda.cu) and bench's (gemm_bench_cuda.cu).
 //
-//   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?, kernel?, splitM?}, backend?)
+//   gemmMarlin({x, m, k, n, np, kp, layout, dtype, weight, scales, global, threads?, kernel?, splitM?, out?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T read from the converted Marlin tensors
 //        (weight I32 [kp/16, 2np], scales processed F8 [kp/16, np], global: its stored bytes,
 //        2 under v1 (F16/BF16), 4 under v2 (F32)). kernel: 'fast' (default: on CUDA the
@@ -10,10 +10,16 @@
 //        scheme: 'nvfp4' (default) or 'mxfp4' (scales E8M0 [kp/32, np], no global; on CUDA
 //        always the simple kernel). splitM: [m1, m2, ...] summing to m, the rows of x as
 //        consecutive Ms, each its own launch of the CUDA fast kernel on one upload of the weight.
-//   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?, kernel?}, backend?)
+//        out: a Float32Array of m * n to write Y into (and resolve with) instead of a fresh one.
+//   gemmReference({x, m, n, k, weight, scale, ws2, dtype, threads?, kernel?, clamp?, out?}, backend?)
 //     -> Promise<Float32Array [m, n]>: X @ W^T with W dequantized from the NVFP4 source
 //        (weight U8 [n, k/2], scale F8_E4M3 [n, k/16], ws2 = weight_scale_2). kernel (CPU
-//        only): 'fast' (default) or 'simple', as for gemmMarlin.
+//        only): 'fast' (default) or 'simple', as for gemmMarlin. clamp: {layout, sf}: the
+//        block scales as a conversion keeps them (verify_cpu.h KeptScales: v2's lost scales
+//        and -0 as 0), applied to a copy on the pool thread. out: as for gemmMarlin.
+//   columnErrors(y, ref, {m, n, cols?, col0?, row0?, refCols?, refRow0?})
+//     -> Promise<{rel, column, maxAbs, frobenius, nonFinite}>: the per-column judgement of a
+//        GEMM's output against the reference (verify_cpu.h column_errors), on the pool.
 //   gemmBench({shapes: [[n, k], ...], ms: [...], dtype, iters?, warmup?})
 //     -> Promise<{device, cublas, copyGBs, l2Bytes, rows: [{n, k, m, np, kp, oursUs, cublasUs,
 //        dequantUs, weightBytes, plan}]}>: the fast GEMM and cuBLAS timed on the GPU (gemm_bench.h);
@@ -32,6 +38,8 @@
 #include "gemm_cpu.h"
 #include "mxfp4_layout.h"
 #include "transforms_cpu.h"
+#include "scratch.h"
+#include "verify_cpu.h"
 #if defined(MFP4_WITH_CUDA)
 #include "gemm_bench.h"
 #include "gemm_cuda.h"
@@ -88,11 +96,25 @@ Napi::Value start(Napi::Env env, Napi::Object opts, Napi::Float32Array out, Prom
   return g.Start(std::move(work), [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
 }
 
-// Activations copied into aligned storage (a Buffer may start at any byte).
-std::shared_ptr<std::vector<uint16_t>> act_copy(const Bytes& b) {
-  auto v = std::make_shared<std::vector<uint16_t>>(b.size / 2);
-  std::memcpy(v->data(), b.data, b.size);
-  return v;
+// The activations as 16-bit words: the caller's bytes where they are aligned (the options,
+// kept alive by start(), hold them), else a copy in `copy` (a Buffer may start at any byte).
+const uint16_t* act(const Bytes& b, std::shared_ptr<std::vector<uint16_t>>& copy) {
+  if (reinterpret_cast<uintptr_t>(b.data) % 2 == 0) return reinterpret_cast<const uint16_t*>(b.data);
+  copy = std::make_shared<std::vector<uint16_t>>(b.size / 2);
+  std::memcpy(copy->data(), b.data, b.size);
+  return copy->data();
+}
+
+// The output: opts.out when given (a Float32Array of `count` floats, reused by the caller
+// across calls: fresh memory costs page faults and garbage), else a fresh one.
+Napi::Float32Array output(Napi::Env env, const Napi::Object& o, int64_t count) {
+  if (!o.Has("out") || o.Get("out").IsUndefined()) return Napi::Float32Array::New(env, (size_t)count);
+  const Napi::Value v = o.Get("out");
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) type_error(env, "'out' must be a Float32Array");
+  Napi::Float32Array out = v.As<Napi::Float32Array>();
+  if ((int64_t)out.ElementLength() != count)
+    throw Napi::RangeError::New(env, "out holds " + std::to_string(out.ElementLength()) + " floats, expected " + std::to_string(count));
+  return out;
 }
 
 std::vector<int64_t> int_list(Napi::Env env, const Napi::Value& v, const char* what) {
@@ -151,7 +173,8 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
     for (const int64_t m : splits) sum += m;
     if (sum != a.m) throw Napi::RangeError::New(env, "splitM adds up to " + std::to_string(sum) + ", not m = " + std::to_string(a.m));
   }
-  auto xs = act_copy(x);
+  std::shared_ptr<std::vector<uint16_t>> xs;
+  a.x = act(x, xs);
   // The packed weight is read as 32-bit words: copy it only if the Buffer is misaligned.
   std::shared_ptr<std::vector<uint32_t>> wcopy;
   if (reinterpret_cast<uintptr_t>(w.data) % 4 != 0) {
@@ -160,8 +183,7 @@ Napi::Value GemmMarlin(const Napi::CallbackInfo& info) {
   }
   a.weight = wcopy ? wcopy->data() : reinterpret_cast<const uint32_t*>(w.data);
   a.scales = s.data;
-  a.x = xs->data();
-  Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(a.m * a.n));
+  Napi::Float32Array out = output(env, o, a.m * a.n);
   a.y = out.Data();
 #if !defined(MFP4_WITH_CUDA)
   if (cuda) return rejected(env, kNoCuda);
@@ -205,24 +227,90 @@ Napi::Value GemmReference(const Napi::CallbackInfo& info) {
   expect_size(env, x, a.m * a.k * 2, "x");
   expect_size(env, w, a.n * a.k / 2, "weight");
   expect_size(env, s, a.n * (a.k / (a.mxfp4 ? kMxGroup : kGroup)), "scale");
-  auto xs = act_copy(x);
-  a.x = xs->data();
+  std::shared_ptr<std::vector<uint16_t>> xs;
+  a.x = act(x, xs);
   a.weight = w.data;
   a.scale = s.data;
-  Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(a.m * a.n));
+  // clamp: {layout, sf}: the block scales as a correct conversion keeps them.
+  std::shared_ptr<KeptScales> clamp;
+  if (o.Has("clamp") && !o.Get("clamp").IsUndefined()) {
+    if (!o.Get("clamp").IsObject()) type_error(env, "'clamp' must be {layout, sf}");
+    const Napi::Object c = o.Get("clamp").As<Napi::Object>();
+    if (a.mxfp4) type_error(env, "'clamp' applies to NVFP4 block scales only");
+    clamp = std::make_shared<KeptScales>(get_layout(env, c), get_float_or(c, "sf", 1.0f));
+  }
+  Napi::Float32Array out = output(env, o, a.m * a.n);
   a.y = out.Data();
 #if !defined(MFP4_WITH_CUDA)
   if (cuda) return rejected(env, kNoCuda);
 #endif
-  return start(env, o, out, [a, xs, cuda, threads, simple]() {
+  return start(env, o, out, [a, xs, clamp, cuda, threads, simple]() {
+    ReferenceGemmArgs r = a;
+    // A copy only where the clamp changes a byte.
+    const int64_t count = r.n * (r.k / kGroup);
+    const bool copy = clamp && clamp->changes(r.scale, count);
+    Scratch kept(copy ? (size_t)count : 0);
+    if (copy) {
+      clamp->apply(r.scale, count, kept.data());
+      r.scale = kept.data();
+    }
     if (cuda) {
 #if defined(MFP4_WITH_CUDA)
-      cuda::gemm_reference(a);
+      cuda::gemm_reference(r);
 #endif
       return;
     }
-    gemm_reference_cpu(a, threads, simple);
+    gemm_reference_cpu(r, threads, simple);
   });
+}
+
+// The floats of a Float32Array argument.
+const float* floats(Napi::Env env, const Napi::Value& v, const char* what, size_t& count) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    type_error(env, std::string(what) + " must be a Float32Array");
+  Napi::Float32Array f = v.As<Napi::Float32Array>();
+  count = f.ElementLength();
+  return f.Data();
+}
+
+// columnErrors(y, ref, {m, n, cols?, col0?, row0?, refCols?, refRow0?}) -> Promise<{rel, column, maxAbs, frobenius, nonFinite}>.
+Napi::Value ColumnErrorsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = options(env, info, 2, "columnErrors(y, ref, {m, n, cols?, col0?, row0?, refCols?, refRow0?})");
+  size_t ny = 0, nr = 0;
+  const float* y = floats(env, info[0], "y", ny);
+  const float* ref = floats(env, info[1], "ref", nr);
+  ColumnShape s;
+  s.m = get_int(env, o, "m");
+  s.n = get_int(env, o, "n");
+  s.cols = get_int_or(env, o, "cols", s.n);
+  s.col0 = get_int_or(env, o, "col0", 0);
+  s.row0 = get_int_or(env, o, "row0", 0);
+  s.ref_cols = get_int_or(env, o, "refCols", s.n);
+  s.ref_row0 = get_int_or(env, o, "refRow0", 0);
+  if (s.m < 1 || s.n < 1) throw Napi::RangeError::New(env, "columnErrors needs m and n of at least 1");
+  if (s.col0 + s.n > s.cols || (s.row0 + s.m) * s.cols > (int64_t)ny)
+    throw Napi::RangeError::New(env, "y holds " + std::to_string(ny) + " floats, too few for rows [" + std::to_string(s.row0) + ", " +
+                                         std::to_string(s.row0 + s.m) + ") x columns [" + std::to_string(s.col0) + ", " +
+                                         std::to_string(s.col0 + s.n) + ") of " + std::to_string(s.cols));
+  if (s.n > s.ref_cols || (s.ref_row0 + s.m) * s.ref_cols > (int64_t)nr)
+    throw Napi::RangeError::New(env, "ref holds " + std::to_string(nr) + " floats, too few for rows [" + std::to_string(s.ref_row0) +
+                                         ", " + std::to_string(s.ref_row0 + s.m) + ") x " + std::to_string(s.n) + " of " +
+                                         std::to_string(s.ref_cols) + " columns");
+  auto r = std::make_shared<ColumnErrors>();
+  WorkerGuard g(env);
+  g.w->Keep(info[0]);
+  g.w->Keep(info[1]);
+  return g.Start([=]() { *r = column_errors(y, ref, s); },
+                 [r](Napi::Env e) -> Napi::Value {
+                   Napi::Object out = Napi::Object::New(e);
+                   out.Set("rel", r->rel);
+                   out.Set("column", (double)r->column);
+                   out.Set("maxAbs", r->max_abs);
+                   out.Set("frobenius", r->frobenius);
+                   out.Set("nonFinite", (double)r->non_finite);
+                   return out;
+                 });
 }
 
 #if defined(MFP4_WITH_CUDA)
@@ -297,6 +385,7 @@ Napi::Value GpuGemmEngine(const Napi::CallbackInfo& info) {
 void RegisterGemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmMarlin", Napi::Function::New(env, GemmMarlin));
   exports.Set("gemmReference", Napi::Function::New(env, GemmReference));
+  exports.Set("columnErrors", Napi::Function::New(env, ColumnErrorsJs));
   exports.Set("gpuGemmEngine", Napi::Function::New(env, GpuGemmEngine));
   exports.Set("gemmBench", Napi::Function::New(env, GemmBench));
 }

@@ -8,6 +8,7 @@
 
 #include "gemm_layout.h"
 #include "mxfp4_layout.h"
+#include "scratch.h"
 #include "parallel.h"
 #include "transforms_cpu.h"
 
@@ -124,16 +125,16 @@ TileFn tile_kernel(bool simple) {
   return tile_fast_generic;
 }
 
-std::vector<float> activations(const uint16_t* x, int64_t m, int64_t k, ActDtype dt) {
-  std::vector<float> xf((size_t)(m * k));
+// The activations as float32, in scratch memory (scratch.h: not kept by a pool thread's arena).
+void activations(const uint16_t* x, int64_t m, int64_t k, ActDtype dt, const Scratch& out) {
+  float* xf = out.as<float>();
   for (int64_t i = 0; i < m * k; ++i) xf[i] = act_value(x[i], dt);
-  return xf;
 }
 
 // Drives the tiles: fill(chunk, k0, kb, tile) writes the dequantized W rows of the chunk's 64
 // columns for k in [k0, k0+kb) as tile[(k - k0) * 64 + i] (zero for columns past N).
 template <typename Fill>
-void tiled_gemm(const std::vector<float>& xf, int64_t m, int64_t k, int64_t n, float* y, int threads, bool simple,
+void tiled_gemm(const float* xf, int64_t m, int64_t k, int64_t n, float* y, int threads, bool simple,
                 Fill fill) {
   const int64_t chunks = (n + kTileN - 1) / kTileN;
   const TileFn tile_fn = tile_kernel(simple);
@@ -143,7 +144,7 @@ void tiled_gemm(const std::vector<float>& xf, int64_t m, int64_t k, int64_t n, f
     for (int64_t k0 = 0; k0 < k; k0 += kKBlock) {
       const int64_t kb = std::min(kKBlock, k - k0);
       fill(c, k0, kb, tile.data());
-      tile_fn(xf.data() + k0, m, k, tile.data(), kb, acc.data());
+      tile_fn(xf + k0, m, k, tile.data(), kb, acc.data());
     }
     const int64_t cols = std::min(kTileN, n - c * kTileN);
     for (int64_t r = 0; r < m; ++r) std::memcpy(y + r * n + c * kTileN, acc.data() + r * kTileN, (size_t)cols * 4);
@@ -167,11 +168,12 @@ void check_marlin_gemm(const MarlinGemmArgs& a) {
 
 void gemm_marlin_cpu(const MarlinGemmArgs& a, int threads, bool simple) {
   check_marlin_gemm(a);
-  const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
+  const Scratch xf((size_t)(a.m * a.k) * 4);
+  activations(a.x, a.m, a.k, a.dt, xf);
   const float gval = marlin_global_value(a.global_bits, a.layout, a.dt);
   const int64_t u = scale_unit_rows(a.layout), row_words = 2 * a.np;
   const bool single = mxfp4_single(a.kp);
-  tiled_gemm(xf, a.m, a.k, a.n, a.y, threads, simple, [&](int64_t c, int64_t k0, int64_t kb, float* tile) {
+  tiled_gemm(xf.as<float>(), a.m, a.k, a.n, a.y, threads, simple, [&](int64_t c, int64_t k0, int64_t kb, float* tile) {
     const int64_t g0 = k0 / kGroup, groups = kb / kGroup;
     // Decoded scale (times the global) of every (K/16 row, column) of this block.
     float sc[kKBlock / kGroup][kTileN];
@@ -213,9 +215,10 @@ void check_reference_gemm(const ReferenceGemmArgs& a) {
 
 void gemm_reference_cpu(const ReferenceGemmArgs& a, int threads, bool simple) {
   check_reference_gemm(a);
-  const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
+  const Scratch xf((size_t)(a.m * a.k) * 4);
+  activations(a.x, a.m, a.k, a.dt, xf);
   const int64_t row_bytes = a.k / 2, group = a.mxfp4 ? kMxGroup : kGroup, groups = a.k / group;
-  tiled_gemm(xf, a.m, a.k, a.n, a.y, threads, simple, [&](int64_t c, int64_t k0, int64_t kb, float* tile) {
+  tiled_gemm(xf.as<float>(), a.m, a.k, a.n, a.y, threads, simple, [&](int64_t c, int64_t k0, int64_t kb, float* tile) {
     for (int64_t i = 0; i < kTileN; ++i) {
       const int64_t nn = c * kTileN + i;
       if (nn >= a.n) {

@@ -144,6 +144,13 @@ __global__ void dequant_source_kernel(const uint8_t* __restrict__ w, const uint8
   }
 }
 
+// The activations as float32 from their float16 / bfloat16 bits (act_value, as the CPU converts
+// them): converted where the reference multiplies, so that no float copy is made on the host.
+__global__ void activations_kernel(const uint16_t* __restrict__ x, int64_t count, ActDtype dt, float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = act_value(x[i], dt);
+}
+
 // The stand-in for cuBLAS: Y[m, n] = X[m, k] @ W[n, k]^T with 16x16 shared-memory tiles.
 __global__ void sgemm_nt_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t m, int64_t n, int64_t k,
                                 float* __restrict__ y) {
@@ -309,23 +316,26 @@ std::string reference_engine() {
 std::string gemm_reference(const ReferenceGemmArgs& a) {
   check_reference_gemm(a);
   require_device();
-  const std::vector<float> xf = activations(a.x, a.m, a.k, a.dt);
-  const int64_t xb = (int64_t)xf.size() * 4, yb = a.m * a.n * 4, wfb = a.n * a.k * 4;
+  const int64_t xhb = a.m * a.k * 2, xb = a.m * a.k * 4, yb = a.m * a.n * 4, wfb = a.n * a.k * 4;
   const int64_t wbytes = a.n * a.k / 2, sbytes = a.n * (a.k / (a.mxfp4 ? kMxGroup : kGroup));
   // One stream-ordered allocation on this call's own stream: calls from several threads
   // overlap, and nothing synchronizes the device as cudaMalloc / cudaFree would.
   detail::Stream st;
   detail::Arena arena(st.s);
-  const int64_t bytes = detail::align_up(xb) + detail::align_up(yb) + detail::align_up(wfb) + detail::align_up(wbytes) + detail::align_up(sbytes);
+  const int64_t bytes = detail::align_up(xhb) + detail::align_up(xb) + detail::align_up(yb) + detail::align_up(wfb) +
+                        detail::align_up(wbytes) + detail::align_up(sbytes);
   detail::reserve_whole(arena, st.s, bytes, "the reference GEMM");
+  uint16_t* dxh = arena.take<uint16_t>(xhb);
   float* dx = arena.take<float>(xb);
   float* dy = arena.take<float>(yb);
   float* dwf = arena.take<float>(wfb);
   uint8_t* dw = arena.take<uint8_t>(wbytes);
   uint8_t* ds = arena.take<uint8_t>(sbytes);
-  detail::copy_rows(dx, xb, xf.data(), xb, xb, 1, cudaMemcpyHostToDevice, st.s, "activations");
+  detail::copy_rows(dxh, xhb, a.x, xhb, xhb, 1, cudaMemcpyHostToDevice, st.s, "activations");
   detail::copy_rows(dw, wbytes, a.weight, wbytes, wbytes, 1, cudaMemcpyHostToDevice, st.s, "the source weight");
   detail::copy_rows(ds, sbytes, a.scale, sbytes, sbytes, 1, cudaMemcpyHostToDevice, st.s, "the source scales");
+  activations_kernel<<<256, 256, 0, st.s>>>(dxh, a.m * a.k, a.dt, dx);
+  check(cudaGetLastError(), "launching the activations kernel");
   dequant_source_kernel<<<1024, 256, 0, st.s>>>(dw, ds, a.n, a.k, a.ws2, a.mxfp4, dwf);
   check(cudaGetLastError(), "launching the dequantization kernel");
   Cublas& cb = cublas();

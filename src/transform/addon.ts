@@ -39,6 +39,15 @@ export interface NativeAddon {
     data: Uint8Array,
     opts: { n: number; np?: number; k: number; kp?: number; layout: string; sf?: number; totalNp?: number; colOffset?: number },
   ): Promise<{ scales: Buffer; paddingNonzero: number }>;
+  /**
+   * decodeScales compared with what a correct conversion keeps of `want` (E4M3 [n, k/16], the
+   * source's: v2's lost scales and -0 as 0) without handing the decoded scales back.
+   */
+  decodeCompare(
+    data: Uint8Array,
+    want: Uint8Array,
+    opts: { n: number; np?: number; k: number; kp?: number; layout: string; sf?: number; totalNp?: number; colOffset?: number },
+  ): Promise<{ count: number; first: number; got: number; lost: number; paddingNonzero: number }>;
   scanScales(data: Uint8Array): { maxByte: number; maxValue: number; badIndex: number; badByte: number; histogram: Float64Array };
   scaleFactor(maxByte: number, opts: { layout: string; dtype: string }): number;
   processGlobalScale(ws2: number, opts: { layout: string; dtype: string; sf?: number }): Buffer;
@@ -56,6 +65,7 @@ export interface NativeAddon {
   gpuUnpackWeight: NativeAddon['unpackWeight'];
   gpuUnpackCompare: NativeAddon['unpackCompare'];
   gpuDecodeScales: NativeAddon['decodeScales'];
+  gpuDecodeCompare: NativeAddon['decodeCompare'];
   cudaStatus(): CudaStatus;
   /** Testing hook: device allocations above `bytes` count as out of memory (0 = no limit). */
   gpuSetMemoryLimit(bytes: number): void;

@@ -14,8 +14,15 @@ export type DeviceChoice = Backend | 'auto';
 function heavy(backend: Backend = 'cpu') {
   const a: NativeAddon = addon();
   return backend === 'cuda'
-    ? { repack: a.gpuRepackWeightStack, scales: a.gpuProcessScalesStack, unpack: a.gpuUnpackWeight, unpackCompare: a.gpuUnpackCompare, decode: a.gpuDecodeScales }
-    : { repack: a.repackWeightStack, scales: a.processScalesStack, unpack: a.unpackWeight, unpackCompare: a.unpackCompare, decode: a.decodeScales };
+    ? {
+        repack: a.gpuRepackWeightStack,
+        scales: a.gpuProcessScalesStack,
+        unpack: a.gpuUnpackWeight,
+        unpackCompare: a.gpuUnpackCompare,
+        decode: a.gpuDecodeScales,
+        decodeCompare: a.gpuDecodeCompare,
+      }
+    : { repack: a.repackWeightStack, scales: a.processScalesStack, unpack: a.unpackWeight, unpackCompare: a.unpackCompare, decode: a.decodeScales, decodeCompare: a.decodeCompare };
 }
 
 /**
@@ -268,18 +275,30 @@ export function decodeScales(
   where: PartLocation = { totalNp: s.np, colOffset: 0 },
   backend?: Backend,
 ): Promise<{ scales: Buffer; paddingNonzero: number }> {
-  return named(tensor, () =>
-    heavy(backend).decode(processed, {
-      n: s.n,
-      np: s.np,
-      k: s.k,
-      kp: s.kp,
-      layout: opts.layout,
-      sf: opts.sf,
-      totalNp: where.totalNp,
-      colOffset: where.colOffset,
-    }),
-  );
+  return named(tensor, () => heavy(backend).decode(processed, scaleOptions(s, opts, where)));
+}
+
+/** The native options naming one part's columns in (possibly concatenated) processed scales. */
+function scaleOptions(s: LinearShape, opts: { layout: LayoutVersion; sf: number }, where: PartLocation) {
+  return { n: s.n, np: s.np, k: s.k, kp: s.kp, layout: opts.layout, sf: opts.sf, totalNp: where.totalNp, colOffset: where.colOffset };
+}
+
+/**
+ * decodeScales compared with the source's block scales (E4M3 [N, K/16]) as a correct
+ * conversion keeps them (v2's lost scales and -0 as 0), where the decoding runs; the decoded
+ * scales never come back. How many bytes differ, the first (row · K/16 + group, -1 when none)
+ * and its decoded byte, and how many of the source's scales v2's clamp loses.
+ */
+export function decodeCompare(
+  tensor: string,
+  processed: Uint8Array,
+  source: Uint8Array,
+  s: LinearShape,
+  opts: { layout: LayoutVersion; sf: number },
+  where: PartLocation = { totalNp: s.np, colOffset: 0 },
+  backend?: Backend,
+): Promise<{ count: number; first: number; got: number; lost: number; paddingNonzero: number }> {
+  return named(tensor, () => heavy(backend).decodeCompare(processed, source, scaleOptions(s, opts, where)));
 }
 
 function toParts(experts: Uint8Array[][], part: LinearShape): NativePart[][] {

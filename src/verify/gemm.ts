@@ -1,8 +1,7 @@
 // The verification GEMMs of the native addon (native/src/gemm_cpu.cc, gemm_cuda.cu), typed, and
-// what is needed around them: deterministic activations, the v2 clamp applied to source block
-// scales, and the error measures. Y = X @ W^T, fp32 accumulation, float32 out.
+// what is needed around them: deterministic activations and the error measures (the per-column
+// one native, verify_cpu.cc). Y = X @ W^T, fp32 accumulation, float32 out.
 import { addon, type NativeAddon } from '../transform/addon.js';
-import { scaleIsLost } from '../transform/block-scales.js';
 import type { ActDtype, Backend, LayoutVersion } from '../transform/marlin.js';
 import type { Scheme } from '../format/quant-config.js';
 
@@ -38,6 +37,8 @@ export interface MarlinGemmInput {
    * depend on M, and they ignore it.
    */
   splitM?: number[];
+  /** Receives Y (m · n floats) instead of a fresh array: reused across calls, no garbage. */
+  out?: Float32Array;
 }
 
 export interface ReferenceGemmInput {
@@ -57,6 +58,14 @@ export interface ReferenceGemmInput {
   threads?: number;
   /** CPU only: 'fast' (default) or 'simple' (the plain kernel the fast one is tested against). */
   kernel?: 'fast' | 'simple';
+  /**
+   * The block scales as a correct conversion keeps them (NVFP4 only): v2's lost scales (below
+   * 2^-6 / sf, block-scales.ts scaleIsLost) and −0 (0x80; Marlin stores scales without a sign)
+   * as 0, applied natively to a copy (native/src/verify_cpu.h KeptScales).
+   */
+  clamp?: { layout: LayoutVersion; sf: number };
+  /** Receives Y (m · n floats) instead of a fresh array. */
+  out?: Float32Array;
 }
 
 /** One timed shape and M of `gemmBench` (microseconds are medians per call). */
@@ -102,6 +111,7 @@ interface GemmAddon {
   gemmBench(input: GemmBenchInput): Promise<GemmBenchReport>;
   gemmReference(input: ReferenceGemmInput, backend?: Backend): Promise<Float32Array>;
   gpuGemmEngine(): string;
+  columnErrors(y: Float32Array, ref: Float32Array, shape: ColumnShape): Promise<ColumnErrors>;
 }
 
 function native(): NativeAddon & GemmAddon {
@@ -139,6 +149,8 @@ export function referenceEngine(backend: Backend): string {
 const scratchF32 = new Float32Array(1);
 const scratchU32 = new Uint32Array(scratchF32.buffer);
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 function f32Bits(v: number): number {
   scratchF32[0] = v;
   return scratchU32[0]!;
@@ -157,60 +169,33 @@ function halfBitsExact(v: number): number {
  * values feed both dtypes.
  */
 export function randomActivations(m: number, k: number, dtype: ActDtype, seed: number): Buffer {
+  // A value is (a + b − 127) / 64 with a, b in [0, 128): its bits come from a table of the 255
+  // sums (a lookup per value instead of a conversion made the activations of a run 10× faster).
+  const bitsOf = new Uint16Array(255);
+  for (let sum = 0; sum < 255; sum++) {
+    const v = (sum - 127) / 64;
+    bitsOf[sum] = dtype === 'bfloat16' ? f32Bits(v) >>> 16 : halfBitsExact(v);
+  }
   const out = Buffer.alloc(m * k * 2);
+  // The values as 16-bit words where the machine is little-endian, as the bytes are (Buffer.alloc
+  // gives memory of its own, aligned).
+  const words = LITTLE_ENDIAN ? new Uint16Array(out.buffer, out.byteOffset, m * k) : undefined;
   let s = (Math.imul(seed + 1, 2654435761) >>> 0) || 1;
-  const next = () => {
+  for (let i = 0; i < m * k; i++) {
     s ^= s << 13;
     s ^= s >>> 17;
     s ^= s << 5;
     s >>>= 0;
-    return s;
-  };
-  for (let i = 0; i < m * k; i++) {
-    const v = ((next() % 128) + (next() % 128) - 127) / 64;
-    const bits = dtype === 'bfloat16' ? f32Bits(v) >>> 16 : halfBitsExact(v);
-    out.writeUInt16LE(bits, 2 * i);
+    const a = s & 127;
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    const bits = bitsOf[a + (s & 127)]!;
+    if (words) words[i] = bits;
+    else out.writeUInt16LE(bits, 2 * i);
   }
   return out;
-}
-
-/**
- * The source's block scales as a correct conversion keeps them: v2's lost scales set to 0, and
- * −0 (0x80) as 0, the same value (Marlin stores scales without a sign; the transform writes
- * −0 as 0 under both layouts). Returns the input itself when nothing changes.
- */
-export function clampedScales(scales: Uint8Array, layout: LayoutVersion, sf: number): { scales: Uint8Array; lost: number } {
-  const lostByte = new Uint8Array(256);
-  // Every lost byte is below t; 0x80 has the top bit set.
-  let t = 1;
-  for (let b = 1; b < 0x7f; b++) {
-    if (!scaleIsLost(b, layout, sf)) continue;
-    lostByte[b] = 1;
-    t = b + 1;
-  }
-  let lost = 0;
-  let out: Uint8Array | undefined;
-  const visit = (i: number) => {
-    const b = scales[i]!;
-    if (b !== 0x80 && !lostByte[b]) return;
-    out ??= Uint8Array.from(scales);
-    out[i] = 0;
-    if (b !== 0x80) lost++;
-  };
-  // Four bytes at a time (this runs on every block scale of the model, on the main thread): a
-  // word with no byte below t (the "has less" bit trick, exact for t <= 128) and no top bit
-  // set holds nothing to clamp; any other word is looked at byte by byte.
-  const n = scales.length;
-  let i = 0;
-  for (const head = Math.min(n, (4 - (scales.byteOffset & 3)) & 3); i < head; i++) visit(i);
-  const words = new Uint32Array(scales.buffer, scales.byteOffset + i, (n - i) >> 2);
-  const below = 0x01010101 * t;
-  for (let j = 0; j < words.length; j++) {
-    const w = words[j]!;
-    if ((((w - below) & ~w) | w) & 0x80808080) for (let q = i + 4 * j; q < i + 4 * j + 4; q++) visit(q);
-  }
-  for (i += 4 * words.length; i < n; i++) visit(i);
-  return { scales: out ?? scales, lost };
 }
 
 export interface GemmError {
@@ -275,64 +260,28 @@ export interface ColumnErrors {
   nonFinite: number;
 }
 
+/** Where y and ref lie in their buffers (see columnErrors). */
+export interface ColumnShape {
+  m: number;
+  n: number;
+  /** Columns of y (default n), of which [col0, col0 + n) are judged. */
+  cols?: number;
+  col0?: number;
+  /** First row of y judged. */
+  row0?: number;
+  /** First row and columns of ref (default 0 and n). */
+  refRow0?: number;
+  refCols?: number;
+}
+
 /**
  * Per-column judging of y against ref (both [m, n]; y may be wider: cols, taking columns
  * [col0, col0+n), and may hold more rows: rows [row0, row0+m)). One flipped nibble or scale
  * byte changes one column: its error does not shrink with N as the whole-matrix error does.
+ * Native (verify_cpu.cc column_errors), on a pool thread: the main thread only waits.
  */
-export function columnErrors(
-  y: Float32Array,
-  ref: Float32Array,
-  shape: { m: number; n: number; cols?: number; col0?: number; row0?: number; refRow0?: number; refCols?: number },
-): ColumnErrors {
-  const { m, n } = shape;
-  const cols = shape.cols ?? n;
-  const col0 = shape.col0 ?? 0;
-  const row0 = shape.row0 ?? 0;
-  const refRow0 = shape.refRow0 ?? 0;
-  const refCols = shape.refCols ?? n;
-  const d2 = new Float64Array(n);
-  const r2 = new Float64Array(n);
-  let maxAbs = 0;
-  let nonFinite = 0;
-  for (let i = 0; i < m; i++) {
-    const yo = (row0 + i) * cols + col0;
-    const ro = (refRow0 + i) * refCols;
-    for (let j = 0; j < n; j++) {
-      const a = y[yo + j]!;
-      const b = ref[ro + j]!;
-      if (!Number.isFinite(a)) {
-        nonFinite++;
-        continue;
-      }
-      const d = a - b;
-      d2[j] += d * d;
-      r2[j] += b * b;
-      const ad = d < 0 ? -d : d;
-      if (ad > maxAbs) maxAbs = ad;
-    }
-  }
-  let dTotal = 0;
-  let rTotal = 0;
-  for (let j = 0; j < n; j++) {
-    dTotal += d2[j]!;
-    rTotal += r2[j]!;
-  }
-  if (nonFinite > 0) return { rel: Infinity, column: -1, maxAbs: Infinity, frobenius: Infinity, nonFinite };
-  const floor = rTotal / n;
-  let rel = 0;
-  let column = -1;
-  for (let j = 0; j < n; j++) {
-    if (d2[j] === 0) continue;
-    const denom = Math.max(r2[j]!, floor);
-    const e = denom > 0 ? Math.sqrt(d2[j]! / denom) : Infinity;
-    if (e > rel || column < 0) {
-      rel = e;
-      column = j;
-    }
-  }
-  const frobenius = rTotal > 0 ? Math.sqrt(dTotal / rTotal) : dTotal > 0 ? Infinity : 0;
-  return { rel, column, maxAbs, frobenius, nonFinite };
+export function columnErrors(y: Float32Array, ref: Float32Array, shape: ColumnShape): Promise<ColumnErrors> {
+  return native().columnErrors(y, ref, shape);
 }
 
 /**

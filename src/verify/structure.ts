@@ -12,10 +12,9 @@ import { globalScaleBytes, inputScaleName, biasName, type TensorSpec } from '../
 import { DTYPE_SIZE } from '../safetensors/index.js';
 import { permuteBias, toBf16 } from '../transform/bias.js';
 import { decodeMxfp4Scales } from '../transform/mxfp4.js';
-import { decodeScales, processGlobalScale, unpackCompare, type LayoutVersion } from '../transform/marlin.js';
+import { decodeCompare, decodeScales, processGlobalScale, unpackCompare } from '../transform/marlin.js';
 import { asInputError } from '../plan/linears.js';
 import { checkReencodedScales } from './reencoded.js';
-import { clampedScales } from './gemm.js';
 import { diffBytes, hex } from './bytes.js';
 import type { VerifyContext } from './context.js';
 import type { LayerReport } from './report.js';
@@ -29,17 +28,10 @@ export interface ExpertData {
   scales?: Buffer;
   /**
    * Per part: source weight and block scales, the part's own global scale, and the scales as the
-   * output should hold them (re-encoded onto the stored global; the same buffer where not).
+   * output should hold them (re-encoded onto the stored global; the same buffer where not). lost:
+   * how many of those v2's clamp sets to 0, once the structure step has counted them.
    */
-  src: { weight: Buffer; scale: Buffer; ownWs2: number; stored: Buffer; reencoded: boolean; kept?: { scales: Uint8Array; lost: number } }[];
-}
-
-/**
- * A part's block scales as a correct conversion keeps them (gemm.ts clampedScales of the stored
- * ones), worked out once per expert for both the structure and the GEMM step.
- */
-export function keptScales(part: ExpertData['src'][number], layout: LayoutVersion, sf: number): { scales: Uint8Array; lost: number } {
-  return (part.kept ??= clampedScales(part.stored, layout, sf));
+  src: { weight: Buffer; scale: Buffer; ownWs2: number; stored: Buffer; reencoded: boolean; lost?: number }[];
 }
 
 export function expectTensor(ckpt: Checkpoint, want: TensorSpec, errors: string[]): boolean {
@@ -98,9 +90,9 @@ export async function checkExpertStructure(ctx: VerifyContext, u: Unit, rep: Lay
       if (decoded.paddingNonzero > 0) errs.push(`${who(p)}weight_scale: ${decoded.paddingNonzero} non-zero bytes in the padding`);
       continue;
     }
-    const decoded = await decodeScales(u.tensors.scales.name, d.scales, shape, { layout, sf }, where, backend);
     if (part.reencoded) {
       // Against the source's own scales and global, within the bound of the E4M3 rounding.
+      const decoded = await decodeScales(u.tensors.scales.name, d.scales, shape, { layout, sf }, where, backend);
       const b = checkReencodedScales(decoded.scales, scale, part.ownWs2, u.ws2[d.e]!, layout, sf);
       rep.reencoded_max_relative_change = Math.max(rep.reencoded_max_relative_change ?? 0, b.maxRelativeChange);
       if (b.outside > 0) {
@@ -112,16 +104,17 @@ export async function checkExpertStructure(ctx: VerifyContext, u: Unit, rep: Lay
         );
       }
     }
-    // Exactly the bytes convert's rule gives (the re-encoded source where it applies).
-    const want = keptScales(part, layout, sf);
-    rep.zeroed_scales += want.lost;
-    const ds = diffBytes(decoded.scales, want.scales);
-    if (ds.count > 0) {
+    // Exactly the bytes convert's rule gives (the re-encoded source where it applies, v2's
+    // clamp applied), compared where the decoding runs: only the counts come back.
+    const decoded = await decodeCompare(u.tensors.scales.name, d.scales, part.stored, shape, { layout, sf }, where, backend);
+    part.lost = decoded.lost;
+    rep.zeroed_scales += decoded.lost;
+    if (decoded.count > 0) {
       const g = shape.k / 16;
       errs.push(
-        `${who(p)}weight_scale: ${ds.count} block scales differ from the source${want.lost ? ` (after v2's clamp, which zeroes ${want.lost})` : ''}, ` +
-          `first at [${Math.floor(ds.first / g)}, ${ds.first % g}] (decodes to ${hex(decoded.scales[ds.first])}, ` +
-          `${part.reencoded ? `re-encoded source ${hex(part.stored[ds.first])}` : `source ${hex(scale[ds.first])}`})`,
+        `${who(p)}weight_scale: ${decoded.count} block scales differ from the source${decoded.lost ? ` (after v2's clamp, which zeroes ${decoded.lost})` : ''}, ` +
+          `first at [${Math.floor(decoded.first / g)}, ${decoded.first % g}] (decodes to ${hex(decoded.got)}, ` +
+          `${part.reencoded ? `re-encoded source ${hex(part.stored[decoded.first])}` : `source ${hex(scale[decoded.first])}`})`,
       );
     }
     if (decoded.paddingNonzero > 0) errs.push(`${who(p)}weight_scale: ${decoded.paddingNonzero} non-zero bytes in the padding`);

@@ -60,8 +60,44 @@ async function load(ctx: VerifyContext, u: Unit, e: number, ok: { weight: boolea
   });
 }
 
+/**
+ * Hands an expert's buffers back to the pool, each once: the GEMM step gives some back as soon
+ * as nothing reads them any more (so that the lanes hold only what they still need: on the GPU
+ * the pool is page-locked, resident memory), and the final release skips those.
+ */
+class ExpertBuffers {
+  private readonly given = new Set<Buffer>();
+  constructor(
+    private readonly ctx: VerifyContext,
+    readonly d: ExpertData,
+  ) {}
+
+  giveBack(buffers: (Buffer | undefined)[]): void {
+    for (const b of buffers) {
+      if (!b || this.given.has(b)) continue;
+      this.given.add(b);
+      this.ctx.pool.give(b);
+    }
+  }
+
+  /** The converted tensor's slabs (read by the structure step and the Marlin GEMM). */
+  output(): void {
+    this.giveBack([this.d.weight, this.d.scales]);
+  }
+
+  /** The source's weights and block scales (read by the structure step and the reference GEMMs). */
+  source(): void {
+    this.giveBack(this.d.src.flatMap((s) => [s.weight, s.scale]));
+  }
+
+  all(): void {
+    this.output();
+    this.source();
+  }
+}
+
 function release(ctx: VerifyContext, d: ExpertData): void {
-  for (const b of [d.weight, d.scales, ...d.src.flatMap((s) => [s.weight, s.scale])]) if (b) ctx.pool.give(b);
+  new ExpertBuffers(ctx, d).all();
 }
 
 /** Checks module u into rep: structure (when asked) for every expert, GEMMs for the sampled ones when gemm is true. */
@@ -92,16 +128,19 @@ export async function checkUnit(ctx: VerifyContext, u: Unit, rep: LayerReport, g
   let next = todo.length ? load(ctx, u, todo[0]!, ok) : undefined;
   for (let i = 0; i < todo.length; i++) {
     const d = await next!;
+    const buffers = new ExpertBuffers(ctx, d);
     next = i + 1 < todo.length ? load(ctx, u, todo[i + 1]!, ok) : undefined;
     try {
       if (structure) await ctx.times.time('structure', checkExpertStructure(ctx, u, rep, d));
-      if (sample.has(d.e) && canGemm) await ctx.times.time('gemm', checkExpertGemms(ctx, u, rep, d, global));
+      if (sample.has(d.e) && canGemm) {
+        await ctx.times.time('gemm', checkExpertGemms(ctx, u, rep, d, global, { afterMarlin: () => buffers.output(), afterReferences: () => buffers.source() }));
+      }
     } catch (e) {
       // Let the prefetched read finish before its buffers are dropped with the error.
       await next?.then((n) => release(ctx, n)).catch(() => {});
       throw e;
     } finally {
-      release(ctx, d);
+      buffers.all();
     }
   }
 }

@@ -10,7 +10,8 @@
 //   by expert (unit-step): structure, then GEMMs for the selected layers (gemm-checks), then
 //   the metadata claims (records-step). Modules run side by side in lanes, reads overlapping
 //   checks; buffers come from one pool (page-locked for the GPU).
-// - copied (structure): every tensor the plan copies is there unchanged, compared in pieces.
+// - copied (structure): every tensor the plan copies is there unchanged, compared in pieces,
+//   beside the modules (its reads overlap their checks instead of adding a tail to the run).
 // - leftovers (structure): no packed FP4 (U8) tensor or NVFP4 block scales outside a converted module.
 //
 // A new check is a new step: a function over the VerifyContext that adds to its errors and
@@ -118,6 +119,10 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
     const agree = manifestAgrees(ctx);
     if (checks.has('structure')) await times.time('files', checkFiles(ctx));
     const claims = readClaims(ctx, units);
+    // The copied tensors' comparison runs beside the modules; its errors join ctx.errors (in the
+    // source's order) when it ends, before the leftovers' below.
+    const copied = opts.skipCopied || !checks.has('structure') ? undefined : times.time('copied', checkCopied(ctx, lanesNow));
+    copied?.catch(() => {}); // awaited below
     const selected = checks.has('gemm') ? selectLayers(units.map((u) => u.name), opts.layers ?? 'all') : new Set<string>();
     const total = units.length;
     let done = 0;
@@ -150,7 +155,7 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
       }
       if (rep.zeroed_scales > 0) ctx.warnings.push(`${u.name}: layout v2 (${dtype}) set ${rep.zeroed_scales} non-zero block scales to 0 (expected; that data is lost)`);
     }
-    const copiedChecked = opts.skipCopied || !checks.has('structure') ? 0 : await times.time('copied', checkCopied(ctx, lanesNow));
+    const copiedChecked = (await copied) ?? 0;
     if (checks.has('structure')) checkLeftovers(ctx);
     const ir = await integrity;
 
