@@ -12,6 +12,7 @@ import { shardMetadata, type LayerRecord } from '../format/records.js';
 import { StreamingHash, type FileDigest } from '../integrity/sha256.js';
 import { produce } from './produce.js';
 import { CoalescingWriter } from './coalesce.js';
+import { mark } from './profile.js';
 import { mapLimited } from '../checkpoint/read-batch.js';
 
 export interface ShardJob {
@@ -60,6 +61,7 @@ export async function writeShard(job: ShardJob): Promise<void> {
       await produce(ctx, t, (chunk, release) => out.write(t.name, chunk, release));
     }
     await out.finish();
+    mark(`${shard.file}: last write done`);
     await writer.close();
     if (hash) job.onDigest!(writer.path, await hash.finish(written));
   } catch (e) {
