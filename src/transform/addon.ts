@@ -44,6 +44,12 @@ export interface NativeAddon {
   processGlobalScale(ws2: number, opts: { layout: string; dtype: string; sf?: number }): Buffer;
   padShapeV2(n: number, k: number): { np: number; kp: number };
   setThreads(n: number): number;
+  /**
+   * Reads every range [file position, length, offset in target] (a Float64Array of such
+   * triples) of the open file `fd` into `target`, on one pool thread (native/src/addon_io.cc).
+   * Rejects with a plain message on a read error or an early end of file.
+   */
+  readRanges(fd: number, target: Uint8Array, ranges: Float64Array): Promise<void>;
   /** "cpu", or "cpu,cuda" when the addon was built with the CUDA backend. */
   backends: string;
   /**
