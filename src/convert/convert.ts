@@ -197,12 +197,20 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
     opts.onWarning?.(line);
   };
   ckpt.warnings.forEach(warn);
+  // Checksums run on worker threads beside the conversion: the source shards from the start
+  // (while the main thread plans, the cores are otherwise idle), each output shard behind its
+  // writer, the small files at the end.
+  let hashes: HashQueue | undefined;
   try {
     const source = requireConvertible(ckpt);
     const flavour = source.flavour;
     const dtype = activationDtype(ckpt, opts.dtype);
     // MXFP4's option errors come before anything is staged.
     if (source.scheme === 'mxfp4') checkMxfp4Options(ckpt, opts.layout, dtype);
+    if (opts.checksums !== false) {
+      hashes = new HashQueue();
+      for (const shard of ckpt.shards) void hashes.digest(join(ckpt.dir, shard)).then(() => mark(`source ${shard} hashed`), () => {});
+    }
     const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
     try {
       startProfile(backend);
@@ -217,13 +225,9 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       // Page-locked buffers for the GPU (MARLIN_FP4_PIN=0: pageable, as a fallback).
       const pool = new BufferPool(6, backend === 'cuda' && process.env.MARLIN_FP4_PIN !== '0');
       const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
-      // Checksums run on worker threads beside the conversion: the source shards from now on,
-      // each output shard behind its writer, the small files at the end.
-      const hashes = opts.checksums === false ? undefined : new HashQueue();
       const shardDigests = new Map<string, FileDigest>();
       let layers: LayerRecord[] = [];
       try {
-        for (const shard of ckpt.shards) void hashes?.digest(join(ckpt.dir, shard)).then(() => mark(`source ${shard} hashed`), () => {});
         await forEachLimited(plan.shards, shardLanes, async (shard) => {
           await timed('scanWait', plan.scans.ready(shardModules(shard)));
           mark(`${shard.file}: scans ready, writing starts`);
@@ -278,7 +282,6 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       } finally {
         plan.scans.stop(new Error('convert stopped'));
         await plan.scans.settled();
-        await hashes?.close();
       }
       await staged.commit();
       mark('output committed');
@@ -309,6 +312,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       throw asOutputError(e, staged);
     }
   } finally {
+    await hashes?.close();
     await ckpt.close();
   }
 }
