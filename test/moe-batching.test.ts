@@ -230,3 +230,30 @@ describe('MoE stacks in batches of experts', () => {
     }
   });
 });
+
+describe('the profile (MARLIN_FP4_PROFILE=1)', () => {
+  it("has a timeline in which every shard's scans come before its writes, and the checksums before the commit", async () => {
+    const model = join(work, 'moe-profiled');
+    await generateModel(model, { arch: 'qwen3-moe', flavour: 'modelopt', experts: 8, shards: 3 });
+    const r = cli(['convert', model, '-o', join(work, 'out-profiled'), '--device', 'cpu', '-q'], { MARLIN_FP4_PROFILE: '1' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/main thread busy +\d+\.\d+ s {2}\(\d+% of the process's/);
+    const events = [...r.stderr.matchAll(/^ +(\d+\.\d+) {2}(.+)$/gm)].map(([, t, what]) => ({ t: Number(t), what: what! }));
+    const at = (what: string) => {
+      const i = events.findIndex((e) => e.what === what);
+      expect(i, `${what} in the timeline:\n${r.stderr}`).toBeGreaterThanOrEqual(0);
+      return i;
+    };
+    expect(events.map((e) => e.t)).toEqual(events.map((e) => e.t).sort((a, b) => a - b));
+    expect(at('checkpoint opened')).toBeLessThan(at('planned'));
+    const shards = (await readdir(model)).filter((f) => f.endsWith('.safetensors')).sort();
+    expect(shards).toHaveLength(3);
+    for (const s of shards) {
+      expect(at('planned')).toBeLessThan(at(`${s}: scans ready, writing starts`));
+      expect(at(`${s}: scans ready, writing starts`)).toBeLessThan(at(`${s}: last write done`));
+      expect(at(`${s}: last write done`)).toBeLessThan(at(`${s}: done (hashed)`));
+      expect(at(`source ${s} hashed`)).toBeLessThan(at('every checksum known'));
+    }
+    expect(at('every checksum known')).toBeLessThan(at('output committed'));
+  });
+});
