@@ -1,7 +1,8 @@
 // The coalescing writer of convert's shards (src/convert/coalesce.ts) and the writer calls it
 // rests on (reserve, writeAt, writevFully): the bytes are those of one write per chunk, small
-// chunks go out many per call, and partial writev results are resumed.
-import { randomBytes } from 'node:crypto';
+// chunks go out many per call, what runs beside the writes (the shard's checksum) gets every
+// byte in order, and partial writev results are resumed.
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CoalescingWriter, SMALL_CHUNK } from '../src/convert/coalesce.js';
 import { SafetensorsWriter, type PlannedTensor } from '../src/safetensors/index.js';
 import { writevFully } from '../src/safetensors/io.js';
+import { BufferHash } from '../src/integrity/sha256.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -62,8 +64,15 @@ describe('CoalescingWriter', () => {
     const gathered = join(dir, 'gathered.safetensors');
     const w2 = await SafetensorsWriter.create(gathered, plan);
     const writeAt = vi.spyOn(w2, 'writeAt');
-    const ends: number[] = [];
-    const out = new CoalescingWriter(w2, (end) => ends.push(end));
+    // Beside each write: its bytes, one call at a time (copied here, as a checksum consumes them).
+    const seen: Buffer[] = [w2.header];
+    let besideRunning = 0;
+    const out = new CoalescingWriter(w2, async (bufs) => {
+      expect(besideRunning++).toBe(0);
+      await new Promise((r) => setTimeout(r, 1));
+      seen.push(...bufs.map((b) => Buffer.from(b)));
+      besideRunning--;
+    });
     let released = 0;
     for (const t of plan) for (const c of chunks(data.get(t.name)!)) await out.write(t.name, c, () => released++);
     await out.finish();
@@ -75,15 +84,43 @@ describe('CoalescingWriter', () => {
     // 2,300 small tensors and 4 large chunks: a handful of calls, not one per chunk.
     expect(writeAt.mock.calls.length).toBeLessThan(10);
     expect(chunkCount).toBeGreaterThan(2300);
-    // Completion is reported in order, up to the file's end.
-    expect(ends).toEqual([...ends].sort((a, b) => a - b));
-    expect(ends.at(-1)).toBe(expected.length);
+    // What ran beside the writes got the file's bytes after its header, in order.
+    expect(Buffer.concat(seen).equals(expected)).toBe(true);
+  });
+
+  it("hashes a shard as it is written: the digest is the file's sha256", async () => {
+    const { plan, data } = moeLikePlan();
+    const w = await SafetensorsWriter.create(join(dir, 'hashed.safetensors'), plan);
+    const hash = new BufferHash();
+    await hash.update([w.header]);
+    const out = new CoalescingWriter(w, (bufs) => hash.update(bufs));
+    for (const t of plan) for (const c of chunks(data.get(t.name)!)) await out.write(t.name, c);
+    await out.finish();
+    await w.close();
+    const file = await readFile(w.path);
+    expect(hash.digest()).toEqual({ sha256: createHash('sha256').update(file).digest('hex'), bytes: file.length });
+  });
+
+  it('a failed write is reported once the bytes beside it are done, and releases nothing', async () => {
+    const w = await SafetensorsWriter.create(join(dir, 'failing.safetensors'), [{ name: 'big', dtype: 'U8', shape: [2 * SMALL_CHUNK] }]);
+    vi.spyOn(w, 'writeAt').mockRejectedValue(new Error('disk full'));
+    let besideDone = false;
+    const out = new CoalescingWriter(w, async () => {
+      await new Promise((r) => setTimeout(r, 5));
+      besideDone = true;
+    });
+    let released = false;
+    await out.write('big', Buffer.alloc(2 * SMALL_CHUNK), () => (released = true));
+    await expect(out.finish()).rejects.toThrow('disk full');
+    expect(besideDone).toBe(true);
+    expect(released).toBe(false);
+    await w.abort();
   });
 
   it('refuses a chunk out of order at once, naming the tensor', async () => {
     const { plan, data } = moeLikePlan();
     const w = await SafetensorsWriter.create(join(dir, 'misuse.safetensors'), plan);
-    const out = new CoalescingWriter(w, () => {});
+    const out = new CoalescingWriter(w);
     await out.write('norm', data.get('norm')!);
     await expect(out.write('tail', Buffer.alloc(5))).rejects.toThrow(/tail.*out of order: tensor experts\.0\.input_scale must be finished first/);
     await out.settle();

@@ -1,12 +1,13 @@
 // How convert gets through MoE checkpoints fast without changing a byte: expert tensors read
 // many at once (adjacent ones in one read), a batch of experts per transform call, and the
 // block-scale scans run beside the conversion (ScaleScans) instead of all before it.
-import { cp, readdir, readFile, rm, truncate } from 'node:fs/promises';
+import { cp, open, readdir, readFile, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { openCheckpoint, readTensor } from '../src/checkpoint/model-dir.js';
 import { mapLimited, readSmallTensors, readTensorsInto, tensorsBytes } from '../src/checkpoint/read-batch.js';
 import { ScaleScans } from '../src/plan/scale-plan.js';
+import { addon } from '../src/transform/addon.js';
 import { generateModel } from '../tools/fixture-generator/generate.js';
 import { cli, MODELS, tempDir } from './helpers/models.js';
 
@@ -47,6 +48,58 @@ describe('readTensorsInto', () => {
     } finally {
       await ckpt.close();
     }
+  });
+});
+
+describe('reading many tensors with few native calls (readRanges)', () => {
+  it('reads every range asked, in one pool call, and rejects a read past the end or on a bad descriptor', async () => {
+    const path = join(MODELS, 'qwen3-moe-tiny-modelopt', 'config.json');
+    const bytes = await readFile(path);
+    const handle = await open(path);
+    try {
+      const target = Buffer.alloc(12);
+      await addon().readRanges(handle.fd, target, new Float64Array([0, 5, 0, 3, 7, 5]));
+      expect(target.equals(Buffer.concat([bytes.subarray(0, 5), bytes.subarray(3, 10)]))).toBe(true);
+      await expect(addon().readRanges(handle.fd, target, new Float64Array([bytes.length - 2, 4, 0]))).rejects.toThrow(/end of file at byte \d+, 2 bytes short/);
+      expect(() => addon().readRanges(handle.fd, target, new Float64Array([0, 13, 0]))).toThrow(/does not fit the target's 12 bytes/);
+      expect(() => addon().readRanges(handle.fd, target, new Float64Array([0, 1]))).toThrow(/triples/);
+      expect(() => addon().readRanges(handle.fd, target, new Float64Array([-1, 1, 0]))).toThrow(/position must be a non-negative safe integer/);
+    } finally {
+      await handle.close();
+    }
+    // A descriptor no process has open (far above any limit on open files).
+    await expect(addon().readRanges(2 ** 30, Buffer.alloc(1), new Float64Array([0, 1, 0]))).rejects.toThrow(/Bad file descriptor/);
+  });
+
+  it('a batch of expert tensors is a few native calls, not one read each', async () => {
+    const ckpt = await openCheckpoint(join(MODELS, 'qwen3-moe-tiny-modelopt'));
+    const spy = vi.spyOn(addon(), 'readRanges');
+    try {
+      const names = [...ckpt.tensors.keys()].filter((n) => /experts\.\d+\.(gate|up)_proj\.weight$/.test(n));
+      expect(names.length).toBeGreaterThan(8);
+      const target = Buffer.alloc(tensorsBytes(ckpt, names));
+      const views = await readTensorsInto(ckpt, names, target, 4);
+      for (const [i, n] of names.entries()) expect(views[i]!.equals(await readTensor(ckpt, n)), n).toBe(true);
+      // At most `limit` calls, plus one where the batch crosses into another shard.
+      expect(spy.mock.calls.length).toBeGreaterThan(0);
+      expect(spy.mock.calls.length).toBeLessThanOrEqual(4 + ckpt.shards.length - 1);
+    } finally {
+      spy.mockRestore();
+      await ckpt.close();
+    }
+  });
+
+  it('closing a reader waits for the native reads that use its descriptor', async () => {
+    const ckpt = await openCheckpoint(join(MODELS, 'qwen3-moe-tiny-modelopt'));
+    const reader = ckpt.readers.get(ckpt.shards[0]!)!;
+    const name = reader.names().at(-1)!;
+    const { position, bytes } = reader.adjacentRange([name]);
+    const order: string[] = [];
+    const read = reader.withFd((fd) => addon().readRanges(fd, Buffer.alloc(bytes), new Float64Array([position, bytes, 0])))!;
+    void read.then(() => order.push('read'));
+    await ckpt.close().then(() => order.push('closed'));
+    expect(order).toEqual(['read', 'closed']);
+    expect(reader.withFd(async () => undefined)).toBeUndefined();
   });
 });
 
@@ -175,5 +228,32 @@ describe('MoE stacks in batches of experts', () => {
       expect(o.map(([f]) => f)).toEqual(outputs[0]!.map(([f]) => f));
       o.forEach(([f, bytes], i) => expect(bytes.equals(outputs[0]![i]![1]), f).toBe(true));
     }
+  });
+});
+
+describe('the profile (MARLIN_FP4_PROFILE=1)', () => {
+  it("has a timeline in which every shard's scans come before its writes, and the checksums before the commit", async () => {
+    const model = join(work, 'moe-profiled');
+    await generateModel(model, { arch: 'qwen3-moe', flavour: 'modelopt', experts: 8, shards: 3 });
+    const r = cli(['convert', model, '-o', join(work, 'out-profiled'), '--device', 'cpu', '-q'], { MARLIN_FP4_PROFILE: '1' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/main thread busy +\d+\.\d+ s {2}\(\d+% of the process's/);
+    const events = [...r.stderr.matchAll(/^ +(\d+\.\d+) {2}(.+)$/gm)].map(([, t, what]) => ({ t: Number(t), what: what! }));
+    const at = (what: string) => {
+      const i = events.findIndex((e) => e.what === what);
+      expect(i, `${what} in the timeline:\n${r.stderr}`).toBeGreaterThanOrEqual(0);
+      return i;
+    };
+    expect(events.map((e) => e.t)).toEqual(events.map((e) => e.t).sort((a, b) => a - b));
+    expect(at('checkpoint opened')).toBeLessThan(at('planned'));
+    const shards = (await readdir(model)).filter((f) => f.endsWith('.safetensors')).sort();
+    expect(shards).toHaveLength(3);
+    for (const s of shards) {
+      expect(at('planned')).toBeLessThan(at(`${s}: scans ready, writing starts`));
+      expect(at(`${s}: scans ready, writing starts`)).toBeLessThan(at(`${s}: last write done`));
+      expect(at(`${s}: last write done`)).toBeLessThan(at(`${s}: done (hashed)`));
+      expect(at(`source ${s} hashed`)).toBeLessThan(at('every checksum known'));
+    }
+    expect(at('every checksum known')).toBeLessThan(at('output committed'));
   });
 });

@@ -13,6 +13,8 @@ void RegisterInverses(Napi::Env env, Napi::Object exports);    // addon_inverses
 void RegisterGpu(Napi::Env env, Napi::Object exports);         // addon_gpu.cc
 void RegisterGemm(Napi::Env env, Napi::Object exports);        // addon_gemm.cc
 void RegisterMxfp4(Napi::Env env, Napi::Object exports);       // addon_mxfp4.cc
+void RegisterIo(Napi::Env env, Napi::Object exports);          // addon_io.cc
+void RegisterSha256(Napi::Env env, Napi::Object exports);      // addon_sha256.cc
 
 enum class Backend { Cpu, Cuda };
 

@@ -194,9 +194,17 @@ export function requireNvfp4(ckpt: Pick<Checkpoint, 'config' | 'hfQuantConfig' |
   }
 }
 
+// Compiled once per pattern: findLinears asks for every packed tensor (tens of thousands in an MoE).
+const globs = new Map<string, RegExp>();
+
 function globToRegExp(glob: string): RegExp {
-  const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
-  return new RegExp(`^${body}$`);
+  let re = globs.get(glob);
+  if (!re) {
+    const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+    re = new RegExp(`^${body}$`);
+    globs.set(glob, re);
+  }
+  return re;
 }
 
 /**

@@ -43,6 +43,16 @@ const IndexSchema = z.object({
   weight_map: z.record(z.string(), z.string()),
 });
 
+/** The index's weight_map when IndexSchema would accept the index as it is; undefined otherwise (the schema says why). */
+function plainWeightMap(index: Record<string, unknown>): Record<string, string> | undefined {
+  const { metadata, weight_map: map } = index;
+  const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (metadata !== undefined && !isRecord(metadata)) return undefined;
+  if (!isRecord(map)) return undefined;
+  for (const k in map) if (typeof map[k] !== 'string') return undefined;
+  return map as Record<string, string>;
+}
+
 function safeShardName(indexPath: string, file: string): string {
   if (file !== basename(file) || file === '.' || file === '..' || !file.endsWith('.safetensors')) {
     throw new InputError(`${indexPath}: weight_map names "${file}", which is not a .safetensors file in this directory`);
@@ -92,12 +102,16 @@ export async function openCheckpoint(modelDir: string, remote?: ShardSource): Pr
   const indexPath = join(dir, INDEX_FILE);
   const index = await readJson(INDEX_FILE);
   if (index) {
-    const parsed = IndexSchema.safeParse(index);
-    if (!parsed.success) {
-      throw new InputError(`${indexPath}: ${parsed.error.issues[0]?.path.join('.') || 'index'}: ${parsed.error.issues[0]?.message}`);
+    // Checked by hand first: the schema took a tenth of opening an MoE of 37,000 tensors.
+    weightMap = plainWeightMap(index);
+    if (!weightMap) {
+      const parsed = IndexSchema.safeParse(index);
+      if (!parsed.success) {
+        throw new InputError(`${indexPath}: ${parsed.error.issues[0]?.path.join('.') || 'index'}: ${parsed.error.issues[0]?.message}`);
+      }
+      weightMap = parsed.data.weight_map;
     }
-    weightMap = parsed.data.weight_map;
-    shards = [...new Set(Object.values(weightMap).map((f) => safeShardName(indexPath, f)))];
+    shards = [...new Set(Object.values(weightMap))].map((f) => safeShardName(indexPath, f));
     for (const s of shards) if (!isRemote(s) && !usable(s)) throw new InputError(`${indexPath}: names shard ${s}, which does not exist`);
   } else {
     for (const rel of listed.refused.keys()) if (rel.endsWith('.safetensors') && !rel.includes('/')) usable(rel);

@@ -4,6 +4,7 @@
 // all into one caller-owned buffer (a pooled, page-locked one when it feeds the GPU).
 import { InputError } from '../errors.js';
 import { SafetensorsError } from '../safetensors/index.js';
+import { addon } from '../transform/addon.js';
 import { readTensor, type Checkpoint } from './model-dir.js';
 
 /** Reads in flight at once: libuv runs 4 file operations side by side by default. */
@@ -85,6 +86,7 @@ export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[]
     offset += size;
     prevEnd = entry.end;
   }
+  if (await readRunsNatively(ckpt, runs, target, limit)) return views;
   await mapLimited(runs, limit, (r) =>
     ckpt.readers
       .get(r.shard)!
@@ -95,6 +97,55 @@ export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[]
       }),
   );
   return views;
+}
+
+// A native batched read (addon_io.cc) takes at least this many bytes or runs, unless the
+// batch is smaller: a batch is split into at most `limit` of them, run side by side (as many
+// reads at once as the per-run path has, for a disk that is not in the page cache).
+const NATIVE_GROUP_BYTES = 4 * 1024 * 1024;
+const NATIVE_GROUP_RUNS = 64;
+
+/**
+ * Reads the runs of local shards with few native calls instead of one fs/promises read each.
+ * On the 2-core VM, reading 20,000 four-byte tensors 16 at a time cost 31 µs a read through
+ * fs/promises (19 µs of it inside the call that hands the read to libuv's pool, waking a
+ * pool thread), against 2.5 µs for a pread: an MoE with tens of thousands of expert
+ * tensors spent most of its planning, and much of its block-scale scans, on the main thread
+ * around reads. false: not done (a remote shard, or a native read failed, after which the
+ * caller reads again its own way, so that its errors name the file and the tensor).
+ */
+async function readRunsNatively(ckpt: Checkpoint, runs: Run[], target: Buffer, limit: number): Promise<boolean> {
+  if (runs.length === 0) return true;
+  const total = runs.reduce((a, r) => a + r.bytes, 0);
+  const groups = Math.max(1, Math.min(limit, runs.length, Math.max(Math.ceil(total / NATIVE_GROUP_BYTES), Math.ceil(runs.length / NATIVE_GROUP_RUNS))));
+  const perGroup = { bytes: Math.ceil(total / groups), runs: Math.ceil(runs.length / groups) };
+  // Consecutive runs of one shard, about equal in bytes and runs.
+  const batches: Run[][] = [];
+  let bytes = 0;
+  for (const r of runs) {
+    const cur = batches.at(-1);
+    if (!cur || cur[0]!.shard !== r.shard || bytes >= perGroup.bytes || cur.length >= perGroup.runs) {
+      batches.push([r]);
+      bytes = r.bytes;
+    } else {
+      cur.push(r);
+      bytes += r.bytes;
+    }
+  }
+  const reads: Promise<void>[] = [];
+  for (const batch of batches) {
+    const reader = ckpt.readers.get(batch[0]!.shard)!;
+    const ranges = new Float64Array(3 * batch.length);
+    batch.forEach((r, i) => {
+      const { position, bytes } = reader.adjacentRange(r.names);
+      ranges.set([position, bytes, r.offset], 3 * i);
+    });
+    const read = reader.withFd((fd) => addon().readRanges(fd, target, ranges));
+    if (!read) break;
+    reads.push(read);
+  }
+  const settled = await Promise.allSettled(reads);
+  return reads.length === batches.length && settled.every((s) => s.status === 'fulfilled');
 }
 
 /**

@@ -5,9 +5,16 @@
 // Here a small chunk is copied into a staging buffer and handed back at once; the staged bytes
 // go out with the next large chunk in one writev, or alone when the buffer is full. One write
 // is in flight per shard, as before; large chunks are written as they come (still cache-hot
-// on the CPU path), never copied.
+// on the CPU path), never copied. Each write's bytes can also go, in file order, to a consumer
+// beside the write (the shard's checksum), before their buffers are handed back.
 import type { SafetensorsWriter } from '../safetensors/index.js';
 import { timed } from './profile.js';
+
+/**
+ * Takes the bytes of each write as it is issued, in file order, one call at a time (the next
+ * write waits for it); the buffers stay valid until it resolves.
+ */
+export type BesideWrites = (chunks: Uint8Array[]) => Promise<void>;
 
 /** Chunks up to this size are copied into the staging buffer. */
 export const SMALL_CHUNK = 256 * 1024;
@@ -22,10 +29,9 @@ export class CoalescingWriter {
   private stagedAt = 0;
   private pending: Promise<void> = Promise.resolve();
 
-  /** onWritten(end): every byte of the file before `end` is written (writes complete in order). */
   constructor(
     private readonly writer: SafetensorsWriter,
-    private readonly onWritten: (end: number) => void,
+    private readonly beside?: BesideWrites,
   ) {}
 
   /**
@@ -61,15 +67,20 @@ export class CoalescingWriter {
 
   /** Issues the staged bytes followed by `chunks` (at `position` when nothing is staged) as one write. */
   private async flush(chunks: Uint8Array[], position = this.stagedAt, release?: () => void): Promise<void> {
-    // One write in flight: the previous one has also released the spare staging buffer.
+    // One write in flight: the previous one (and what ran beside it) has also released the
+    // spare staging buffer.
     await timed('writeWait', this.pending);
     const bufs = this.staged > 0 ? [this.stage.subarray(0, this.staged), ...chunks] : chunks;
     const start = this.staged > 0 ? this.stagedAt : position;
-    const end = start + bufs.reduce((a, b) => a + b.length, 0);
     [this.stage, this.spare] = [this.spare, this.stage];
     this.staged = 0;
-    this.pending = timed('write', this.writer.writeAt(bufs, start)).then(() => {
-      this.onWritten(end);
+    const write = timed('write', this.writer.writeAt(bufs, start));
+    const beside = this.beside?.(bufs) ?? Promise.resolve();
+    // Both settle before the buffers are released or the next write starts; a write's error
+    // is the one reported.
+    this.pending = Promise.allSettled([write, beside]).then(([w, b]) => {
+      if (w.status === 'rejected') throw w.reason;
+      if (b.status === 'rejected') throw b.reason;
       release?.();
     });
     this.pending.catch(() => {}); // surfaced by the next await of `pending`

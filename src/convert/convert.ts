@@ -9,7 +9,7 @@ import { checkMxfp4Options } from '../plan/mxfp4.js';
 import type { Scheme } from '../format/quant-config.js';
 import { resolveBackend, setThreads, type ActDtype, type Backend, type DeviceChoice, type LayoutVersion } from '../transform/marlin.js';
 import { BufferPool } from './buffer-pool.js';
-import { reportProfile, startProfile, timed } from './profile.js';
+import { mark, reportProfile, startProfile, timed } from './profile.js';
 import { layerRecords } from '../plan/records.js';
 import type { LayerRecord } from '../format/records.js';
 import type { ManifestFile } from '../format/manifest.js';
@@ -188,41 +188,49 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
   if (opts.threads !== undefined) setThreads(opts.threads);
   const backend = resolveBackend(opts.device ?? 'auto');
   const shardLanes = shardsAtOnce(backend);
+  mark('convert started');
   const ckpt = await openCheckpoint(opts.model);
+  mark('checkpoint opened');
   const early: string[] = [];
   const warn = (line: string) => {
     early.push(line);
     opts.onWarning?.(line);
   };
   ckpt.warnings.forEach(warn);
+  // Checksums run on worker threads beside the conversion: the source shards from the start
+  // (while the main thread plans, the cores are otherwise idle), each output shard behind its
+  // writer, the small files at the end.
+  let hashes: HashQueue | undefined;
   try {
     const source = requireConvertible(ckpt);
     const flavour = source.flavour;
     const dtype = activationDtype(ckpt, opts.dtype);
     // MXFP4's option errors come before anything is staged.
     if (source.scheme === 'mxfp4') checkMxfp4Options(ckpt, opts.layout, dtype);
+    if (opts.checksums !== false) {
+      hashes = new HashQueue();
+      for (const shard of ckpt.shards) void hashes.digest(join(ckpt.dir, shard)).then(() => mark(`source ${shard} hashed`), () => {});
+    }
     const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
     try {
       startProfile(backend);
       // The block-scale scans run beside the conversion, in shard order: each shard starts
       // once the scans of its own modules are done (its header's records need them).
       const plan = await timed('plan', planSource(ckpt, source, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
+      mark('planned');
       plan.scans.start(SCANS_AT_ONCE, plan.shards.flatMap(shardModules));
-      void timed('scans', plan.scans.settled());
+      void timed('scans', plan.scans.settled()).then(() => mark('all scans done'));
       const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
       let bytesDone = 0;
       // Page-locked buffers for the GPU (MARLIN_FP4_PIN=0: pageable, as a fallback).
       const pool = new BufferPool(6, backend === 'cuda' && process.env.MARLIN_FP4_PIN !== '0');
       const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
-      // Checksums run on worker threads beside the conversion: the source shards from now on,
-      // each output shard behind its writer, the small files at the end.
-      const hashes = opts.checksums === false ? undefined : new HashQueue();
       const shardDigests = new Map<string, FileDigest>();
       let layers: LayerRecord[] = [];
       try {
-        for (const shard of ckpt.shards) hashes?.add(join(ckpt.dir, shard));
         await forEachLimited(plan.shards, shardLanes, async (shard) => {
           await timed('scanWait', plan.scans.ready(shardModules(shard)));
+          mark(`${shard.file}: scans ready, writing starts`);
           await writeShard({
             ckpt,
             plan,
@@ -238,7 +246,9 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
             },
             onDigest: hashes ? (path, digest) => shardDigests.set(path, digest) : undefined,
           });
+          mark(`${shard.file}: done${hashes ? ' (hashed)' : ''}`);
         });
+        mark('every shard written');
         // Every shard waited for its own scans; the records of all modules need every scan.
         await plan.scans.runAll(SCANS_AT_ONCE);
         layers = [...layerRecords(plan).values()];
@@ -251,7 +261,9 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
         files.push(...(await copyOtherFiles(ckpt, staged.tmp, staged.dir)));
         files.push(...(await writeModelCard(staged.tmp, await cardInfo(ckpt, flavour.kind, plan.layout, dtype, layers.length, opts))));
         for (const f of files) if (!shardDigests.has(join(staged.tmp, f))) hashes?.add(join(staged.tmp, f));
+        mark('small files written');
         const digests = new Map([...((await hashes?.done()) ?? []), ...shardDigests]);
+        mark('every checksum known');
         const checkedAgainstHub = opts.hub ? checkAgainstHub(ckpt.dir, ckpt.shards, digests, opts.hub) : 0;
         const entry = async (dir: string, name: string): Promise<ManifestFile> => {
           const d = digests.get(join(dir, name));
@@ -270,9 +282,9 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       } finally {
         plan.scans.stop(new Error('convert stopped'));
         await plan.scans.settled();
-        await hashes?.close();
       }
       await staged.commit();
+      mark('output committed');
       reportProfile(backend, performance.now() - started, Math.min(shardLanes, plan.shards.length));
       return {
         input: ckpt.dir,
@@ -300,6 +312,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
       throw asOutputError(e, staged);
     }
   } finally {
+    await hashes?.close();
     await ckpt.close();
   }
 }

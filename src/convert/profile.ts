@@ -1,6 +1,7 @@
 // Opt-in time breakdown of convert (MARLIN_FP4_PROFILE=1): where the seconds went, printed to
 // stderr once the output is in place. Off by default, and then free: timed() hands back the
 // promise it was given, and nothing is counted or printed.
+import { performance } from 'node:perf_hooks';
 import { addon } from '../transform/addon.js';
 import type { Backend } from '../transform/marlin.js';
 
@@ -10,6 +11,13 @@ type Phase = 'plan' | 'scans' | 'scanWait' | 'read' | 'transform' | 'write' | 'w
 const spent: Record<Phase, number> = { plan: 0, scans: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
 const calls: Record<Phase, number> = { plan: 0, scans: 0, scanWait: 0, read: 0, transform: 0, write: 0, writeWait: 0 };
 const allocated = { buffers: 0, bytes: 0 };
+/** Moments of the run (ms since the process started), in the order they happened: the critical path. */
+const marks: [string, number][] = [];
+
+/** Records that `what` happened now (the timeline printed with the profile). */
+export function mark(what: string): void {
+  if (PROFILE) marks.push([what, performance.now()]);
+}
 
 /** Adds the time until `p` settles to `phase` (milliseconds, summed over concurrent shards). */
 export function timed<T>(phase: Phase, p: Promise<T>): Promise<T> {
@@ -68,5 +76,11 @@ export function reportProfile(backend: Backend, totalMs: number, lanes: number):
     `  buffers allocated: ${allocated.buffers} (${gb(allocated.bytes)})`,
     `  total                      ${s(totalMs)}`,
   );
+  // How busy the main thread was since the process started: near 100%, it is the bottleneck.
+  const elu = performance.eventLoopUtilization();
+  lines.push(`  main thread busy           ${s(elu.active)}  (${(100 * elu.utilization).toFixed(0)}% of the process's ${s(elu.active + elu.idle).trim()})`);
+  lines.push('  timeline (seconds since the process started):');
+  for (const [what, t] of marks) lines.push(`    ${(t / 1e3).toFixed(3).padStart(7)}  ${what}`);
+  marks.length = 0;
   process.stderr.write(lines.join('\n') + '\n');
 }

@@ -1,6 +1,6 @@
 // Writes one output shard: header from the plan, then every tensor's bytes in order, with one
 // write in flight while the next chunk is read and transformed, small tensors gathered into
-// few writes (coalesce.ts).
+// few writes (coalesce.ts), each write's bytes hashed beside it for the manifest.
 import { join } from 'node:path';
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import type { OutputShard, Plan } from '../plan/plan.js';
@@ -9,9 +9,10 @@ import { SafetensorsWriter } from '../safetensors/index.js';
 import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
 import { shardMetadata, type LayerRecord } from '../format/records.js';
-import { StreamingHash, type FileDigest } from '../integrity/sha256.js';
+import { BufferHash, type FileDigest } from '../integrity/sha256.js';
 import { produce } from './produce.js';
 import { CoalescingWriter } from './coalesce.js';
+import { mark } from './profile.js';
 import { mapLimited } from '../checkpoint/read-batch.js';
 
 export interface ShardJob {
@@ -39,14 +40,11 @@ export function convertedShardMetadata(plan: Plan, shard: OutputShard, records: 
 export async function writeShard(job: ShardJob): Promise<void> {
   const { plan, shard } = job;
   const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, convertedShardMetadata(plan, shard, job.records));
-  const hash = job.onDigest ? new StreamingHash(writer.path) : undefined;
-  // Writes complete in order, so everything below `written` is on disk and can be hashed.
-  let written = writer.dataStart;
-  const out = new CoalescingWriter(writer, (end) => {
-    written = end;
-    hash?.advance(end);
-  });
+  // The shard's checksum from the bytes as they are written, header first.
+  const hash = job.onDigest ? new BufferHash() : undefined;
+  const out = new CoalescingWriter(writer, hash && ((chunks) => hash.update(chunks)));
   try {
+    await hash?.update([writer.header]);
     for (const t of shard.tensors) {
       const ctx = {
         ckpt: job.ckpt,
@@ -60,10 +58,10 @@ export async function writeShard(job: ShardJob): Promise<void> {
       await produce(ctx, t, (chunk, release) => out.write(t.name, chunk, release));
     }
     await out.finish();
+    mark(`${shard.file}: last write done`);
     await writer.close();
-    if (hash) job.onDigest!(writer.path, await hash.finish(written));
+    if (hash) job.onDigest!(writer.path, hash.digest());
   } catch (e) {
-    await hash?.abort();
     await out.settle();
     await writer.abort();
     throw fileError(join(job.finalDir, shard.file), 'write', e, 'output');

@@ -1,7 +1,8 @@
 // SHA-256 of whole files on worker threads, so hashing runs beside the conversion instead of
-// after it on the main thread.
+// after it on the main thread; and of bytes as they are written (BufferHash).
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { addon } from '../transform/addon.js';
 
 // The worker streams a file through node:crypto; inline source keeps it valid from src/ and dist/.
 const WORKER = `
@@ -108,67 +109,23 @@ export async function sha256Files(paths: string[]): Promise<Map<string, FileDige
   return q.done();
 }
 
-// Hashes a file that is being written front to back: it reads each range as soon as the
-// writer reports it complete (from the page cache), so the checksum is ready moments after
-// the last write instead of requiring a second pass over the whole file.
-const STREAM_WORKER = `
-const { parentPort, workerData } = require('node:worker_threads');
-const { createHash } = require('node:crypto');
-const { openSync, readSync, closeSync } = require('node:fs');
-const buf = Buffer.allocUnsafe(1 << 20);
-const h = createHash('sha256');
-const fd = openSync(workerData.path, 'r');
-let pos = 0;
-parentPort.on('message', ({ upTo, final }) => {
-  try {
-    while (pos < upTo) {
-      const n = readSync(fd, buf, 0, Math.min(buf.length, upTo - pos), pos);
-      if (n <= 0) throw new Error('file shorter than written: ' + pos + ' of ' + upTo + ' bytes');
-      h.update(buf.subarray(0, n));
-      pos += n;
-    }
-    if (final) {
-      closeSync(fd);
-      parentPort.postMessage({ sha256: h.digest('hex'), bytes: pos });
-    }
-  } catch (e) {
-    parentPort.postMessage({ error: e.message });
-  }
-});
-`;
+/**
+ * SHA-256 of bytes handed over in order, hashed on libuv's pool by the addon (OpenSSL, as
+ * node:crypto): convert hashes each output shard from the buffers it writes, beside the write,
+ * instead of reading the file back (native/src/addon_sha256.cc says why). Each update must be
+ * awaited before the next.
+ */
+export class BufferHash {
+  private readonly handle = addon().sha256New();
+  private bytes = 0;
 
-export class StreamingHash {
-  private readonly worker: Worker;
-  private readonly result: Promise<FileDigest>;
-
-  constructor(path: string) {
-    this.worker = new Worker(STREAM_WORKER, { eval: true, workerData: { path } });
-    this.result = new Promise<FileDigest>((resolve, reject) => {
-      this.worker.once('message', (m: { sha256?: string; bytes?: number; error?: string }) => {
-        if (m.error) reject(new Error(`${path}: cannot read for its checksum: ${m.error}`));
-        else resolve({ sha256: m.sha256!, bytes: m.bytes! });
-      });
-      this.worker.once('error', reject);
-    });
-    this.result.catch(() => {}); // surfaced by finish()
+  update(chunks: Uint8Array[]): Promise<void> {
+    for (const c of chunks) this.bytes += c.length;
+    return addon().sha256Update(this.handle, chunks);
   }
 
-  /** Bytes [0, upTo) of the file are written. */
-  advance(upTo: number): void {
-    this.worker.postMessage({ upTo, final: false });
-  }
-
-  /** The file is complete at `size` bytes: its digest. */
-  async finish(size: number): Promise<FileDigest> {
-    this.worker.postMessage({ upTo: size, final: true });
-    try {
-      return await this.result;
-    } finally {
-      await this.worker.terminate();
-    }
-  }
-
-  async abort(): Promise<void> {
-    await this.worker.terminate();
+  /** The digest of everything handed over; the hash takes no more bytes after it. */
+  digest(): FileDigest {
+    return { sha256: addon().sha256Digest(this.handle), bytes: this.bytes };
   }
 }

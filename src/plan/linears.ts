@@ -197,14 +197,13 @@ export function findLinears(ckpt: Checkpoint, flavour: Flavour, problems?: strin
   const attempt = problemCollector(problems);
 
   // Block scales with no packed tensor beside them cannot be placed.
-  for (const ref of [...t.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    if (!isBlockScale(ref.name, ref.entry.dtype)) continue;
+  for (const ref of [...t.values()].filter((r) => isBlockScale(r.name, r.entry.dtype)).sort((a, b) => (a.name < b.name ? -1 : 1))) {
     attempt(() => {
       const packed = packedOf(ref.name, flavour);
       const w = t.get(packed);
+      if (w?.entry.dtype === 'U8') return;
       const module = companions(packed, flavour).module;
-      expect(ckpt, w, packed, `the packed FP4 weight of ${module}; its block scales ${ref.name} cannot be placed`, w?.entry.dtype === 'U8',
-        `dtype ${w?.entry.dtype} is not U8 (packed FP4)`, ref.name);
+      expect(ckpt, w, packed, `the packed FP4 weight of ${module}; its block scales ${ref.name} cannot be placed`, false, `dtype ${w?.entry.dtype} is not U8 (packed FP4)`, ref.name);
     });
   }
 
@@ -235,11 +234,13 @@ export function findLinears(ckpt: Checkpoint, flavour: Flavour, problems?: strin
       if (scheme && !NVFP4_ALGOS.includes(String(scheme.quant_algo).toUpperCase())) {
         throw new InputError(`${where(ckpt, weight)}: packed as U8, but quantized_layers gives ${p} quant_algo ${String(scheme.quant_algo)}; marlin-fp4 converts NVFP4 and W4A16_NVFP4 only and will not copy it unconverted`);
       }
+      // The messages are built only for a tensor that fails (an MoE has tens of thousands that pass).
       const s = t.get(c.scale);
-      expect(ckpt, s, c.scale, `the block scales of ${p}`, s?.entry.dtype === 'F8_E4M3', `dtype ${s?.entry.dtype} is not F8_E4M3`, weight);
+      if (s?.entry.dtype !== 'F8_E4M3') expect(ckpt, s, c.scale, `the block scales of ${p}`, false, `dtype ${s?.entry.dtype} is not F8_E4M3`, weight);
       const g = t.get(c.global);
-      expect(ckpt, g, c.global, `the global scale of ${p}`, g?.entry.dtype === 'F32' && (g.entry.shape.length === 0 || (g.entry.shape.length === 1 && g.entry.shape[0] === 1)),
-        `global scale must be an F32 scalar, got ${g?.entry.dtype} ${fmt(g?.entry.shape ?? [])}`, weight);
+      if (!(g?.entry.dtype === 'F32' && (g.entry.shape.length === 0 || (g.entry.shape.length === 1 && g.entry.shape[0] === 1)))) {
+        expect(ckpt, g, c.global, `the global scale of ${p}`, false, `global scale must be an F32 scalar, got ${g?.entry.dtype} ${fmt(g?.entry.shape ?? [])}`, weight);
+      }
       let inputScale: string | undefined;
       if (t.has(c.input)) {
         const ie = t.get(c.input)!.entry;

@@ -10,6 +10,8 @@ import { openRegularFile, readExactly, type OpenOptions, type RandomAccessFile }
  */
 export class SafetensorsReader {
   private closed = false;
+  /** Reads in flight through withFd(). */
+  private readonly borrowed = new Set<Promise<unknown>>();
 
   private constructor(
     private readonly handle: RandomAccessFile,
@@ -96,7 +98,22 @@ export class SafetensorsReader {
    * them, instead of one per tensor. Tensors of an MoE layer's experts are often stored so.
    */
   async readAdjacentInto(names: readonly string[], target: Uint8Array): Promise<Uint8Array> {
-    if (names.length === 0) throw new Error('readAdjacentInto: no tensor named');
+    const { position, bytes } = this.adjacentRange(names);
+    if (target.length !== bytes) {
+      throw new SafetensorsError(this.header.path, names[0], `${names.length} adjacent tensors hold ${bytes} bytes, not ${target.length}`);
+    }
+    if (this.closed) throw new Error(`${this.header.path}: reader is closed`);
+    await readExactly(this.handle, target, position, this.header.path, names[0]);
+    return target;
+  }
+
+  /**
+   * Where the tensors `names` lie in the file: they must be back to back in the data section
+   * in that order (each begins where the one before ends). Their bytes are `bytes` from file
+   * position `position`.
+   */
+  adjacentRange(names: readonly string[]): { position: number; bytes: number } {
+    if (names.length === 0) throw new Error('adjacentRange: no tensor named');
     const first = this.entry(names[0]!);
     let end = first.begin;
     for (const n of names) {
@@ -104,17 +121,29 @@ export class SafetensorsReader {
       if (e.begin !== end) throw new SafetensorsError(this.header.path, n, `does not follow ${names[0]} directly in the data section`);
       end = e.end;
     }
-    if (target.length !== end - first.begin) {
-      throw new SafetensorsError(this.header.path, first.name, `${names.length} adjacent tensors hold ${end - first.begin} bytes, not ${target.length}`);
-    }
-    if (this.closed) throw new Error(`${this.header.path}: reader is closed`);
-    await readExactly(this.handle, target, this.header.dataStart + first.begin, this.header.path, first.name);
-    return target;
+    return { position: this.header.dataStart + first.begin, bytes: end - first.begin };
+  }
+
+  /**
+   * Runs `use` with the descriptor of the open file, for reads done outside this class (many
+   * tensors in one native call: checkpoint/read-batch.ts); undefined when there is none (a
+   * remote file, or the reader is closed). close() waits for what `use` started, so the
+   * descriptor is not closed, and then reused for another file, under a read.
+   */
+  withFd<T>(use: (fd: number) => Promise<T>): Promise<T> | undefined {
+    const fd = (this.handle as { fd?: unknown }).fd;
+    if (this.closed || typeof fd !== 'number' || fd < 0) return undefined;
+    const p = use(fd);
+    this.borrowed.add(p);
+    const done = () => this.borrowed.delete(p);
+    p.then(done, done);
+    return p;
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await Promise.allSettled([...this.borrowed]);
     await this.handle.close();
   }
 

@@ -110,12 +110,17 @@ export class SafetensorsWriter {
   private constructor(
     readonly path: string,
     private readonly handle: FileHandle,
-    /** Where the data section starts: the header is written first, then data in planned order. */
-    readonly dataStart: number,
+    /** The file's first bytes (length prefix and JSON header), written by create(). */
+    readonly header: Buffer,
     private readonly plan: Slot[],
   ) {
     this.index = new Map(plan.map((s, i) => [s.name, i]));
     this.skipComplete();
+  }
+
+  /** Where the data section starts: the header is written first, then data in planned order. */
+  get dataStart(): number {
+    return this.header.length;
   }
 
   static async create(path: string, tensors: PlannedTensor[], metadata?: Record<string, string>): Promise<SafetensorsWriter> {
@@ -134,7 +139,7 @@ export class SafetensorsWriter {
       const [begin, end] = offsets.get(t.name)!;
       return { name: t.name, begin, size: end - begin };
     });
-    return new SafetensorsWriter(path, handle, header.length, plan);
+    return new SafetensorsWriter(path, handle, header, plan);
   }
 
   /** Appends `chunk` to tensor `name`; may be called several times per tensor. */

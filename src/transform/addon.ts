@@ -4,6 +4,9 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/** An opaque handle of a native SHA-256 in progress. */
+export type Sha256Handle = { readonly __sha256: unique symbol };
+
 export interface NativePart {
   data: Uint8Array;
   n: number;
@@ -53,6 +56,17 @@ export interface NativeAddon {
   processGlobalScale(ws2: number, opts: { layout: string; dtype: string; sf?: number }): Buffer;
   padShapeV2(n: number, k: number): { np: number; kp: number };
   setThreads(n: number): number;
+  /**
+   * Reads every range [file position, length, offset in target] (a Float64Array of such
+   * triples) of the open file `fd` into `target`, on one pool thread (native/src/addon_io.cc).
+   * Rejects with a plain message on a read error or an early end of file.
+   */
+  readRanges(fd: number, target: Uint8Array, ranges: Float64Array): Promise<void>;
+  /** A SHA-256 in progress (native/src/addon_sha256.cc): bytes in order by sha256Update, each awaited before the next. */
+  sha256New(): Sha256Handle;
+  sha256Update(hash: Sha256Handle, chunks: Uint8Array[]): Promise<void>;
+  /** The hex digest; the hash takes no more updates after it. */
+  sha256Digest(hash: Sha256Handle): string;
   /** "cpu", or "cpu,cuda" when the addon was built with the CUDA backend. */
   backends: string;
   /**
