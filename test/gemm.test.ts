@@ -177,6 +177,19 @@ for (const [backend, title, usable] of BACKENDS) {
   });
 }
 
+/**
+ * Random packed tensors of an [Np, Kp] converted linear: random words (every E2M1 code) and
+ * random processed scale bytes, some zeroed, the rest v·128 from 2^-7 to 2^8. `rnd` (five bytes
+ * per scale byte, from `seed`) also serves as the source of a reference of the same shape.
+ */
+function randomPacked(np: number, kp: number, seed: number): { rnd: Buffer; weight: Buffer; scales: Buffer } {
+  const rnd = randomActivations(1, (kp / 16) * np * 5, 'bfloat16', seed);
+  const weightBytes = (kp / 16) * 2 * np * 4;
+  const scales = Buffer.from(rnd.subarray(weightBytes, weightBytes + (kp / 16) * np));
+  for (let i = 0; i < scales.length; i++) scales[i] = scales[i]! % 16 === 0 ? 0 : 0x40 + (scales[i]! % 0x80);
+  return { rnd, weight: rnd.subarray(0, weightBytes), scales };
+}
+
 describe.skipIf(!gpu)(`fast vs simple Marlin GEMM kernel on the ${gpuTitle}: random packed tensors`, () => {
   // Random words (every E2M1 code), random processed scale bytes with some zeroed ones, a stored
   // global scale as a converter writes it; padded N and K, M not a multiple of 16.
@@ -193,17 +206,14 @@ describe.skipIf(!gpu)(`fast vs simple Marlin GEMM kernel on the ${gpuTitle}: ran
           [130, 384, 448, 4096, 4160],
         ] as const) {
           seed++;
-          const rnd = randomActivations(1, (kp / 16) * np * 5, 'bfloat16', seed);
-          const weight = rnd.subarray(0, (kp / 16) * 2 * np * 4);
-          const scales = Buffer.from(rnd.subarray((kp / 16) * 2 * np * 4));
-          for (let i = 0; i < scales.length; i++) scales[i] = scales[i]! % 16 === 0 ? 0 : 0x40 + (scales[i]! % 0x80);
+          const { weight, scales } = randomPacked(np, kp, seed);
           const bias = dtype === 'bfloat16' ? 126 : 14;
           const gv = 0.375 * 2 ** (bias - 7); // exact in float16 and bfloat16
           const global = Buffer.alloc(layout === 'v2' ? 4 : 2);
           if (layout === 'v2') global.writeFloatLE(gv);
           else global.writeUInt16LE(dtype === 'bfloat16' ? new Uint32Array(new Float32Array([gv]).buffer)[0]! >>> 16 : 0x5200); // float16 48 = 0.375 * 2^7
           const x = randomActivations(m, k, dtype, seed);
-          const args = { x, m, k, n, np, kp, layout, dtype, weight, scales: scales.subarray(0, (kp / 16) * np), global };
+          const args = { x, m, k, n, np, kp, layout, dtype, weight, scales, global };
           const fast = await gemmMarlin(args, 'cuda');
           const simple = await gemmMarlin({ ...args, kernel: 'simple' }, 'cuda');
           const err = gemmError(fast, simple);
@@ -240,10 +250,7 @@ describe('fast vs simple CPU GEMM kernels (register-blocked tiles vs dot product
         ] as const) {
           seed++;
           const dtype = seed % 2 ? 'float16' : 'bfloat16';
-          const rnd = randomActivations(1, (kp / 16) * np * 5, 'bfloat16', seed);
-          const weight = rnd.subarray(0, (kp / 16) * 2 * np * 4);
-          const scales = Buffer.from(rnd.subarray((kp / 16) * 2 * np * 4, (kp / 16) * 2 * np * 4 + (kp / 16) * np));
-          for (let i = 0; i < scales.length; i++) scales[i] = scales[i]! % 16 === 0 ? 0 : 0x40 + (scales[i]! % 0x80);
+          const { rnd, weight, scales } = randomPacked(np, kp, seed);
           const global = Buffer.alloc(4);
           global.writeFloatLE(0.375 * 2 ** ((dtype === 'bfloat16' ? 126 : 14) - 7));
           const x = randomActivations(m, k, dtype, seed);
