@@ -56,6 +56,32 @@ Napi::Value start_inverse(Napi::Env env, Napi::Value input, int64_t out_bytes, c
                  });
 }
 
+// How a decoded tensor differs from the source's (unpackCompare, decodeCompare): the diff
+// (its `lost` reported by decodeCompare only) and the nonzero padding the decoding found.
+struct CompareResult {
+  ScaleDiff diff;
+  int64_t stray = 0;
+};
+
+// Runs `body` on a pool thread with the two inputs (info[0], info[1]) kept alive; resolves with
+// {count, first, got, lost (with_lost), paddingNonzero}.
+Napi::Value start_compare(const Napi::CallbackInfo& info, bool with_lost, std::function<void(CompareResult&)> body) {
+  auto r = std::make_shared<CompareResult>();
+  WorkerGuard g(info.Env());
+  g.w->Keep(info[0]);
+  g.w->Keep(info[1]);
+  return g.Start([r, body]() { body(*r); },
+                 [r, with_lost](Napi::Env env) -> Napi::Value {
+                   Napi::Object o = Napi::Object::New(env);
+                   o.Set("count", (double)r->diff.count);
+                   o.Set("first", (double)r->diff.first);
+                   o.Set("got", (double)r->diff.got);
+                   if (with_lost) o.Set("lost", (double)r->diff.lost);
+                   o.Set("paddingNonzero", (double)r->stray);
+                   return o;
+                 });
+}
+
 // unpackWeight(data, {n, np, k, kp, rowWords?, wordOffset?}) -> Promise<{weight, paddingNonzero}>.
 // rowWords/wordOffset select one part of a concatenated (w13) tensor.
 Napi::Value UnpackWeightOn(const Napi::CallbackInfo& info, Backend backend) {
@@ -103,45 +129,28 @@ Napi::Value UnpackCompareOn(const Napi::CallbackInfo& info, Backend backend) {
   const uint32_t* in = reinterpret_cast<const uint32_t*>(src.data) + word_off;
   const uint8_t* w = want.data;
   const int threads = g_pool_threads;
-  struct Result {
-    int64_t count = 0, first = -1, stray = 0;
-    uint8_t got = 0;
-  };
-  auto r = std::make_shared<Result>();
-  WorkerGuard g(env);
-  g.w->Keep(info[0]);
-  g.w->Keep(info[1]);
-  return g.Start(
-      [=]() {
-        if (backend == Backend::Cuda) {
+  return start_compare(info, false, [=](CompareResult& r) {
+    if (backend == Backend::Cuda) {
 #if defined(MFP4_WITH_CUDA)
-          const cuda::UnpackDiff d = cuda::run_unpack_compare(in, row_words, n, np, k, kp, w);
-          r->count = d.count;
-          r->first = d.first;
-          r->got = d.got;
-          r->stray = d.stray;
+      const cuda::UnpackDiff d = cuda::run_unpack_compare(in, row_words, n, np, k, kp, w);
+      r.diff.count = d.count;
+      r.diff.first = d.first;
+      r.diff.got = d.got;
+      r.stray = d.stray;
 #endif
-          return;
-        }
-        Scratch unpacked((size_t)(n * k / 2));
-        const uint8_t* out = unpacked.data();
-        r->stray = unpack_weight(in, row_words, n, np, k, kp, unpacked.data(), threads);
-        for (size_t i = 0; i < unpacked.size(); ++i) {
-          if (out[i] == w[i]) continue;
-          if (r->count++ == 0) {
-            r->first = (int64_t)i;
-            r->got = out[i];
-          }
-        }
-      },
-      [r](Napi::Env env) -> Napi::Value {
-        Napi::Object o = Napi::Object::New(env);
-        o.Set("count", (double)r->count);
-        o.Set("first", (double)r->first);
-        o.Set("got", (double)r->got);
-        o.Set("paddingNonzero", (double)r->stray);
-        return o;
-      });
+      return;
+    }
+    Scratch unpacked((size_t)(n * k / 2));
+    const uint8_t* out = unpacked.data();
+    r.stray = unpack_weight(in, row_words, n, np, k, kp, unpacked.data(), threads);
+    for (size_t i = 0; i < unpacked.size(); ++i) {
+      if (out[i] == w[i]) continue;
+      if (r.diff.count++ == 0) {
+        r.diff.first = (int64_t)i;
+        r.diff.got = out[i];
+      }
+    }
+  });
 }
 
 // The processed scales of one part, as decodeScales and decodeCompare read them.
@@ -203,30 +212,12 @@ Napi::Value DecodeCompareOn(const Napi::CallbackInfo& info, Backend backend) {
     throw Napi::RangeError::New(env, "source scales hold " + std::to_string(want.size) + " bytes, expected " + std::to_string(count));
   const uint8_t* w = want.data;
   const int threads = g_pool_threads;
-  struct Result {
-    ScaleDiff diff;
-    int64_t stray = 0;
-  };
-  auto r = std::make_shared<Result>();
-  WorkerGuard g(env);
-  g.w->Keep(info[0]);
-  g.w->Keep(info[1]);
-  return g.Start(
-      [=]() {
-        // The decoded scales live only for the comparison (a tenth of the packed weight).
-        Scratch decoded((size_t)count);
-        r->stray = decode_on(backend, s, decoded.data(), threads);
-        r->diff = compare_kept_scales(decoded.data(), w, count, KeptScales(s.layout, s.sf));
-      },
-      [r](Napi::Env env) -> Napi::Value {
-        Napi::Object o = Napi::Object::New(env);
-        o.Set("count", (double)r->diff.count);
-        o.Set("first", (double)r->diff.first);
-        o.Set("got", (double)r->diff.got);
-        o.Set("lost", (double)r->diff.lost);
-        o.Set("paddingNonzero", (double)r->stray);
-        return o;
-      });
+  return start_compare(info, true, [=](CompareResult& r) {
+    // The decoded scales live only for the comparison (a tenth of the packed weight).
+    Scratch decoded((size_t)count);
+    r.stray = decode_on(backend, s, decoded.data(), threads);
+    r.diff = compare_kept_scales(decoded.data(), w, count, KeptScales(s.layout, s.sf));
+  });
 }
 
 }  // namespace

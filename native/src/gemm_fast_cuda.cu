@@ -74,12 +74,7 @@ struct RingSlot {  // one step (U rows of K/16) of one warp, per lane
 template <int MN8>
 __device__ __forceinline__ void flush_swapped(float (&acc)[MN8][4][4], const Params& p, int mb, int c, int lane) {
   add_tile<MN8>(acc, p, mb * MN8 * 8, c, lane);
-#pragma unroll
-  for (int t = 0; t < MN8; ++t)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
+  clear_tile<MN8>(acc);
 }
 
 template <bool BF16, int MN8, int W, int S, int MINB, int U>
@@ -148,12 +143,7 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
   };
 
   float acc[MN8][4][4];
-#pragma unroll
-  for (int t = 0; t < MN8; ++t)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
+  clear_tile<MN8>(acc);
 
   // One cp.async group per step, empty ones past the end, so that "step i has landed" is
   // always "at most S-1 groups pending".

@@ -101,6 +101,21 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
+// K/16 rows per pipeline stage of the kernels that share x through shared memory (tiled and
+// wgmma): 64 k, one 128-byte row of x per M row; their stream-K units are this many rows.
+constexpr int kStageRows = 4;
+
+// Zeroes a warp's accumulator tile (after it has been added into y).
+template <int T>
+__device__ __forceinline__ void clear_tile(float (&acc)[T][4][4]) {
+#pragma unroll
+  for (int t = 0; t < T; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
+}
+
 // Adds a warp's partial 64 x (8·T) tile of Y^T (chunk c; n8 tiles of M rows row0 + 8t ..) into y,
 // times 128 · global. Lane (g, q) holds columns 16j + g (+8) and rows 2q, 2q+1 of each n8 tile
 // (the mma accumulator layout of both mma.sync kernels).
@@ -124,20 +139,20 @@ __device__ __forceinline__ void add_tile(const float (&acc)[T][4][4], const Para
     }
 }
 
-// The scale bytes of a stage of 4 K/16 rows x CH chunks, copied in 16-byte pieces by the first
-// 4·4·CH threads of a block: v2 keeps [K/16 row][chunk] 64 bytes (4 pieces), v1 [row pair][chunk]
+// The scale bytes of a stage of kStageRows K/16 rows x CH chunks, copied in 16-byte pieces by the
+// first kStageRows·4·CH threads of a block: v2 keeps [K/16 row][chunk] 64 bytes (4 pieces), v1 [row pair][chunk]
 // 128 bytes (8 pieces). The piece's place depends only on the thread, so it is worked out once.
 template <int CH>
 struct ScaleCopy {
   bool active;
   int k, c, off;  // first K/16 row and chunk of the piece (relative to the unit), byte offset
   __device__ __forceinline__ ScaleCopy(const Params& p, int tid) {
-    active = tid < 4 * CH * 4;
+    active = tid < kStageRows * CH * 4;
     k = p.v1 ? 2 * (tid / (CH * 8)) : tid / (CH * 4);
     c = (tid / (p.v1 ? 8 : 4)) % CH;
     off = p.v1 ? (k >> 1) * 2 * p.np + 128 * c + 16 * (tid % 8) : k * p.np + 64 * c + 16 * (tid % 4);
   }
-  // The unit at K/16 row r0 (a multiple of 4) and chunk c0, krows and cols what is left of K and N.
+  // The unit at K/16 row r0 (a multiple of kStageRows, so even for v1's row pairs) and chunk c0, krows and cols what is left of K and N.
   __device__ __forceinline__ void copy(const Params& p, uint4* dst, int tid, int r0, int c0, int krows, int cols) const {
     if (active && k < krows && c < cols) cp_async16(dst + tid, p.s + (size_t)r0 * p.np + 64 * c0 * (p.v1 ? 2 : 1) + off);
   }

@@ -32,25 +32,23 @@ namespace cuda {
 namespace fastgemm {
 namespace {
 
-constexpr int kUnitRows = 4;  // K/16 rows per stage: 64 k, one 128-byte row of x per M row
-
 template <int CH, int WM, int T>
 struct TileStage {
   static constexpr int kRowsM = WM * T * 8;
   uint4 x[kRowsM][8];               // [M row][16-byte unit ^ (row % 8)]
-  uint4 w[kUnitRows][CH][32];       // [K/16 row][chunk][lane]: the packed runs
-  uint4 s[kUnitRows * CH * 4];      // v2: [K/16 row][chunk] 64 bytes; v1: [row pair][chunk] 128 bytes
+  uint4 w[kStageRows][CH][32];       // [K/16 row][chunk][lane]: the packed runs
+  uint4 s[kStageRows * CH * 4];      // v2: [K/16 row][chunk] 64 bytes; v1: [row pair][chunk] 128 bytes
 };
 
 template <bool BF16, int CH, int WM, int T, int ST>
 __global__ void __launch_bounds__(CH * WM * 32, 1) marlin_tile_kernel(const Params p) {
   using Stage = TileStage<CH, WM, T>;
-  constexpr int NT = CH * WM * 32, MB = Stage::kRowsM, KS = kUnitRows;
+  constexpr int NT = CH * WM * 32, MB = Stage::kRowsM, KS = kStageRows;
   static_assert(MB * 8 % NT == 0 && KS * CH * 32 % NT == 0 && KS * CH * 4 <= NT, "copies must split evenly over the threads");
   extern __shared__ uint4 tile_smem[];
   Stage* const stages = reinterpret_cast<Stage*>(tile_smem);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int cw = warp % CH, mw = warp / CH, g = lane >> 2, q = lane & 3;
+  const int cw = warp % CH, mw = warp / CH, g = lane >> 2;
   const int m0 = blockIdx.y * MB;
   const int kunits = (p.rows + KS - 1) / KS;
   const int64_t total = (int64_t)((p.nchunks + CH - 1) / CH) * kunits;
@@ -97,21 +95,13 @@ __global__ void __launch_bounds__(CH * WM * 32, 1) marlin_tile_kernel(const Para
   };
 
   float acc[T][4][4];
-  auto clear = [&] {
-#pragma unroll
-    for (int t = 0; t < T; ++t)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
-  };
   // Adds this warp's 64 x (8·T) tile (chunk gi·CH + cw) into y.
   auto flush = [&](int gi) {
     const int c = gi * CH + cw;
     if (c < p.nchunks) add_tile<T>(acc, p, m0 + mw * T * 8, c, lane);
-    clear();
+    clear_tile<T>(acc);
   };
-  clear();
+  clear_tile<T>(acc);
 
   // One K/16 row's operands for this warp: B fragments of its T n8 tiles, its lane's weight
   // run and scale bytes.
@@ -250,7 +240,7 @@ TileLaunch plan_tile(const Params& p, bool bf16, int m_tiles, int depth, int sms
 void size_grid(TileLaunch& k, const Params& p, int sms) {
   const int64_t mblocks = (p.m + k.mrows - 1) / k.mrows;
   if (mblocks > 65535 || (int64_t)p.m * p.k >= (1ll << 31)) throw InvalidInput("M too large for the fast GEMM's shared-x kernels");
-  const int64_t units = (int64_t)((p.nchunks + k.chunks - 1) / k.chunks) * ((p.rows + kUnitRows - 1) / kUnitRows);
+  const int64_t units = (int64_t)((p.nchunks + k.chunks - 1) / k.chunks) * ((p.rows + kStageRows - 1) / kStageRows);
   const int64_t slots = (int64_t)sms * k.grid.x;  // one wave, shared by the block rows of M
   const int64_t bx = std::min<int64_t>(std::max<int64_t>(1, slots / mblocks), units);
   k.grid = dim3((unsigned)bx, (unsigned)mblocks);

@@ -37,14 +37,13 @@ namespace cuda {
 namespace fastgemm {
 namespace {
 
-constexpr int kUnitRows = 4;  // K/16 rows per stage
 constexpr int kGroups = 4;    // warpgroups per block = 64-column chunks per block
 
 template <int NM>
 struct alignas(1024) WgStage {
   uint4 x[NM][8];                       // [x row][16-byte unit ^ (row % 8)]: 128-byte swizzle
-  uint4 w[kUnitRows][kGroups][32];      // [K/16 row][chunk][lane]: the packed runs
-  uint4 s[kUnitRows * kGroups * 4];     // v2: [K/16 row][chunk] 64 bytes; v1: [row pair][chunk] 128 bytes
+  uint4 w[kStageRows][kGroups][32];      // [K/16 row][chunk][lane]: the packed runs
+  uint4 s[kStageRows * kGroups * 4];     // v2: [K/16 row][chunk] 64 bytes; v1: [row pair][chunk] 128 bytes
 };
 
 #ifdef MFP4_WGMMA
@@ -177,7 +176,7 @@ template <bool BF16, int NM, int ST>
 __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Params p) {
 #ifdef MFP4_WGMMA
   using Stage = WgStage<NM>;
-  constexpr int CH = kGroups, NT = CH * 128, KS = kUnitRows;
+  constexpr int CH = kGroups, NT = CH * 128, KS = kStageRows;
   extern __shared__ uint8_t wg_smem[];
   Stage* const stages = reinterpret_cast<Stage*>((reinterpret_cast<uintptr_t>(wg_smem) + 1023) & ~(uintptr_t)1023);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
