@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { CoalescingWriter, SMALL_CHUNK } from '../src/convert/coalesce.js';
+import { CoalescingWriter, IN_FLIGHT_BYTES, SMALL_CHUNK } from '../src/convert/coalesce.js';
 import { SafetensorsWriter, type PlannedTensor } from '../src/safetensors/index.js';
 import { writevFully } from '../src/safetensors/io.js';
 import { BufferHash } from '../src/integrity/sha256.js';
@@ -115,6 +115,42 @@ describe('CoalescingWriter', () => {
     expect(besideDone).toBe(true);
     expect(released).toBe(false);
     await w.abort();
+  });
+
+  it('lets the writes run ahead of a slow hash, up to IN_FLIGHT_BYTES, the hash still getting every byte in order', async () => {
+    // Chunks of a quarter of the budget: three fit in flight, the fourth waits for the hash.
+    const size = IN_FLIGHT_BYTES / 4 + 1;
+    const parts = Array.from({ length: 5 }, () => randomBytes(size));
+    const w = await SafetensorsWriter.create(join(dir, 'trailing.safetensors'), [{ name: 'big', dtype: 'U8', shape: [5 * size] }]);
+    const writeAt = vi.spyOn(w, 'writeAt');
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    const seen: Buffer[] = [];
+    let besideRunning = 0;
+    const out = new CoalescingWriter(w, async (bufs) => {
+      expect(besideRunning++).toBe(0);
+      await gate;
+      seen.push(...bufs.map((b) => Buffer.from(b)));
+      besideRunning--;
+    });
+    const released: number[] = [];
+    for (let i = 0; i < 3; i++) await out.write('big', parts[i]!, () => released.push(i));
+    // The hash has not taken a byte, yet all three writes were issued and run.
+    await vi.waitFor(() => expect(writeAt).toHaveBeenCalledTimes(3));
+    let fourthIn = false;
+    const fourth = out.write('big', parts[3]!, () => released.push(3)).then(() => (fourthIn = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fourthIn).toBe(false); // over the budget: it waits for the hash
+    expect(released).toEqual([]); // written but not hashed: nothing released
+    open();
+    await fourth;
+    await out.write('big', parts[4]!, () => released.push(4));
+    await out.finish();
+    await w.close();
+    expect(released).toEqual([0, 1, 2, 3, 4]);
+    const file = await readFile(w.path);
+    expect(file.subarray(w.header.length).equals(Buffer.concat(parts))).toBe(true);
+    expect(Buffer.concat(seen).equals(Buffer.concat(parts))).toBe(true);
   });
 
   it('refuses a chunk out of order at once, naming the tensor', async () => {

@@ -22,7 +22,7 @@ import { addon } from '../src/transform/addon.js';
 import { BAD_BLOCK_SCALE } from '../src/transform/block-scales.js';
 import { expectBytes } from './helpers/bytes.js';
 import { specRepack, specScales } from './helpers/spec.js';
-import { lostScales, mergeScaleStats, scaleFactor, scanScales, subnormalScales } from '../src/transform/scale-stats.js';
+import { lostScales, mergeScaleStats, scaleFactor, scanScales, scanScalesOffThread, subnormalScales } from '../src/transform/scale-stats.js';
 
 /** Deterministic pseudo-random bytes (xorshift) so failures reproduce. */
 function bytes(n: number, seed: number, map: (b: number) => number = (b) => b): Buffer {
@@ -202,6 +202,16 @@ describe('FORMAT.md section 7: errors name the tensor and the reason', () => {
       `${name}: block scale [3, 1] is negative (-1); Marlin stores scales without a sign`,
     );
     expect(() => scanScales(name, sc, 4)).toThrow(`${name}: block scale [3, 1] is negative (-1); Marlin stores scales without a sign`);
+    await expect(scanScalesOffThread(name, sc, 4)).rejects.toThrow(`${name}: block scale [3, 1] is negative (-1); Marlin stores scales without a sign`);
+  });
+
+  it('the scan on a pool thread counts what the scan on the main thread counts', async () => {
+    const sc = randomBytes(3 << 20).map((b) => b & 0x7e); // no sign bit, no NaN (0x7f)
+    const onPool = await scanScalesOffThread(name, sc, 4);
+    const here = scanScales(name, sc, 4);
+    expect(onPool.maxByte).toBe(here.maxByte);
+    expect([...onPool.histogram]).toEqual([...here.histogram]);
+    expect(onPool.histogram.reduce((a, b) => a + b, 0)).toBe(sc.length);
   });
 
   it('NaN block scale', async () => {

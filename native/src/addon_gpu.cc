@@ -1,7 +1,7 @@
 // Node-API bindings of the GPU's host side: what CUDA the addon has, page-locked host memory,
 // the profile of the GPU transforms, warm-up, and the testing hook on device memory.
 //
-//   cudaStatus(), backends, gpuHostBuffer(size), gpuPinHost(buffer), gpuUnpinHost(buffer),
+//   cudaStatus(), cudaStatusAsync(), backends, gpuHostBuffer(size), gpuPinHost(buffer), gpuUnpinHost(buffer),
 //   gpuProfile({enable?, reset?}?), gpuWarmup() -> Promise<boolean>, gpuSetMemoryLimit(bytes)
 //
 // Every call answers in a build without CUDA too (not available, nothing pinned, zeros).
@@ -26,9 +26,9 @@ using namespace napi_args;
 
 namespace {
 
-// cudaStatus() -> {available, reason?, devices?, name?, capability?, compiledArchs}.
-Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+// cudaStatus() -> {available, reason?, devices?, name?, capability?, compiledArchs}. The first
+// call probes the driver and the device (about 0.2 s on the H200 host), once per process.
+Napi::Object StatusObject(Napi::Env env) {
   Napi::Object r = Napi::Object::New(env);
 #if defined(MFP4_WITH_CUDA)
   std::string why;
@@ -51,6 +51,23 @@ Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
   r.Set("compiledArchs", "");
 #endif
   return r;
+}
+
+Napi::Value CudaStatus(const Napi::CallbackInfo& info) { return StatusObject(info.Env()); }
+
+// cudaStatusAsync() -> Promise<the same object>: the probe runs on a pool thread, so that the
+// caller opens the checkpoint meanwhile instead of waiting for the driver.
+Napi::Value CudaStatusAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  WorkerGuard g(env);
+  return g.Start(
+      []() {
+#if defined(MFP4_WITH_CUDA)
+        std::string why;
+        (void)cuda::cuda_available(why);  // the probe, once; the object is built from its result
+#endif
+      },
+      [](Napi::Env e) -> Napi::Value { return StatusObject(e); });
 }
 
 // gpuSetMemoryLimit(bytes): for tests, device allocations above `bytes` count as out of
@@ -191,6 +208,7 @@ void RegisterGpu(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuProfile", Napi::Function::New(env, GpuProfile));
   exports.Set("gpuWarmup", Napi::Function::New(env, GpuWarmup));
   exports.Set("cudaStatus", Napi::Function::New(env, CudaStatus));
+  exports.Set("cudaStatusAsync", Napi::Function::New(env, CudaStatusAsync));
   exports.Set("backends", Napi::String::New(env, kWithCuda ? "cpu,cuda" : "cpu"));
 }
 

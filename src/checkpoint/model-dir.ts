@@ -72,7 +72,16 @@ export interface ShardSource {
   opened?(file: string, header: SafetensorsHeader): Promise<void>;
 }
 
-export async function openCheckpoint(modelDir: string, remote?: ShardSource): Promise<Checkpoint> {
+/** Callbacks of openCheckpoint. */
+export interface OpenHooks {
+  /**
+   * The local shards, once their names are known and each is checked to be a regular file
+   * inside the model, before their headers are read: convert starts hashing them here.
+   */
+  onShards?(dir: string, shards: string[]): void;
+}
+
+export async function openCheckpoint(modelDir: string, remote?: ShardSource, hooks: OpenHooks = {}): Promise<Checkpoint> {
   const dir = resolve(modelDir);
   const st = await stat(dir).catch(() => undefined);
   if (!st) throw new InputError(`${modelDir}: no such directory`);
@@ -118,6 +127,7 @@ export async function openCheckpoint(modelDir: string, remote?: ShardSource): Pr
     shards = files.filter((f) => f.endsWith('.safetensors') && !f.includes('/'));
   }
   if (shards.length === 0) throw new InputError(`${modelDir}: no *.safetensors files`);
+  hooks.onShards?.(dir, shards.filter((s) => !isRemote(s)));
 
   const readers = new Map<string, SafetensorsReader>();
   const tensors = new Map<string, TensorRef>();

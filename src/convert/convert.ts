@@ -186,133 +186,160 @@ async function cardInfo(ckpt: Checkpoint, format: string, layout: string, dtype:
 export async function convert(opts: ConvertOptions): Promise<ConvertReport> {
   const started = performance.now();
   if (opts.threads !== undefined) setThreads(opts.threads);
-  const backend = resolveBackend(opts.device ?? 'auto');
-  const shardLanes = shardsAtOnce(backend);
   mark('convert started');
-  const ckpt = await openCheckpoint(opts.model);
-  mark('checkpoint opened');
+  // Checksums run on worker threads beside the conversion: the source shards from as soon as
+  // their names are known (while the headers are parsed and the plan made, the cores are
+  // otherwise idle), each output shard behind its writer, the small files at the end.
+  const hashes = opts.checksums !== false ? new HashQueue() : undefined;
+  try {
+    const onShards =
+      hashes &&
+      ((dir: string, shards: string[]) => {
+        for (const shard of shards) void hashes.digest(join(dir, shard)).then(() => mark(`source ${shard} hashed`), () => {});
+      });
+    // The device probe and the checkpoint's headers, side by side; a device error (exit 3) is
+    // still the one reported when both fail, as when the probe came first.
+    const choosing = resolveBackend(opts.device ?? 'auto');
+    choosing.catch(() => {}); // awaited just below
+    const opening = openCheckpoint(opts.model, undefined, { onShards });
+    opening.catch(() => {}); // awaited below, after the probe
+    let backend: Backend;
+    try {
+      backend = await choosing;
+    } catch (e) {
+      await opening.then((c) => c.close(), () => {});
+      throw e;
+    }
+    mark('device chosen');
+    const ckpt = await opening;
+    mark('checkpoint opened');
+    try {
+      return await convertOpened(opts, ckpt, backend, hashes, started);
+    } finally {
+      await ckpt.close();
+    }
+  } finally {
+    await hashes?.close();
+  }
+}
+
+/** convert() once the device is chosen and the checkpoint open (its source shards being hashed when `hashes`). */
+async function convertOpened(opts: ConvertOptions, ckpt: Checkpoint, backend: Backend, hashes: HashQueue | undefined, started: number): Promise<ConvertReport> {
+  const shardLanes = shardsAtOnce(backend);
   const early: string[] = [];
   const warn = (line: string) => {
     early.push(line);
     opts.onWarning?.(line);
   };
   ckpt.warnings.forEach(warn);
-  // Checksums run on worker threads beside the conversion: the source shards from the start
-  // (while the main thread plans, the cores are otherwise idle), each output shard behind its
-  // writer, the small files at the end.
-  let hashes: HashQueue | undefined;
+  const source = requireConvertible(ckpt);
+  const flavour = source.flavour;
+  const dtype = activationDtype(ckpt, opts.dtype);
+  // MXFP4's option errors come before anything is staged.
+  if (source.scheme === 'mxfp4') checkMxfp4Options(ckpt, opts.layout, dtype);
+  const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
   try {
-    const source = requireConvertible(ckpt);
-    const flavour = source.flavour;
-    const dtype = activationDtype(ckpt, opts.dtype);
-    // MXFP4's option errors come before anything is staged.
-    if (source.scheme === 'mxfp4') checkMxfp4Options(ckpt, opts.layout, dtype);
-    if (opts.checksums !== false) {
-      hashes = new HashQueue();
-      for (const shard of ckpt.shards) void hashes.digest(join(ckpt.dir, shard)).then(() => mark(`source ${shard} hashed`), () => {});
-    }
-    const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
+    startProfile(backend);
+    // The block-scale scans run beside the conversion, in shard order: each shard starts
+    // once the scans of its own modules are done (its header's records need them).
+    const plan = await timed('plan', planSource(ckpt, source, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
+    mark('planned');
+    plan.scans.start(SCANS_AT_ONCE, plan.shards.flatMap(shardModules));
+    void timed('scans', plan.scans.settled()).then(() => mark('all scans done'));
+    const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
+    let bytesDone = 0;
+    // Page-locked buffers for the GPU (MARLIN_FP4_PIN=0: pageable, as a fallback).
+    // Six buffers per shard in flight stay idle at most (the read-ahead batch, the one being
+    // transformed, its output, the outputs being written and hashed), up to 384 MiB.
+    const pool = new BufferPool(6 * shardLanes, backend === 'cuda' && process.env.MARLIN_FP4_PIN !== '0', 384 << 20);
+    // Enough idle buffers for the copy chunks each lane has in flight (its writes and checksum trail the reads).
+    const copyPool = new BufferPool(8 * shardLanes);
+    const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
+    const shardDigests = new Map<string, FileDigest>();
+    let layers: LayerRecord[] = [];
     try {
-      startProfile(backend);
-      // The block-scale scans run beside the conversion, in shard order: each shard starts
-      // once the scans of its own modules are done (its header's records need them).
-      const plan = await timed('plan', planSource(ckpt, source, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
-      mark('planned');
-      plan.scans.start(SCANS_AT_ONCE, plan.shards.flatMap(shardModules));
-      void timed('scans', plan.scans.settled()).then(() => mark('all scans done'));
-      const bytesTotal = [...ckpt.tensors.values()].reduce((a, t) => a + t.entry.end - t.entry.begin, 0);
-      let bytesDone = 0;
-      // Page-locked buffers for the GPU (MARLIN_FP4_PIN=0: pageable, as a fallback).
-      const pool = new BufferPool(6, backend === 'cuda' && process.env.MARLIN_FP4_PIN !== '0');
-      const bytesOut = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + tensorBytes(t), 0), 0);
-      const shardDigests = new Map<string, FileDigest>();
-      let layers: LayerRecord[] = [];
-      try {
-        await forEachLimited(plan.shards, shardLanes, async (shard) => {
-          await timed('scanWait', plan.scans.ready(shardModules(shard)));
-          mark(`${shard.file}: scans ready, writing starts`);
-          await writeShard({
-            ckpt,
-            plan,
-            shard,
-            dir: staged.tmp,
-            finalDir: staged.dir,
-            pool,
-            backend,
-            records: layerRecords(plan),
-            onInput: (n, tensor) => {
-              bytesDone += n;
-              opts.onProgress?.({ bytesDone, bytesTotal, tensor });
-            },
-            onDigest: hashes ? (path, digest) => shardDigests.set(path, digest) : undefined,
-          });
-          mark(`${shard.file}: done${hashes ? ' (hashed)' : ''}`);
-        });
-        mark('every shard written');
-        // Every shard waited for its own scans; the records of all modules need every scan.
-        await plan.scans.runAll(SCANS_AT_ONCE);
-        layers = [...layerRecords(plan).values()];
-        await writeConfig(ckpt, plan, flavour, staged.tmp);
-        const files = ['config.json', ...plan.shards.map((s) => s.file)];
-        if (writesIndex(ckpt, plan)) {
-          await writeIndex(plan, staged.tmp);
-          files.push('model.safetensors.index.json');
-        }
-        files.push(...(await copyOtherFiles(ckpt, staged.tmp, staged.dir)));
-        files.push(...(await writeModelCard(staged.tmp, await cardInfo(ckpt, flavour.kind, plan.layout, dtype, layers.length, opts))));
-        for (const f of files) if (!shardDigests.has(join(staged.tmp, f))) hashes?.add(join(staged.tmp, f));
-        mark('small files written');
-        const digests = new Map([...((await hashes?.done()) ?? []), ...shardDigests]);
-        mark('every checksum known');
-        const checkedAgainstHub = opts.hub ? checkAgainstHub(ckpt.dir, ckpt.shards, digests, opts.hub) : 0;
-        const entry = async (dir: string, name: string): Promise<ManifestFile> => {
-          const d = digests.get(join(dir, name));
-          return d ? { name, bytes: d.bytes, sha256: d.sha256 } : { name, bytes: (await stat(join(dir, name))).size };
-        };
-        await writeManifest(
+      await forEachLimited(plan.shards, shardLanes, async (shard) => {
+        await timed('scanWait', plan.scans.ready(shardModules(shard)));
+        mark(`${shard.file}: scans ready, writing starts`);
+        await writeShard({
           ckpt,
           plan,
-          flavour,
-          layers,
-          await Promise.all(files.map((f) => entry(staged.tmp, f))),
-          await Promise.all(ckpt.shards.map((f) => entry(ckpt.dir, f))),
-          staged.tmp,
-          opts.hub && { repo: opts.hub.repo, revision: opts.hub.revision, commit: opts.hub.commit, shards_checked_against_hub: checkedAgainstHub },
-        );
-      } finally {
-        plan.scans.stop(new Error('convert stopped'));
-        await plan.scans.settled();
+          shard,
+          dir: staged.tmp,
+          finalDir: staged.dir,
+          pool,
+          copyPool,
+          backend,
+          records: layerRecords(plan),
+          onInput: (n, tensor) => {
+            bytesDone += n;
+            opts.onProgress?.({ bytesDone, bytesTotal, tensor });
+          },
+          onDigest: hashes ? (path, digest) => shardDigests.set(path, digest) : undefined,
+        });
+        mark(`${shard.file}: done${hashes ? ' (hashed)' : ''}`);
+      });
+      mark('every shard written');
+      // Every shard waited for its own scans; the records of all modules need every scan.
+      await plan.scans.runAll(SCANS_AT_ONCE);
+      layers = [...layerRecords(plan).values()];
+      await writeConfig(ckpt, plan, flavour, staged.tmp);
+      const files = ['config.json', ...plan.shards.map((s) => s.file)];
+      if (writesIndex(ckpt, plan)) {
+        await writeIndex(plan, staged.tmp);
+        files.push('model.safetensors.index.json');
       }
-      await staged.commit();
-      mark('output committed');
-      reportProfile(backend, performance.now() - started, Math.min(shardLanes, plan.shards.length));
-      return {
-        input: ckpt.dir,
-        output: staged.dir,
-        flavour: flavour.kind,
-        scheme: plan.scheme,
-        quant_algo: 'algo' in flavour ? flavour.algo : 'MXFP4',
-        layout: plan.layout,
-        activation_dtype: dtype,
-        device: backend,
-        shards: plan.shards.length,
-        tensors: plan.shards.reduce((a, s) => a + s.tensors.length, 0),
-        converted_layers: layers.length,
-        copied_tensors: plan.copied,
-        ignored_modules: plan.ignored,
-        bytes_in: bytesTotal,
-        bytes_out: bytesOut,
-        seconds: (performance.now() - started) / 1000,
-        peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
-        warnings: [...early, ...warningsFor(layers, plan.layout, dtype)],
-        layers,
+      files.push(...(await copyOtherFiles(ckpt, staged.tmp, staged.dir)));
+      files.push(...(await writeModelCard(staged.tmp, await cardInfo(ckpt, flavour.kind, plan.layout, dtype, layers.length, opts))));
+      for (const f of files) if (!shardDigests.has(join(staged.tmp, f))) hashes?.add(join(staged.tmp, f));
+      mark('small files written');
+      const digests = new Map([...((await hashes?.done()) ?? []), ...shardDigests]);
+      mark('every checksum known');
+      const checkedAgainstHub = opts.hub ? checkAgainstHub(ckpt.dir, ckpt.shards, digests, opts.hub) : 0;
+      const entry = async (dir: string, name: string): Promise<ManifestFile> => {
+        const d = digests.get(join(dir, name));
+        return d ? { name, bytes: d.bytes, sha256: d.sha256 } : { name, bytes: (await stat(join(dir, name))).size };
       };
-    } catch (e) {
-      await staged.discard();
-      throw asOutputError(e, staged);
+      await writeManifest(
+        ckpt,
+        plan,
+        flavour,
+        layers,
+        await Promise.all(files.map((f) => entry(staged.tmp, f))),
+        await Promise.all(ckpt.shards.map((f) => entry(ckpt.dir, f))),
+        staged.tmp,
+        opts.hub && { repo: opts.hub.repo, revision: opts.hub.revision, commit: opts.hub.commit, shards_checked_against_hub: checkedAgainstHub },
+      );
+    } finally {
+      plan.scans.stop(new Error('convert stopped'));
+      await plan.scans.settled();
     }
-  } finally {
-    await hashes?.close();
-    await ckpt.close();
+    await staged.commit();
+    mark('output committed');
+    reportProfile(backend, performance.now() - started, Math.min(shardLanes, plan.shards.length));
+    return {
+      input: ckpt.dir,
+      output: staged.dir,
+      flavour: flavour.kind,
+      scheme: plan.scheme,
+      quant_algo: 'algo' in flavour ? flavour.algo : 'MXFP4',
+      layout: plan.layout,
+      activation_dtype: dtype,
+      device: backend,
+      shards: plan.shards.length,
+      tensors: plan.shards.reduce((a, s) => a + s.tensors.length, 0),
+      converted_layers: layers.length,
+      copied_tensors: plan.copied,
+      ignored_modules: plan.ignored,
+      bytes_in: bytesTotal,
+      bytes_out: bytesOut,
+      seconds: (performance.now() - started) / 1000,
+      peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
+      warnings: [...early, ...warningsFor(layers, plan.layout, dtype)],
+      layers,
+    };
+  } catch (e) {
+    await staged.discard();
+    throw asOutputError(e, staged);
   }
 }

@@ -23,7 +23,10 @@ export interface ShardJob {
   dir: string;
   /** … and where it will appear, for messages. */
   finalDir: string;
+  /** Buffers of the tensors that are transformed (page-locked when they feed the GPU). */
   pool: BufferPool;
+  /** Buffers of the tensors copied as they are, which never go to the GPU: pageable, so never pinned. */
+  copyPool: BufferPool;
   backend: Backend;
   records: Map<string, LayerRecord>;
   onInput(bytes: number, tensor: string): void;
@@ -53,6 +56,7 @@ export async function writeShard(job: ShardJob): Promise<void> {
         dtype: plan.dtype,
         backend: job.backend,
         pool: job.pool,
+        copyPool: job.copyPool,
         onInput: (n: number) => job.onInput(n, t.name),
       };
       await produce(ctx, t, (chunk, release) => out.write(t.name, chunk, release));

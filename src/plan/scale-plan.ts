@@ -10,7 +10,7 @@ import {
   lostScales,
   mergeScaleStats,
   scaleFactor,
-  scanScales,
+  scanScalesOffThread,
   subnormalScales,
   type ScaleStats,
 } from '../transform/scale-stats.js';
@@ -39,9 +39,9 @@ async function scan(ckpt: Checkpoint, lin: LinearSource): Promise<ScaleStats> {
   return scanData(ckpt, lin, await readSource(ckpt, lin, 'scale'));
 }
 
-function scanData(ckpt: Checkpoint, lin: LinearSource, data: Uint8Array): ScaleStats {
+async function scanData(ckpt: Checkpoint, lin: LinearSource, data: Uint8Array): Promise<ScaleStats> {
   try {
-    return scanScales(lin.scale, data, lin.k / 16);
+    return await scanScalesOffThread(lin.scale, data, lin.k / 16);
   } catch (e) {
     asInputError(ckpt, e);
   }
@@ -118,23 +118,23 @@ async function scanParts(ckpt: Checkpoint, parts: ScalePart[], scratch: ScanBuff
     }
     if (views && merge) {
       // The tensors fill the read buffer back to back: one scan of it is the run's total.
-      const whole = scanWhole(target);
+      const whole = await scanWhole(target);
       if (whole) {
         out.push({ stats: whole });
         continue;
       }
     }
     for (const [k, { lin, reencoding }] of batch.entries()) {
-      out.push({ stats: views ? scanData(ckpt, lin, views[k]!) : await scan(ckpt, lin), reencoding });
+      out.push({ stats: views ? await scanData(ckpt, lin, views[k]!) : await scan(ckpt, lin), reencoding });
     }
   }
   return out;
 }
 
 /** The statistics of a read buffer of several tensors; undefined when it holds a bad scale (located part by part). */
-function scanWhole(data: Buffer): ScaleStats | undefined {
+async function scanWhole(data: Buffer): Promise<ScaleStats | undefined> {
   try {
-    return scanScales('', data, 1);
+    return await scanScalesOffThread('', data, 1);
   } catch {
     return undefined;
   }

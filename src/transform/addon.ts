@@ -52,6 +52,8 @@ export interface NativeAddon {
     opts: { n: number; np?: number; k: number; kp?: number; layout: string; sf?: number; totalNp?: number; colOffset?: number },
   ): Promise<{ count: number; first: number; got: number; lost: number; paddingNonzero: number }>;
   scanScales(data: Uint8Array): { maxByte: number; maxValue: number; badIndex: number; badByte: number; histogram: Float64Array };
+  /** scanScales on a pool thread; `data` must not change until it resolves. */
+  scanScalesAsync(data: Uint8Array): Promise<ReturnType<NativeAddon['scanScales']>>;
   scaleFactor(maxByte: number, opts: { layout: string; dtype: string }): number;
   processGlobalScale(ws2: number, opts: { layout: string; dtype: string; sf?: number }): Buffer;
   padShapeV2(n: number, k: number): { np: number; kp: number };
@@ -81,6 +83,8 @@ export interface NativeAddon {
   gpuDecodeScales: NativeAddon['decodeScales'];
   gpuDecodeCompare: NativeAddon['decodeCompare'];
   cudaStatus(): CudaStatus;
+  /** cudaStatus() with the first call's driver and device probe on a pool thread. */
+  cudaStatusAsync(): Promise<CudaStatus>;
   /** Testing hook: device allocations above `bytes` count as out of memory (0 = no limit). */
   gpuSetMemoryLimit(bytes: number): void;
   /**

@@ -27,13 +27,15 @@ function heavy(backend: Backend = 'cpu') {
 
 /**
  * --device: `auto` takes CUDA when the addon has it and a device answers; asking for `cuda`
- * where there is none is the environment's fault (exit code 3), with the reason.
+ * where there is none is the environment's fault (exit code 3), with the reason. The driver's
+ * probe (about 0.2 s on the H200 host) runs on a pool thread, beside whatever the caller starts
+ * meanwhile (convert and verify open the checkpoint).
  */
-export function resolveBackend(choice: DeviceChoice): Backend {
+export async function resolveBackend(choice: DeviceChoice): Promise<Backend> {
   if (choice === 'cpu') return 'cpu';
-  const st = addon().cudaStatus();
+  const st = await addon().cudaStatusAsync();
   if (st.available) {
-    // Context creation takes a while: start it now, beside whatever the caller does next.
+    // Context creation takes a while too: start it now, beside whatever the caller does next.
     addon()
       .gpuWarmup()
       .catch(() => {}); // the first GPU call reports any failure

@@ -1,6 +1,6 @@
 // What a tensor's block scales imply before any output is written: validity (no negative or
 // NaN scale), v2's scale factor, and how many scales a layout loses or mis-decodes.
-import { addon } from './addon.js';
+import { addon, type NativeAddon } from './addon.js';
 import { badScaleReason, scaleIsLost } from './block-scales.js';
 import { TransformError, type ActDtype, type LayoutVersion } from './marlin.js';
 
@@ -12,7 +12,18 @@ export interface ScaleStats {
 
 /** Scans block scales [rows, groups]; a negative or NaN scale is an error naming its position. */
 export function scanScales(tensor: string, data: Uint8Array, groups: number): ScaleStats {
-  const r = addon().scanScales(data);
+  return scanResult(tensor, addon().scanScales(data), groups);
+}
+
+/**
+ * scanScales on a pool thread, for scans that run beside a conversion (the main thread drives
+ * the shards meanwhile); `data` must not change until it resolves.
+ */
+export async function scanScalesOffThread(tensor: string, data: Uint8Array, groups: number): Promise<ScaleStats> {
+  return scanResult(tensor, await addon().scanScalesAsync(data), groups);
+}
+
+function scanResult(tensor: string, r: ReturnType<NativeAddon['scanScales']>, groups: number): ScaleStats {
   if (r.badIndex >= 0) {
     const where = { expert: 0, experts: 1, part: 0, rowOffset: 0, row: Math.floor(r.badIndex / groups), group: r.badIndex % groups };
     throw new TransformError(tensor, badScaleReason({ ...where, byte: r.badByte }));

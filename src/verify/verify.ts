@@ -56,7 +56,7 @@ export async function verifyCheckpoint(opts: VerifyOptions = {}): Promise<Verify
   const times = new StageTimes();
   const checks = parseChecks(opts.checks);
   if (opts.threads !== undefined) setThreads(opts.threads);
-  const backend = resolveBackend(opts.device ?? 'auto');
+  const backend = await resolveBackend(opts.device ?? 'auto');
   const dir = resolve(opts.dir ?? process.cwd());
   const ms = opts.m ?? [1, 16, 128];
   if (ms.length === 0 || ms.some((m) => !Number.isInteger(m) || m < 1)) throw new InputError(`--m ${ms.join(',')}: every M must be a whole number >= 1`);
