@@ -24,11 +24,27 @@ export type JsonLimitProblem =
 const INTEGER = /^(0|[1-9][0-9]*)$/;
 const NO_KEY: [number, number] = [0, 0];
 
+/** What the scan counted on the way, for a caller that wants it. */
+export interface JsonCounts {
+  /**
+   * Object keys in the text (the colons outside strings): JSON.parse keeps one of two equal
+   * keys, so a parsed value with fewer keys than this had a key written twice in one object.
+   */
+  keys: number;
+}
+
 /**
  * The first limit `text` breaks, or undefined. Text that is not valid JSON is left for
- * JSON.parse to reject: the scan never throws.
+ * JSON.parse to reject: the scan never throws. `counts`, when given, is filled in.
  */
-export function checkJsonLimits(text: string, limits: JsonLimits): JsonLimitProblem | undefined {
+export function checkJsonLimits(text: string, limits: JsonLimits, counts?: JsonCounts): JsonLimitProblem | undefined {
+  let keyCount = 0;
+  const problem = scan(text, limits, () => keyCount++);
+  if (counts) counts.keys = keyCount;
+  return problem;
+}
+
+function scan(text: string, limits: JsonLimits, onKey: () => void): JsonLimitProblem | undefined {
   let depth = 0;
   let topCommas = 0;
   // Span of the last string literal; per open container, the span of its current key (objects)
@@ -56,6 +72,7 @@ export function checkJsonLimits(text: string, limits: JsonLimits): JsonLimitProb
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
       depth--; // below 0 only in text that is not JSON (then no key is read from `keys`)
     } else if (c === 0x3a /* : */) {
+      onKey();
       if (depth > 0) keys[depth - 1] = lastString;
     } else if (c === 0x2c /* , */) {
       const k = keys[depth - 1];
