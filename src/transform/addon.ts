@@ -1,8 +1,8 @@
-// Loads the compiled Node-API addon. The path is the same from src/ (tests) and dist/.
+// Loads the compiled Node-API addon, from the package's native/build (package-root.ts).
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../package-root.js';
 
 /** An opaque handle of a native SHA-256 in progress. */
 export type Sha256Handle = { readonly __sha256: unique symbol };
@@ -148,8 +148,7 @@ export interface CudaStatus {
   compiledArchs: string;
 }
 
-const here = dirname(fileURLToPath(import.meta.url));
-export const ADDON_PATH = join(here, '..', '..', 'native', 'build', 'Release', 'marlin_fp4.node');
+export const ADDON_PATH = join(PACKAGE_ROOT, 'native', 'build', 'Release', 'marlin_fp4.node');
 
 let cached: NativeAddon | undefined;
 

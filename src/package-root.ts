@@ -1,0 +1,17 @@
+// The package's own directory (where package.json and native/ are), found from this module's
+// location by walking up to the package.json named marlin-fp4: the same answer from src/
+// (tests), dist/ (tsc's output) and dist/cli/main.bundle.js (the bundled command line), whose
+// modules sit at different depths.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+function findRoot(start: string): string {
+  for (let dir = start; ; dir = dirname(dir)) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'marlin-fp4') return dir;
+    if (dirname(dir) === dir) throw new Error(`marlin-fp4's package.json not found above ${start}`);
+  }
+}
+
+export const PACKAGE_ROOT = findRoot(dirname(fileURLToPath(import.meta.url)));
