@@ -1,7 +1,8 @@
 // The house rules of src/: no import cycle between files, and no import from a lower layer to
 // a higher one. The layers, lowest first (a file may import its own layer and those below):
 //
-//   errors.ts, version.ts   one-line errors and exit codes, the version
+//   errors.ts, version.ts,  one-line errors and exit codes, the version, where the package is
+//   package-root.ts
 //   safetensors/            reading and writing safetensors files
 //   transform/              the Marlin transforms over the native addon (buffers in, buffers out)
 //   format/                 the output checkpoint's contract (names, shapes, records, manifest)
@@ -24,7 +25,7 @@ import { describe, expect, it } from 'vitest';
 const SRC = fileURLToPath(new URL('../src/', import.meta.url));
 
 const LAYERS: readonly (readonly string[])[] = [
-  ['errors.ts', 'version.ts'],
+  ['errors.ts', 'version.ts', 'package-root.ts'],
   ['safetensors'],
   ['transform'],
   ['format'],
