@@ -6,12 +6,23 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-function findRoot(start: string): string {
+/** What the package's own package.json says (read once, where the root was found). */
+export interface PackageJson {
+  name: string;
+  version: string;
+}
+
+function findRoot(start: string): { dir: string; json: PackageJson } {
   for (let dir = start; ; dir = dirname(dir)) {
     const pkg = join(dir, 'package.json');
-    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'marlin-fp4') return dir;
+    if (existsSync(pkg)) {
+      const json = JSON.parse(readFileSync(pkg, 'utf8')) as PackageJson;
+      if (json.name === 'marlin-fp4') return { dir, json };
+    }
     if (dirname(dir) === dir) throw new Error(`marlin-fp4's package.json not found above ${start}`);
   }
 }
 
-export const PACKAGE_ROOT = findRoot(dirname(fileURLToPath(import.meta.url)));
+const found = findRoot(dirname(fileURLToPath(import.meta.url)));
+export const PACKAGE_ROOT = found.dir;
+export const PACKAGE_JSON: PackageJson = found.json;

@@ -35,16 +35,11 @@ export interface JsonCounts {
 
 /**
  * The first limit `text` breaks, or undefined. Text that is not valid JSON is left for
- * JSON.parse to reject: the scan never throws. `counts`, when given, is filled in.
+ * JSON.parse to reject: the scan never throws. `counts`, when given, is filled in (as far as
+ * the scan went).
  */
-export function checkJsonLimits(text: string, limits: JsonLimits, counts?: JsonCounts): JsonLimitProblem | undefined {
-  let keyCount = 0;
-  const problem = scan(text, limits, () => keyCount++);
-  if (counts) counts.keys = keyCount;
-  return problem;
-}
-
-function scan(text: string, limits: JsonLimits, onKey: () => void): JsonLimitProblem | undefined {
+export function checkJsonLimits(text: string, limits: JsonLimits, counts: JsonCounts = { keys: 0 }): JsonLimitProblem | undefined {
+  counts.keys = 0;
   let depth = 0;
   let topCommas = 0;
   // Span of the last string literal; per open container, the span of its current key (objects)
@@ -72,7 +67,7 @@ function scan(text: string, limits: JsonLimits, onKey: () => void): JsonLimitPro
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
       depth--; // below 0 only in text that is not JSON (then no key is read from `keys`)
     } else if (c === 0x3a /* : */) {
-      onKey();
+      counts.keys++;
       if (depth > 0) keys[depth - 1] = lastString;
     } else if (c === 0x2c /* , */) {
       const k = keys[depth - 1];
