@@ -101,7 +101,8 @@ void run_checks() {
   for (ActDtype dt : {ActDtype::BF16, ActDtype::F16})
     for (Layout lay : {Layout::V2, Layout::V1}) {
       // The default plan: M in and past each tile size, padding, odd K/16 rows (one row per
-      // step), and M = 256, 300 (the dense route where cuBLAS loads).
+      // step), M = 256, 300 (the wgmma kernel's two-block-row grids) and M = 512, 600 (the dense
+      // route where cuBLAS loads).
       check_case(1, 64, 64, false, lay, dt, {}, seed++);
       check_case(5, 192, 320, true, lay, dt, {}, seed++);
       check_case(16, 4096, 1024, false, lay, dt, {}, seed++);
@@ -111,6 +112,8 @@ void run_checks() {
       check_case(130, 384, 4096, true, lay, dt, {}, seed++);
       check_case(256, 320, 1088, true, lay, dt, {}, seed++);
       check_case(300, 1000, 2048, false, lay, dt, {}, seed++);
+      check_case(512, 320, 1088, true, lay, dt, {}, seed++);
+      check_case(600, 1000, 2048, false, lay, dt, {}, seed++);
       for (int64_t m : {1, 8, 9, 16, 17, 32, 33, 65}) {
         check_case(m, 4096, 2048, false, lay, dt, {}, seed++);
         check_case(m, 320, 1056, true, lay, dt, {}, seed++);  // odd K/16 rows

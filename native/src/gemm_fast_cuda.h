@@ -25,11 +25,12 @@ struct FastGemmDevice {
   float* y = nullptr;                // [m, n]
   // Optional scratch of n·k activation-dtype elements: with it (and cuBLAS), M >= kDenseMinM
   // runs as the weight dequantized into [n, k] and cuBLAS's GEMM on it, faster there than the
-  // fused kernel (bench/notes/gemm.md).
+  // fused kernels (bench/notes/gemm.md: at M = 256 the wgmma kernel now wins, 262 us against
+  // 198 + 169; at 1024 the dense route, 0.69-0.76x cuBLAS against 0.57x).
   uint16_t* dense = nullptr;
 };
 
-constexpr int64_t kDenseMinM = 256;
+constexpr int64_t kDenseMinM = 512;
 
 // How the work is cut; 0 = chosen from the shape and the device. Exposed for the bench harness.
 struct FastGemmTuning {
@@ -42,9 +43,10 @@ struct FastGemmTuning {
 
 // From this M on a kernel sharing x through shared memory replaces the streaming one: the tiled
 // mma.sync kernel (gemm_tile_cuda.cu), and from kWgmmaMinM on sm_90 the wgmma kernel
-// (gemm_wgmma_cuda.cu). Crossovers measured on the H200 (bench/notes/gemm.md).
+// (gemm_wgmma_cuda.cu). Crossovers measured on the H200 (bench/notes/gemm.md: wgmma 118 us at
+// M = 48 on 28672x8192 against 129 tiled; at 32, 108 against 105).
 constexpr int64_t kTileMinM = 17;
-constexpr int64_t kWgmmaMinM = 65;
+constexpr int64_t kWgmmaMinM = 33;
 
 // Whether the wgmma kernel can run here (an sm_90 device and a build with sm_90a code).
 bool fast_gemm_has_wgmma();

@@ -52,17 +52,27 @@ __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b, bool bf16) {
 }
 
 // Four scale bytes (b0..b3, columns of 16-col blocks j, j+1: (j,h0) (j+1,h0) (j,h1) (j+1,h1)) as
-// two pairs: lo = (b0, b2) = block j's two 8-column tiles, hi = (b1, b3) = block j+1's.
+// two pairs: lo = (b0, b2) = block j's two 8-column tiles, hi = (b1, b3) = block j+1's. The bytes
+// moved into place (scale_bits), then brought to their value (scale_value: two exact
+// multiplications by 2^112 for bfloat16), so that a warp needing one pair pays for one.
+template <bool BF16, bool HI>
+__device__ __forceinline__ uint32_t scale_bits(uint32_t sw) {
+  if constexpr (BF16) return (HI ? sw >> 4 : sw << 4) & 0x0FF00FF0u;
+  else return (HI ? sw >> 1 : sw << 7) & 0x7F807F80u;
+}
 template <bool BF16>
-__device__ __forceinline__ void scale_pairs(uint32_t sw, uint32_t& lo, uint32_t& hi) {
+__device__ __forceinline__ uint32_t scale_value(uint32_t bits) {
   if constexpr (BF16) {
     const uint32_t two112 = 0x77807780u;  // bfloat16 2^112, twice
-    lo = mul2(mul2((sw << 4) & 0x0FF00FF0u, two112, true), two112, true);
-    hi = mul2(mul2((sw >> 4) & 0x0FF00FF0u, two112, true), two112, true);
+    return mul2(mul2(bits, two112, true), two112, true);
   } else {
-    lo = (sw << 7) & 0x7F807F80u;
-    hi = (sw >> 1) & 0x7F807F80u;
+    return bits;
   }
+}
+template <bool BF16>
+__device__ __forceinline__ void scale_pairs(uint32_t sw, uint32_t& lo, uint32_t& hi) {
+  lo = scale_value<BF16>(scale_bits<BF16, false>(sw));
+  hi = scale_value<BF16>(scale_bits<BF16, true>(sw));
 }
 
 // Not volatile: a pure function of its registers, so the compiler may interleave it with the
@@ -87,6 +97,11 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async16z(void* dst, const void* src, bool ok) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+}
+// The same with the destination as a shared-memory address (for kernels that keep per-thread
+// offsets into a stage rather than pointers).
+__device__ __forceinline__ void cp_async16z_at(uint32_t dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async8(void* dst, const void* src) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);

@@ -150,6 +150,13 @@ __device__ __forceinline__ void wgmma<false, 128>(float* d, const uint32_t* a, u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
 }
 
+// Pins a register's value in place (no instruction): the compiler may not move its definition
+// past this point. Without it the zeroing selects of the A fragments (and the accumulators'
+// clearing) were sunk between the wgmma of a group, and ptxas then serialized the wgmma (C7513).
+__device__ __forceinline__ void fence_operand(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void fence_operand(uint64_t& r) { asm volatile("" : "+l"(r)::"memory"); }
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -178,43 +185,55 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
   using Stage = WgStage<NM>;
   constexpr int CH = kGroups, NT = CH * 128, KS = kStageRows;
   extern __shared__ uint8_t wg_smem[];
-  Stage* const stages = reinterpret_cast<Stage*>((reinterpret_cast<uintptr_t>(wg_smem) + 1023) & ~(uintptr_t)1023);
+  // The first 1024-byte boundary, as an offset from the array so that the compiler still knows
+  // every stage address is shared memory (LDS and cp.async, not generic loads and conversions).
+  const uint32_t pad = (1024u - ((uint32_t)__cvta_generic_to_shared(wg_smem) & 1023u)) & 1023u;
+  Stage* const stages = reinterpret_cast<Stage*>(wg_smem + pad);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int cw = warp >> 2, wq = warp & 3, g = lane >> 2, q = lane & 3;
   const int m0 = blockIdx.y * NM;
   const int kunits = (p.rows + KS - 1) / KS;
   const int64_t total = (int64_t)((p.nchunks + CH - 1) / CH) * kunits;
+  // u / kunits by a multiply-high (exact for 32-bit u: size_grid keeps the units below 2^31),
+  // the magic worked out once: a 64-bit division per stage cost more issue slots than the
+  // stage's decode (ncu on the H200).
+  const uint64_t kmagic = ~0ull / (uint64_t)kunits + 1;
+  auto group_of = [&](int64_t u) { return kunits == 1 ? (int)u : (int)__umul64hi(kmagic, (uint64_t)(uint32_t)u); };
   const int64_t u0 = total * blockIdx.x / gridDim.x, u1 = total * (blockIdx.x + 1) / gridDim.x;
   const int n = (int)(u1 - u0);
   if (n <= 0) return;
 
-  // Per-thread copy offsets, the same at every unit (see gemm_tile_cuda.cu).
+  // Per-thread copy places, the same at every unit: shared offsets inside a stage, and 32-bit
+  // element offsets from the unit's first K/16 row and chunk (size_grid bounds them). Working
+  // them out once keeps the per-stage copies to an add and a zero-filling cp.async each (the
+  // per-copy address arithmetic was a fifth of the kernel's instructions, ncu on the H200).
   constexpr int XI = (NM * 8 + NT - 1) / NT;
-  int xo[XI], xk[XI];
+  const uint32_t stage0 = (uint32_t)__cvta_generic_to_shared(stages);
+  const int xrow = tid >> 3, xunit = tid & 7, xk = xunit >> 1;
+  const uint32_t x_at = (uint32_t)(reinterpret_cast<const uint8_t*>(&stages[0].x[xrow][xunit ^ (xrow & 7)]) - reinterpret_cast<const uint8_t*>(stages));
+  int xo[XI];
 #pragma unroll
   for (int it = 0; it < XI; ++it) {
-    const int i = tid + it * NT, row = i >> 3, unit = i & 7;
-    xo[it] = i < NM * 8 && m0 + row < p.m ? (m0 + row) * p.k + unit * 8 : -1;
-    xk[it] = unit >> 1;
+    const int row = xrow + it * (NT / 8);  // (row & 7) is the same for every it
+    xo[it] = row < NM && m0 + row < p.m ? (m0 + row) * p.k + xunit * 8 : -1;
   }
   static_assert(KS * CH * 32 == NT && KS * CH * 4 <= NT, "one weight run per thread");
   const int wk = tid / (CH * 32), wc = (tid / 32) % CH, wo = (wk * p.nchunks + wc) * 32 + lane;
+  const uint32_t w_at = (uint32_t)(reinterpret_cast<const uint8_t*>(&stages[0].w[wk][wc][lane]) - reinterpret_cast<const uint8_t*>(stages));
   const ScaleCopy<CH> scopy(p, tid);
 
-  auto load = [&](int64_t u, Stage* st) {
-    const int gi = (int)(u / kunits), r0 = (int)(u % kunits) * KS, c0 = gi * CH;
+  auto load = [&](int64_t u, int slot) {
+    const int gi = group_of(u), r0 = ((int)u - gi * kunits) * KS, c0 = gi * CH;
     const int krows = p.rows - r0, cols = p.nchunks - c0;
-    const uint16_t* xb = p.x + (size_t)r0 * 16;
+    const uint32_t at = stage0 + (uint32_t)slot * (uint32_t)sizeof(Stage);
 #pragma unroll
     for (int it = 0; it < XI; ++it) {
-      const int i = tid + it * NT, row = i >> 3, unit = i & 7;
-      if (i < NM * 8) {
-        const bool ok = xo[it] >= 0 && xk[it] < krows;
-        cp_async16z(&st->x[row][unit ^ (row & 7)], ok ? xb + xo[it] : p.x, ok);
-      }
+      const bool ok = xo[it] >= 0 && xk < krows;
+      if (xrow + it * (NT / 8) < NM) cp_async16z_at(at + x_at + it * (NT / 8) * 128, p.x + (ok ? xo[it] + r0 * 16 : 0), ok);
     }
-    if (wk < krows && wc < cols) cp_async16(&st->w[wk][wc][lane], p.w + ((size_t)r0 * p.nchunks + c0) * 32 + wo);
-    scopy.copy(p, st->s, tid, r0, c0, krows, cols);
+    const bool wok = wk < krows && wc < cols;
+    cp_async16z_at(at + w_at, p.w + (wok ? (r0 * p.nchunks + c0) * 32 + wo : 0), wok);
+    scopy.copy(p, stages[slot].s, tid, r0, c0, krows, cols);
   };
 
   float acc[NM / 2];
@@ -248,9 +267,8 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
     const uint8_t* sb = reinterpret_cast<const uint8_t*>(st->s);
     const uint32_t sw = *reinterpret_cast<const uint32_t*>(
         (p.v1 ? sb + ((kk >> 1) * CH + cw) * 128 + 16 * g + 8 * (kk & 1) : sb + (kk * CH + cw) * 64 + 8 * g) + 4 * (wq >> 1));
-    uint32_t lo, hi;
-    scale_pairs<BF16>(sw, lo, hi);
-    const uint32_t sj = wq & 1 ? hi : lo;
+    // The word holds two 16-column blocks' scales; wq & 1 says which pair this warp's block uses.
+    const uint32_t sj = scale_value<BF16>(wq & 1 ? scale_bits<BF16, true>(sw) : scale_bits<BF16, false>(sw));
     const uint32_t sa = __byte_perm(sj, 0, 0x1010), sc2 = __byte_perm(sj, 0, 0x3232);
     a[0] = mul2(dequant_pair<BF16, 0>(w), sa, BF16);
     a[1] = mul2(dequant_pair<BF16, 2>(w), sc2, BF16);
@@ -262,10 +280,10 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
   // look ST - 2 units ahead and a stage is reused only after its wgmma group has been waited for.
 #pragma unroll
   for (int s = 0; s < ST - 2; ++s) {
-    if (s < n) load(u0 + s, stages + s);
+    if (s < n) load(u0 + s, s);
     cp_commit();
   }
-  int gcur = (int)(u0 / kunits);
+  int gcur = group_of(u0);
   // One stage: decode its (up to) 4 A fragments while the previous stage's wgmma run, then
   // issue its 4 wgmma as one group. `ab` alternates between two register buffers, so the
   // fragments of the group still in flight are never overwritten.
@@ -273,11 +291,11 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
     cp_wait<ST - 3>();
     wgmma_wait<1>();  // stage i - 2's group is done, only stage i - 1's may still run
     __syncthreads();  // stage i has landed for every thread; stage (i - 2) % ST is free everywhere
-    if (i + ST - 2 < n) load(u0 + i + ST - 2, stages + (i + ST - 2) % ST);
+    if (i + ST - 2 < n) load(u0 + i + ST - 2, (i + ST - 2) % ST);
     cp_commit();
     const Stage* st = stages + i % ST;
     const int64_t u = u0 + i;
-    const int r0 = (int)(u % kunits) * KS;
+    const int r0 = ((int)u - gcur * kunits) * KS;
     const int nk = gcur * CH + cw < p.nchunks ? min(KS, p.rows - r0) : 0;
     // Rows past K or a chunk past N multiply zero fragments (their x is zero-filled too): the
     // wgmma stay outside any branch, which ptxas needs to keep them asynchronous.
@@ -287,12 +305,23 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
 #pragma unroll
       for (int r = 0; r < 4; ++r) ab[kk][r] = kk < nk ? ab[kk][r] : 0u;
     }
-    wgmma_fence();
-    const uint64_t d0 = x_desc(&st->x[0][0]);
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma<BF16, NM>(acc, ab[kk], d0 + 2 * kk);  // +32 bytes per K/16 row (encoded >> 4)
+    for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) fence_operand(ab[kk][r]);
+#pragma unroll
+    for (int r = 0; r < NM / 2; ++r) fence_operand(acc[r]);
+    uint64_t desc[KS];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      desc[kk] = x_desc(&st->x[0][0]) + 2 * kk;  // +32 bytes per K/16 row (encoded >> 4)
+      fence_operand(desc[kk]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) wgmma<BF16, NM>(acc, ab[kk], desc[kk]);
     wgmma_commit();
-    if (i + 1 == n || (u + 1) / kunits != gcur) {
+    if (i + 1 == n || r0 + KS >= kunits * KS) {
       flush(gcur);
       ++gcur;
     }
@@ -330,15 +359,16 @@ TileLaunch wgmma_config() {
   return base;
 }
 
-// 3 stages (one unit copied ahead) measured fastest on the H200: 194 us at M = 128 on
-// 28672x8192 against 214 with 4 and 222 with 5 (bench/notes/gemm.md).
+// 4 stages (two units copied ahead) measured fastest on the H200 once the per-stage address
+// work was cut: 137 us at M = 128 on 28672x8192 against 141 with 3 and 138 with 5 (it was 3
+// before, at 194 us; bench/notes/gemm.md).
 template <bool BF16>
 TileLaunch pick(int mt, int depth) {
 #define MFP4_WG(NM)                                          \
   do {                                                       \
-    if (depth == 4) return wgmma_config<BF16, NM, 4>();      \
+    if (depth == 3) return wgmma_config<BF16, NM, 3>();      \
     if (depth == 5) return wgmma_config<BF16, NM, 5>();      \
-    return wgmma_config<BF16, NM, 3>();                      \
+    return wgmma_config<BF16, NM, 4>();                      \
   } while (0)
   if (mt == 1) MFP4_WG(8);
   if (mt == 2) MFP4_WG(16);

@@ -11,7 +11,7 @@ namespace fastgemm {
 bool wgmma_available();
 
 // The launch for M rows (m_tiles: 0 = chosen from M; 1, 2, 4, 8, 16 = 8 to 128 rows per block),
-// `depth` stages (0 = 3; 4 or 5 for the bench), a one-wave stream-K grid over `sms`.
+// `depth` stages (0 = 4; 3 or 5 for the bench), a one-wave stream-K grid over `sms`.
 TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int sms);
 
 }  // namespace fastgemm
