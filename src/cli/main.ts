@@ -3,7 +3,7 @@
 // 4 internal error).
 import { Command, CommanderError } from 'commander';
 import { EnvironmentError, EXIT, InputError, VerificationFailed } from '../errors.js';
-import { liveStagedOutputs } from '../convert/output-dir.js';
+import { abandonStagedOutputs, liveStagedOutputs } from '../convert/output-dir.js';
 import { nativeCallsSettled } from '../transform/addon.js';
 import { VERSION } from '../version.js';
 import { benchCommand } from './bench-command.js';
@@ -48,9 +48,14 @@ function removeStagedOutputs(): void {
   }
 }
 
+// The exit code of the signal being handled: from then on the command's own outcome (an error
+// from files removed under it, or a commit refused) is not reported; the signal's code is.
+let signalled: number | undefined;
+
 function onSignal(signal: NodeJS.Signals, code: number): void {
   process.once(signal, () => {
-    const staged = liveStagedOutputs();
+    signalled = code;
+    const staged = abandonStagedOutputs();
     process.stderr.write(`\ninterrupted (${signal})${staged.length ? ': removing the partial output' : ''}\n`);
     // The native calls in flight finish first (a few ms to a few hundred): exiting under a GPU
     // call can end the process by a signal, not `code`. The staged output is removed after
@@ -85,6 +90,7 @@ async function run(program: Command, argv: string[], consoleOut: Output): Promis
     await program.parseAsync(argv);
     return EXIT.ok;
   } catch (e) {
+    if (signalled !== undefined) return signalled;
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok;
       return EXIT.input; // commander already printed the message

@@ -20,7 +20,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { mkdir, readdir, realpath, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { fileError, InputError } from '../errors.js';
+import { EnvironmentError, fileError, InputError } from '../errors.js';
 
 export interface StagedOutput {
   /** Final location. */
@@ -39,10 +39,26 @@ export interface DirIdentity {
 }
 
 const live = new Set<StagedOutput>();
+let abandoned = false;
 
 /** Temporary directories still open, for the signal handlers to remove. */
 export function liveStagedOutputs(): StagedOutput[] {
   return [...live];
+}
+
+/**
+ * A signal arrived: the staged outputs still open are to be removed, and none may be committed
+ * from now on. The conversion keeps running until the process exits (the handler first waits
+ * for the native calls in flight), and without this it could move its output into place in
+ * between, or read a file of the directory being removed.
+ */
+export function abandonStagedOutputs(): StagedOutput[] {
+  abandoned = true;
+  return liveStagedOutputs();
+}
+
+function refuseIfAbandoned(outDir: string): void {
+  if (abandoned) throw new EnvironmentError(`${outDir}: not moved into place: the run was interrupted`);
 }
 
 const HOST = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
@@ -151,10 +167,10 @@ export async function stageOutput(outDir: string, inputDirs: string[], { force, 
     tmp,
     async commit() {
       try {
-        if (force) await replace(tmp, dir);
+        if (force) await replace(outDir, tmp, dir);
         else await claimAndRename(outDir, tmp, dir);
       } catch (e) {
-        throw e instanceof InputError ? e : fileError(outDir, 'move into place', e, 'output');
+        throw e instanceof InputError || e instanceof EnvironmentError ? e : fileError(outDir, 'move into place', e, 'output');
       }
       live.delete(staged);
     },
@@ -171,6 +187,7 @@ export async function stageOutput(outDir: string, inputDirs: string[], { force, 
 
 /** Without --force: never replaces anything, even a directory created while we converted. */
 async function claimAndRename(outDir: string, tmp: string, dir: string): Promise<void> {
+  refuseIfAbandoned(outDir);
   try {
     await mkdir(dir);
   } catch (e) {
@@ -178,6 +195,7 @@ async function claimAndRename(outDir: string, tmp: string, dir: string): Promise
     throw e;
   }
   try {
+    refuseIfAbandoned(outDir); // a signal may have come during the mkdir
     await rename(tmp, dir); // onto our own empty claim
   } catch (e) {
     await rmdir(dir).catch(() => {}); // only if it is still the empty claim
@@ -193,10 +211,11 @@ async function claimAndRename(outDir: string, tmp: string, dir: string): Promise
  * and again when a parallel run put its output there in between. A failure after moving the
  * previous output aside puts it back, so a failure never loses both.
  */
-async function replace(tmp: string, dir: string): Promise<void> {
+async function replace(outDir: string, tmp: string, dir: string): Promise<void> {
   const aside: string[] = [];
   try {
     for (let attempt = 0; ; attempt++) {
+      refuseIfAbandoned(outDir); // also between attempts: a signal puts back what was moved aside
       try {
         await rename(tmp, dir); // succeeds when dir is absent (or an empty directory)
         break;
