@@ -332,6 +332,17 @@ function slicesFor(ctx: ProduceContext, rows: number, bytesPerRow: number, step:
 }
 
 /**
+ * Bytes a shard's writer may hold in writes whose write or hash is not done (coalesce.ts),
+ * after the size of the pieces handed to it: room for two GPU pieces of 16 MiB and staged
+ * bytes; two of the CPU's 4 MiB slices or copy chunks. Each shard in flight holds on to that
+ * much: with 48 MiB on the CPU too, converting llama-8b with --device cpu peaked at 446 MB
+ * of resident memory instead of about 205.
+ */
+export function inFlightBytes(backend: Backend): number {
+  return backend === 'cuda' ? 3 * GPU_BATCH_BYTES : 2 * SLICE_BYTES;
+}
+
+/**
  * Hands a transform's output to the writer in pieces (each written and hashed as it comes):
  * the CPU's slices are cache-sized already; the GPU's outputs go in pieces of its batch size.
  * In 4 MiB pieces, the 128-expert MoE's GPU run took 4.31 s instead of 3.79 s (H200 host):
