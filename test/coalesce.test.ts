@@ -8,7 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { CoalescingWriter, IN_FLIGHT_BYTES, SMALL_CHUNK } from '../src/convert/coalesce.js';
+import { CoalescingWriter, SMALL_CHUNK } from '../src/convert/coalesce.js';
+import { inFlightBytes } from '../src/convert/produce.js';
+import { convert } from '../src/convert/convert.js';
+import { MODELS } from './helpers/models.js';
 import { SafetensorsWriter, type PlannedTensor } from '../src/safetensors/index.js';
 import { writevFully } from '../src/safetensors/io.js';
 import { BufferHash } from '../src/integrity/sha256.js';
@@ -52,6 +55,9 @@ function* chunks(b: Buffer): Generator<Buffer> {
   if (off < b.length) yield b.subarray(off);
 }
 
+/** The budget convert gives a GPU shard's writer (the largest). */
+const BUDGET = inFlightBytes('cuda');
+
 describe('CoalescingWriter', () => {
   it('writes the same file as one write per chunk, in far fewer calls, releasing every chunk', async () => {
     const { plan, data } = moeLikePlan();
@@ -67,7 +73,7 @@ describe('CoalescingWriter', () => {
     // Beside each write: its bytes, one call at a time (copied here, as a checksum consumes them).
     const seen: Buffer[] = [w2.header];
     let besideRunning = 0;
-    const out = new CoalescingWriter(w2, async (bufs) => {
+    const out = new CoalescingWriter(w2, BUDGET, async (bufs) => {
       expect(besideRunning++).toBe(0);
       await new Promise((r) => setTimeout(r, 1));
       seen.push(...bufs.map((b) => Buffer.from(b)));
@@ -93,7 +99,7 @@ describe('CoalescingWriter', () => {
     const w = await SafetensorsWriter.create(join(dir, 'hashed.safetensors'), plan);
     const hash = new BufferHash();
     await hash.update([w.header]);
-    const out = new CoalescingWriter(w, (bufs) => hash.update(bufs));
+    const out = new CoalescingWriter(w, BUDGET, (bufs) => hash.update(bufs));
     for (const t of plan) for (const c of chunks(data.get(t.name)!)) await out.write(t.name, c);
     await out.finish();
     await w.close();
@@ -105,7 +111,7 @@ describe('CoalescingWriter', () => {
     const w = await SafetensorsWriter.create(join(dir, 'failing.safetensors'), [{ name: 'big', dtype: 'U8', shape: [2 * SMALL_CHUNK] }]);
     vi.spyOn(w, 'writeAt').mockRejectedValue(new Error('disk full'));
     let besideDone = false;
-    const out = new CoalescingWriter(w, async () => {
+    const out = new CoalescingWriter(w, BUDGET, async () => {
       await new Promise((r) => setTimeout(r, 5));
       besideDone = true;
     });
@@ -117,17 +123,19 @@ describe('CoalescingWriter', () => {
     await w.abort();
   });
 
-  it('lets the writes run ahead of a slow hash, up to IN_FLIGHT_BYTES, the hash still getting every byte in order', async () => {
+  it.each(['cuda', 'cpu'] as const)('lets the writes run ahead of a slow hash, up to the %s budget, the hash still getting every byte in order', async (backend) => {
     // Chunks of a quarter of the budget: three fit in flight, the fourth waits for the hash.
-    const size = IN_FLIGHT_BYTES / 4 + 1;
+    const budget = inFlightBytes(backend);
+    const size = budget / 4 + 1;
+    expect(size).toBeGreaterThan(SMALL_CHUNK); // written as they come, not staged
     const parts = Array.from({ length: 5 }, () => randomBytes(size));
-    const w = await SafetensorsWriter.create(join(dir, 'trailing.safetensors'), [{ name: 'big', dtype: 'U8', shape: [5 * size] }]);
+    const w = await SafetensorsWriter.create(join(dir, `trailing-${backend}.safetensors`), [{ name: 'big', dtype: 'U8', shape: [5 * size] }]);
     const writeAt = vi.spyOn(w, 'writeAt');
     let open!: () => void;
     const gate = new Promise<void>((r) => (open = r));
     const seen: Buffer[] = [];
     let besideRunning = 0;
-    const out = new CoalescingWriter(w, async (bufs) => {
+    const out = new CoalescingWriter(w, budget, async (bufs) => {
       expect(besideRunning++).toBe(0);
       await gate;
       seen.push(...bufs.map((b) => Buffer.from(b)));
@@ -156,11 +164,25 @@ describe('CoalescingWriter', () => {
   it('refuses a chunk out of order at once, naming the tensor', async () => {
     const { plan, data } = moeLikePlan();
     const w = await SafetensorsWriter.create(join(dir, 'misuse.safetensors'), plan);
-    const out = new CoalescingWriter(w);
+    const out = new CoalescingWriter(w, BUDGET);
     await out.write('norm', data.get('norm')!);
     await expect(out.write('tail', Buffer.alloc(5))).rejects.toThrow(/tail.*out of order: tensor experts\.0\.input_scale must be finished first/);
     await out.settle();
     await w.abort();
+  });
+});
+
+describe("convert's shard writers", () => {
+  it("get their backend's in-flight budget: the CPU path's, not the GPU's", async () => {
+    const finish = vi.spyOn(CoalescingWriter.prototype, 'finish');
+    try {
+      await convert({ model: join(MODELS, 'qwen3-moe-tiny-modelopt'), out: join(dir, 'converted'), layout: 'v2', device: 'cpu' });
+      expect(finish.mock.contexts.length).toBeGreaterThan(0);
+      for (const writer of finish.mock.contexts) expect((writer as unknown as { inFlightBytes: number }).inFlightBytes).toBe(inFlightBytes('cpu'));
+    } finally {
+      finish.mockRestore();
+    }
+    expect(inFlightBytes('cpu')).toBeLessThan(inFlightBytes('cuda'));
   });
 });
 

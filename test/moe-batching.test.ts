@@ -6,10 +6,12 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { openCheckpoint, readTensor } from '../src/checkpoint/model-dir.js';
 import { mapLimited, readSmallTensors, readTensorsInto, tensorsBytes } from '../src/checkpoint/read-batch.js';
-import { ScaleScans } from '../src/plan/scale-plan.js';
+import { ScaleScans } from '../src/plan/scale-scans.js';
 import { addon } from '../src/transform/addon.js';
 import { generateModel } from '../tools/fixture-generator/generate.js';
-import { cli, MODELS, tempDir } from './helpers/models.js';
+import { cli, f32Scalar, MODELS, mutateModel, tempDir } from './helpers/models.js';
+import { planConversion } from '../src/plan/plan.js';
+import { requireNvfp4 } from '../src/checkpoint/flavour.js';
 
 let work: string;
 beforeAll(async () => {
@@ -203,6 +205,71 @@ describe('ScaleScans', () => {
     await expect(scans.ready([mods[2]!])).rejects.toThrow('bad block scale');
     await expect(scans.runAll(1)).rejects.toThrow('bad block scale');
     expect(ran).toEqual([0, 1]);
+  });
+});
+
+describe('ScaleScans, started before every scan is registered', () => {
+  it('runs a scan registered later without another start, lower ranks first, and settled() waits for it', async () => {
+    const scans = new ScaleScans();
+    const ran: string[] = [];
+    let releaseA!: () => void;
+    const aBlocked = new Promise<void>((r) => (releaseA = r));
+    const add = (name: string, rank: number, block?: Promise<void>) =>
+      scans.add(
+        [{ name }],
+        async () => {
+          ran.push(name);
+          await block;
+        },
+        rank,
+      );
+    scans.start(1);
+    add('a', 0, aBlocked); // starts at once: a lane is free
+    add('late', 2);
+    add('first', 1); // registered after 'late', ranked before it
+    add('first too', 1);
+    expect(ran).toEqual(['a']);
+    const settled = scans.settled();
+    releaseA();
+    await settled;
+    expect(ran).toEqual(['a', 'first', 'first too', 'late']);
+  });
+});
+
+describe('planConversion, failing after its scans started', () => {
+  it('rejects only once no scan reads the checkpoint any more', async () => {
+    // A bad input scale of the last layer's experts: found while placing, after every scan is registered.
+    const model = join(work, 'late-failure');
+    const bad = 'model.layers.1.mlp.experts.2.down_proj.input_scale';
+    await mutateModel(join(MODELS, 'qwen3-moe-tiny-modelopt'), model, (name, t) => (name === bad ? f32Scalar(NaN) : t));
+    const native = addon();
+    let running = 0;
+    let calls = 0;
+    const track = <T>(p: Promise<T>) => {
+      calls++;
+      running++;
+      return p.finally(() => running--);
+    };
+    const readRanges = native.readRanges.bind(native);
+    const scan = native.scanScalesAsync.bind(native);
+    const spies = [
+      vi.spyOn(native, 'readRanges').mockImplementation((fd, target, ranges) => track(readRanges(fd, target, ranges))),
+      // Slow scans: still running when the planning fails.
+      vi.spyOn(native, 'scanScalesAsync').mockImplementation((data) => track(new Promise((r) => setTimeout(r, 20)).then(() => scan(data)))),
+    ];
+    const ckpt = await openCheckpoint(model);
+    try {
+      const planning = planConversion(ckpt, requireNvfp4(ckpt), { layout: 'v2', dtype: 'bfloat16', deferScans: true });
+      await expect(planning).rejects.toThrow(`tensor ${bad}: input scale NaN is not a finite number >= 0`);
+      expect(calls).toBeGreaterThan(0); // the scans had started
+      expect(running).toBe(0);
+      const after = calls;
+      await new Promise((r) => setTimeout(r, 20));
+      expect(calls).toBe(after); // and none starts after the rejection
+    } finally {
+      spies.forEach((s) => s.mockRestore());
+      await ckpt.close();
+    }
   });
 });
 

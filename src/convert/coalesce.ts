@@ -12,7 +12,8 @@
 // on a chain of its own: hashing (about 1.4 GB/s on the H200 host) is slower than writing, and
 // when every write waited for the hash of the one before, a 2.15 GB shard of the 128-expert
 // MoE took 2.4 s to write where its hash alone takes 1.5 s. A chunk is released once both its
-// write and its hash are done; the producer may run up to IN_FLIGHT_BYTES ahead of them.
+// write and its hash are done; the producer may run up to the writer's in-flight budget ahead
+// of them (the caller's, after the size of the pieces it hands over: convert/produce.ts).
 import type { SafetensorsWriter } from '../safetensors/index.js';
 import { timed } from './profile.js';
 
@@ -26,12 +27,6 @@ export type BesideWrites = (chunks: Uint8Array[]) => Promise<void>;
 export const SMALL_CHUNK = 256 * 1024;
 /** Capacity of each staging buffer (one filling while others are written or hashed). */
 const STAGE_BYTES = 1024 * 1024;
-/**
- * Bytes handed to writes whose write or hash is not done yet, beyond which the producer waits:
- * room for two GPU pieces (16 MiB each, convert/produce.ts) and staged bytes, so that the
- * hash can trail the writes without holding more than that per shard.
- */
-export const IN_FLIGHT_BYTES = 48 * 1024 * 1024;
 
 /** A write issued and not yet released: its bytes, and when both its write and its hash have settled. */
 interface InFlight {
@@ -51,12 +46,17 @@ export class CoalescingWriter {
   /** The last hash call issued (the hash takes the writes' bytes in order). */
   private lastBeside: Promise<void> = Promise.resolve();
   private readonly inFlight: InFlight[] = [];
-  private inFlightBytes = 0;
+  private bytesInFlight = 0;
   /** The first failure of a write or of the hash, reported by the next write() or finish(). */
   private failure: { error: unknown } | undefined;
 
+  /**
+   * `inFlightBytes`: bytes handed to writes whose write or hash is not done yet, beyond which
+   * the producer waits (what the hash may trail the writes by, held per shard).
+   */
   constructor(
     private readonly writer: SafetensorsWriter,
+    private readonly inFlightBytes: number,
     private readonly beside?: BesideWrites,
   ) {}
 
@@ -103,7 +103,7 @@ export class CoalescingWriter {
       this.staged = 0;
     }
     // Room for these bytes: the oldest writes and hashes finish first.
-    while (this.inFlight.length > 0 && this.inFlightBytes + bytes > IN_FLIGHT_BYTES) await timed('writeWait', this.inFlight[0]!.settled);
+    while (this.inFlight.length > 0 && this.bytesInFlight + bytes > this.inFlightBytes) await timed('writeWait', this.inFlight[0]!.settled);
     if (this.failure) throw this.failure.error;
     // The write follows the one before it; the hash follows the hash before it.
     const write = this.lastWrite.then(() => timed('write', this.writer.writeAt(bufs, start)));
@@ -114,7 +114,7 @@ export class CoalescingWriter {
       bytes,
       settled: Promise.allSettled([write, beside]).then(([w, b]) => {
         this.inFlight.splice(this.inFlight.indexOf(entry), 1);
-        this.inFlightBytes -= bytes;
+        this.bytesInFlight -= bytes;
         // A write's error is the one reported; nothing of a failed write is released.
         const failed = w.status === 'rejected' ? w.reason : b.status === 'rejected' ? b.reason : undefined;
         if (failed !== undefined) {
@@ -126,6 +126,6 @@ export class CoalescingWriter {
       }),
     };
     this.inFlight.push(entry);
-    this.inFlightBytes += bytes;
+    this.bytesInFlight += bytes;
   }
 }

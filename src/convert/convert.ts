@@ -240,8 +240,9 @@ async function convertOpened(opts: ConvertOptions, ckpt: Checkpoint, backend: Ba
   const staged = await stageOutput(opts.out ?? defaultOutputDir(opts.model), [ckpt.realDir, ckpt.root], { force: opts.force ?? false, onNotice: warn });
   try {
     startProfile(backend);
-    // The block-scale scans run beside the conversion, in shard order: each shard starts
-    // once the scans of its own modules are done (its header's records need them).
+    // The block-scale scans start while planning and run on beside the conversion, in shard
+    // order: each shard starts once the scans of its own modules are done (its header's
+    // records need them).
     const plan = await timed('plan', planSource(ckpt, source, { layout: opts.layout, dtype, strict: opts.strict, deferScans: true }));
     mark('planned');
     plan.scans.start(SCANS_AT_ONCE, plan.shards.flatMap(shardModules));

@@ -53,7 +53,7 @@ export function reportProfile(backend: Backend, totalMs: number, lanes: number):
   const lines = [
     `profile (MARLIN_FP4_PROFILE=1), --device ${backend}; read/transform/write times are summed over the ${lanes} shards converted at once:`,
     `  plan (global scales)       ${s(spent.plan)}`,
-    `  scale scans, all of them   ${s(spent.scans)}  (from their start to the last one's end, beside the conversion)`,
+    `  scale scans, all of them   ${s(spent.scans)}  (from the end of planning, which they start during, to the last one's end)`,
     `  waiting for scale scans    ${s(spent.scanWait)}  (summed over shards; each waits for its own modules' scans)`,
     `  reading tensors            ${s(spent.read)}  (${calls.read} reads)`,
     `  transform calls            ${s(spent.transform)}  (${calls.transform} calls)`,

@@ -10,7 +10,7 @@ import type { Backend } from '../transform/marlin.js';
 import type { BufferPool } from './buffer-pool.js';
 import { shardMetadata, type LayerRecord } from '../format/records.js';
 import { BufferHash, type FileDigest } from '../integrity/sha256.js';
-import { produce } from './produce.js';
+import { inFlightBytes, produce } from './produce.js';
 import { CoalescingWriter } from './coalesce.js';
 import { mark } from './profile.js';
 import { mapLimited } from '../checkpoint/read-batch.js';
@@ -45,7 +45,7 @@ export async function writeShard(job: ShardJob): Promise<void> {
   const writer = await SafetensorsWriter.create(join(job.dir, shard.file), shard.tensors, convertedShardMetadata(plan, shard, job.records));
   // The shard's checksum from the bytes as they are written, header first.
   const hash = job.onDigest ? new BufferHash() : undefined;
-  const out = new CoalescingWriter(writer, hash && ((chunks) => hash.update(chunks)));
+  const out = new CoalescingWriter(writer, inFlightBytes(job.backend), hash && ((chunks) => hash.update(chunks)));
   try {
     await hash?.update([writer.header]);
     for (const t of shard.tensors) {

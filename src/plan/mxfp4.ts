@@ -15,7 +15,7 @@ import { moePaddedIntermediate, type ActDtype, type LayoutVersion, type LinearSh
 import { gptOssPaddedSizes, MXFP4_GROUP } from '../transform/mxfp4.js';
 import { problemCollector, ROLE, where, type LinearSource } from './linears.js';
 import { ShardPlacement, type DenseLinear, type MoeStack, type Plan } from './plan.js';
-import { ScaleScans } from './scale-plan.js';
+import { ScaleScans } from './scale-scans.js';
 
 /** What a plan of an MXFP4 checkpoint records of the scale factor: MXFP4 has none (and no scale scans). */
 const NO_SF = Object.freeze({ sf: 1, lost: 0, subnormal: 0 });
@@ -305,19 +305,19 @@ export function planMxfp4(ckpt: Checkpoint, flavour: Mxfp4Flavour, { layout, dty
     const { prefix, weight } = d.source;
     d.source.members.forEach((m) => consumed.add(m));
     const t = moduleTensors(prefix, 'linear', { part: d.shape, parts: 1 }, out);
-    put(weight, { ...t.weight, producer: { kind: 'dense-weight', linear: d } });
-    put(weight, { ...t.scales, producer: { kind: 'dense-scales', linear: d } });
-    if (d.source.bias) put(weight, { ...biasTensor(prefix, 'BF16', d.shape), producer: { kind: 'bias', linear: d } });
+    put(weight, t.weight, { kind: 'dense-weight', linear: d });
+    put(weight, t.scales, { kind: 'dense-scales', linear: d });
+    if (d.source.bias) put(weight, biasTensor(prefix, 'BF16', d.shape), { kind: 'bias', linear: d });
   }
   for (const s of stacks) {
     const name = stackName(s.prefix, s.which);
     const anchor = s.sources[0]![0]!.weight;
     const t = moduleTensors(name, s.kind, { part: s.part, parts: s.parts.length, experts: s.sources.length }, out);
-    put(anchor, { ...t.weight, producer: { kind: 'stack-weight', stack: s } });
-    put(anchor, { ...t.scales, producer: { kind: 'stack-scales', stack: s } });
+    put(anchor, t.weight, { kind: 'stack-weight', stack: s });
+    put(anchor, t.scales, { kind: 'stack-scales', stack: s });
     if (s.bias) {
       consumed.add(s.bias);
-      put(anchor, { ...stackBiasTensor(name, s.sources.length, s.part.np * s.parts.length), producer: { kind: 'stack-bias', stack: s } });
+      put(anchor, stackBiasTensor(name, s.sources.length, s.part.np * s.parts.length), { kind: 'stack-bias', stack: s });
     }
     for (const lins of s.sources) for (const lin of lins) lin.members.forEach((m) => consumed.add(m));
   }

@@ -2,8 +2,7 @@
 // fails the run before that output exists, and v2's scale factors (needed in each shard's
 // header metadata and in the global scales) and the layout's losses are known in advance. A
 // part re-encoded onto its fused group's shared global counts with its re-encoded scales (from
-// its histogram). ScaleScans says when the scans run: all before the plan is returned
-// (verify), or started by convert beside the conversion, each shard waiting only for its own.
+// its histogram). ScaleScans (scale-scans.ts) says when the scans run.
 import type { Checkpoint } from '../checkpoint/model-dir.js';
 import { readSource } from './source-bytes.js';
 import {
@@ -180,88 +179,4 @@ export async function planScales(
     all: outcome(merged, present.length ? mergeEffects(present) : undefined),
     each: wantEach ? stats.map((s, i) => outcome(s, effects[i])) : [],
   };
-}
-
-interface ScanJob {
-  run: (scratch: ScanBuffer) => Promise<void>;
-  done: Promise<void>;
-  settle: (error?: unknown) => void;
-}
-
-/**
- * The scans of a plan, one per scale factor (a dense linear, a fused group, an MoE stack),
- * each filling the ScaleOutcome of the modules it covers. Registered while planning; run all
- * at once (runAll) or started in an order and awaited module by module (start, ready), so that
- * the first shards convert while the scans of later ones still run.
- */
-export class ScaleScans {
-  private readonly jobs: ScanJob[] = [];
-  private readonly jobOf = new Map<object, ScanJob>();
-  private running: Promise<void> | undefined;
-  private failure: { error: unknown } | undefined;
-
-  /** Registers the scan that fills the scale outcomes of `modules`; `run` gets its lane's read buffer. */
-  add(modules: readonly object[], run: (scratch: ScanBuffer) => Promise<void>): void {
-    let settle!: (error?: unknown) => void;
-    const done = new Promise<void>((resolve, reject) => {
-      settle = (error) => (error === undefined ? resolve() : reject(error));
-    });
-    done.catch(() => {}); // a failure is reported through ready() or runAll(), not as unhandled
-    const job: ScanJob = { run, done, settle };
-    this.jobs.push(job);
-    for (const m of modules) this.jobOf.set(m, job);
-  }
-
-  /**
-   * Starts every scan, at most `limit` at once: first those covering `first` (in that order),
-   * then the rest in the order registered. After a failure no scan starts, and every scan not
-   * yet run fails with the same error.
-   */
-  start(limit: number, first: readonly object[] = []): void {
-    if (this.running) return;
-    const order = [...new Set([...first.map((m) => this.jobOf.get(m)).filter((j): j is ScanJob => !!j), ...this.jobs])];
-    let next = 0;
-    const lane = async () => {
-      const scratch = new ScanBuffer();
-      while (next < order.length) {
-        const job = order[next++]!;
-        if (this.failure) {
-          job.settle(this.failure.error);
-          continue;
-        }
-        try {
-          await job.run(scratch);
-          job.settle();
-        } catch (error) {
-          this.failure ??= { error };
-          job.settle(error);
-        }
-      }
-    };
-    this.running = Promise.all(Array.from({ length: Math.max(1, Math.min(limit, order.length)) }, lane)).then(() => {});
-  }
-
-  /** Resolves once the scans covering `modules` are done; rejects with a scan's error. Needs start(). */
-  async ready(modules: readonly object[]): Promise<void> {
-    if (!this.running) throw new Error('ScaleScans.ready before start');
-    const jobs = new Set(modules.map((m) => this.jobOf.get(m)).filter((j): j is ScanJob => !!j));
-    await Promise.all([...jobs].map((j) => j.done));
-  }
-
-  /** Runs every scan (at most `limit` at once) and waits for them; the first error is thrown. */
-  async runAll(limit: number): Promise<void> {
-    this.start(limit);
-    await this.settled();
-    if (this.failure) throw this.failure.error;
-  }
-
-  /** Waits until no scan runs any more (before the checkpoint's files are closed). */
-  async settled(): Promise<void> {
-    await this.running;
-  }
-
-  /** Starts no further scan (the conversion failed elsewhere); those not run fail with `reason`. */
-  stop(reason: unknown): void {
-    this.failure ??= { error: reason };
-  }
 }
