@@ -350,7 +350,7 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   if (t.kernel < 0 || t.kernel > 3) throw InvalidInput("kernel must be 0 (by M), 1 (streaming), 2 (tiled) or 3 (wgmma)");
   if (t.kernel == 3 && !wgmma_available()) throw InvalidInput("the wgmma kernel needs an sm_90 device and a build with sm_90a code");
   const bool bf16 = a.dt == ActDtype::BF16;
-  if (t.kernel == 3 || (t.kernel == 0 && a.m >= kWgmmaMinM && wgmma_available())) {
+  if (t.kernel == 3 || (t.kernel == 0 && a.m >= kWgmmaMinM && wgmma_available() && wgmma_fits(pl.p))) {
     pl.tile = plan_wgmma(pl.p, bf16, t.m_tiles, t.depth, sm_count());
     return pl;
   }

@@ -241,8 +241,6 @@ void size_grid(TileLaunch& k, const Params& p, int sms) {
   const int64_t mblocks = (p.m + k.mrows - 1) / k.mrows;
   if (mblocks > 65535 || (int64_t)p.m * p.k >= (1ll << 31)) throw InvalidInput("M too large for the fast GEMM's shared-x kernels");
   const int64_t units = (int64_t)((p.nchunks + k.chunks - 1) / k.chunks) * ((p.rows + kStageRows - 1) / kStageRows);
-  // The wgmma kernel divides unit indices and offsets into the weight as 32-bit numbers.
-  if (units >= (1ll << 31) || (int64_t)p.rows * p.nchunks * 32 >= (1ll << 31)) throw InvalidInput("N x K too large for the fast GEMM's shared-x kernels");
   const int64_t slots = (int64_t)sms * k.grid.x;  // one wave, shared by the block rows of M
   const int64_t bx = std::min<int64_t>(std::max<int64_t>(1, slots / mblocks), units);
   k.grid = dim3((unsigned)bx, (unsigned)mblocks);

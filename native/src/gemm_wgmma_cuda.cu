@@ -150,13 +150,6 @@ __device__ __forceinline__ void wgmma<false, 128>(float* d, const uint32_t* a, u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
 }
 
-// Pins a register's value in place (no instruction): the compiler may not move its definition
-// past this point. Without it the zeroing selects of the A fragments (and the accumulators'
-// clearing) were sunk between the wgmma of a group, and ptxas then serialized the wgmma (C7513).
-__device__ __forceinline__ void fence_operand(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
-__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
-__device__ __forceinline__ void fence_operand(uint64_t& r) { asm volatile("" : "+l"(r)::"memory"); }
-
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -194,7 +187,7 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
   const int m0 = blockIdx.y * NM;
   const int kunits = (p.rows + KS - 1) / KS;
   const int64_t total = (int64_t)((p.nchunks + CH - 1) / CH) * kunits;
-  // u / kunits by a multiply-high (exact for 32-bit u: size_grid keeps the units below 2^31),
+  // u / kunits by a multiply-high (exact for 32-bit u: wgmma_fits keeps the units below 2^31),
   // the magic worked out once: a 64-bit division per stage cost more issue slots than the
   // stage's decode (ncu on the H200).
   const uint64_t kmagic = ~0ull / (uint64_t)kunits + 1;
@@ -204,7 +197,7 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
   if (n <= 0) return;
 
   // Per-thread copy places, the same at every unit: shared offsets inside a stage, and 32-bit
-  // element offsets from the unit's first K/16 row and chunk (size_grid bounds them). Working
+  // element offsets from the unit's first K/16 row and chunk (wgmma_fits and size_grid bound them). Working
   // them out once keeps the per-stage copies to an add and a zero-filling cp.async each (the
   // per-copy address arithmetic was a fifth of the kernel's instructions, ncu on the H200).
   constexpr int XI = (NM * 8 + NT - 1) / NT;
@@ -305,21 +298,10 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
 #pragma unroll
       for (int r = 0; r < 4; ++r) ab[kk][r] = kk < nk ? ab[kk][r] : 0u;
     }
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) fence_operand(ab[kk][r]);
-#pragma unroll
-    for (int r = 0; r < NM / 2; ++r) fence_operand(acc[r]);
-    uint64_t desc[KS];
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-      desc[kk] = x_desc(&st->x[0][0]) + 2 * kk;  // +32 bytes per K/16 row (encoded >> 4)
-      fence_operand(desc[kk]);
-    }
     wgmma_fence();
+    const uint64_t d0 = x_desc(&st->x[0][0]);
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma<BF16, NM>(acc, ab[kk], desc[kk]);
+    for (int kk = 0; kk < KS; ++kk) wgmma<BF16, NM>(acc, ab[kk], d0 + 2 * kk);  // +32 bytes per K/16 row (encoded >> 4)
     wgmma_commit();
     if (i + 1 == n || r0 + KS >= kunits * KS) {
       flush(gcur);
@@ -399,7 +381,10 @@ bool wgmma_available() {
   return ok;
 }
 
+bool wgmma_fits(const Params& p) { return (int64_t)p.rows * p.nchunks * 32 < (1ll << 31); }
+
 TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int sms) {
+  if (!wgmma_fits(p)) throw InvalidInput("N x K too large for the wgmma GEMM (its offsets into the weight are 32-bit)");
   const int mt = m_tiles ? m_tiles : p.m <= 8 ? 1 : p.m <= 16 ? 2 : p.m <= 32 ? 4 : p.m <= 64 ? 8 : 16;
   if (mt != 1 && mt != 2 && mt != 4 && mt != 8 && mt != 16) throw InvalidInput("the wgmma GEMM takes m_tiles 1, 2, 4, 8 or 16");
   if (depth != 0 && depth != 3 && depth != 4 && depth != 5) throw InvalidInput("the wgmma GEMM takes depth 3, 4 or 5");

@@ -10,6 +10,10 @@ namespace fastgemm {
 // Whether this build has the sm_90a code and the current device runs it (checked once).
 bool wgmma_available();
 
+// Whether the kernel's 32-bit unit indices and weight offsets hold this N x K (the units are
+// fewer than K/16 x Np/64 x 32, the weight's 16-byte runs).
+bool wgmma_fits(const Params& p);
+
 // The launch for M rows (m_tiles: 0 = chosen from M; 1, 2, 4, 8, 16 = 8 to 128 rows per block),
 // `depth` stages (0 = 4; 3 or 5 for the bench), a one-wave stream-K grid over `sms`.
 TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int sms);
