@@ -145,6 +145,11 @@ BenchReport run_gemm_bench(const BenchOptions& o) {
   rep.cublas = !o.cublas ? "not timed" : !lib ? why : gemm_ex ? "cublasGemmEx" : "libcublas lacks cublasGemmEx";
   const bool bf16 = o.dt == ActDtype::BF16;
 
+  // The fast GEMM's workspace, as a caller keeps one: its counters zeroed once (every launch
+  // leaves them zero).
+  const int64_t wsb = fast_gemm_workspace_bytes();
+  Dev ws((size_t)wsb, "the GEMM's workspace");
+  check(cudaMemset(ws.p, 0, (size_t)fast_gemm_workspace_counter_bytes()), "zeroing the GEMM's workspace");
   for (const BenchShape& sh : o.shapes) {
     int64_t np = 0, kp = 0;
     pad_shape_v2(sh.n, sh.k, np, kp);
@@ -192,6 +197,8 @@ BenchReport run_gemm_bench(const BenchOptions& o) {
       a.y = (float*)y.p;
       // Our GEMM may take the dense route at large M: cuBLAS's first weight copy is its scratch.
       a.dense = wd && o.dense ? (uint16_t*)wd->p : nullptr;
+      a.workspace = ws.p;
+      a.workspace_bytes = wsb;
       row.plan = describe_marlin_fast(a, o.tuning);
       row.ours_us = time_calls(o.warmup, o.iters, [&](int i) {
         const char* base = (const char*)quant.p + (size_t)(i % copies) * one;

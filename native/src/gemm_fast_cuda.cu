@@ -33,8 +33,8 @@
 // two K/16 rows where a chunk's rows are even (less loop and address work per byte).
 //
 // Where it stands (bench/notes/gemm.md, ncu on the H200): at M <= 8 the kernel is bound by
-// instruction issue (about 150 instructions per 512-byte step, two thirds of them the integer
-// dequantization), not by memory; it reaches ~57% of the copy bandwidth at M = 1. Which kernel
+// instruction issue (about 130 instructions per 512-byte K/16 row, most of them the integer
+// dequantization), not by memory; it reaches ~62% of the copy bandwidth at M = 1. Which kernel
 // runs: this one up to M = 16; from kTileMinM the tiled mma.sync kernel of gemm_tile_cuda.cu and
 // from kWgmmaMinM, on sm_90, the wgmma kernel of gemm_wgmma_cuda.cu, both sharing x among the
 // warps of a block; from kDenseMinM the dense route, taken when the caller
@@ -43,6 +43,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -177,7 +178,7 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
         const uint32_t words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const uint32_t sa = __byte_perm(sj[j], 0, 0x1010), sb = __byte_perm(sj[j], 0, 0x3232);
+          const uint32_t sa = half_bcast<0>(sj[j]), sb = half_bcast<1>(sj[j]);
           uint32_t a[4];
           a[0] = mul2(dequant_pair<BF16, 0>(words[j]), sa, BF16);
           a[1] = mul2(dequant_pair<BF16, 2>(words[j]), sb, BF16);
@@ -218,7 +219,7 @@ __global__ void __launch_bounds__(256) marlin_dequant_kernel(const Params p, uin
       const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const uint32_t s0 = __byte_perm(sj[j], 0, 0x1010), s1 = __byte_perm(sj[j], 0, 0x3232);
+        const uint32_t s0 = half_bcast<0>(sj[j]), s1 = half_bcast<1>(sj[j]);
         const int n = 16 * j + g, kw = warp * 8 + q;
         tile[n][kw] = mul2(dequant_pair<BF16, 0>(words[j]), s0, BF16);
         tile[n][kw + 4] = mul2(dequant_pair<BF16, 1>(words[j]), s0, BF16);
@@ -331,6 +332,9 @@ Params make_params(const FastGemmDevice& a) {
   p.nchunks = (int)(a.np / kTileN);
   p.v1 = a.layout == Layout::V1;
   p.gmul = 128.0f * marlin_global_value(a.global_bits, a.layout, a.dt);
+  p.ksplit = 0;
+  p.ws = nullptr;
+  p.wsc = nullptr;
   return p;
 }
 
@@ -351,7 +355,13 @@ Plan make_plan(const FastGemmDevice& a, const FastGemmTuning& t) {
   if (t.kernel == 3 && !wgmma_available()) throw InvalidInput("the wgmma kernel needs an sm_90 device and a build with sm_90a code");
   const bool bf16 = a.dt == ActDtype::BF16;
   if (t.kernel == 3 || (t.kernel == 0 && a.m >= kWgmmaMinM && wgmma_available() && wgmma_fits(pl.p))) {
-    pl.tile = plan_wgmma(pl.p, bf16, t.m_tiles, t.depth, sm_count());
+    if (a.workspace) {
+      pl.p.wsc = static_cast<unsigned*>(a.workspace);
+      pl.p.ws = reinterpret_cast<float*>(static_cast<uint8_t*>(a.workspace) + kWsCounterBytes);
+    }
+    pl.tile = plan_wgmma(pl.p, bf16, t.m_tiles, t.depth, t.ksplit, t.kreduce, a.workspace ? a.workspace_bytes : 0, sm_count());
+    pl.p.ksplit = pl.tile.ksplit;
+    if (!pl.tile.ws_split) pl.p.ws = nullptr, pl.p.wsc = nullptr;
     return pl;
   }
   if (t.kernel == 2 || (t.kernel == 0 && a.m >= kTileMinM)) {
@@ -381,11 +391,15 @@ void launch_dequant(const Params& p, ActDtype dt, uint16_t* dense, cudaStream_t 
 
 bool fast_gemm_has_wgmma() { return wgmma_available(); }
 
+int64_t fast_gemm_workspace_bytes() { return wgmma_workspace_bytes(sm_count()); }
+int64_t fast_gemm_workspace_counter_bytes() { return kWsCounterBytes; }
+
 std::string describe_marlin_fast(const FastGemmDevice& a, const FastGemmTuning& t) {
   const Plan pl = make_plan(a, t);
   if (pl.tile.launch)
     return std::string(pl.tile.wgmma ? "wgmma" : "tile") + " rows=" + std::to_string(pl.tile.mrows) + " chunks=" + std::to_string(pl.tile.chunks) + " depth=" +
-           std::to_string(pl.tile.depth) + " grid=" + std::to_string(pl.tile.grid.x) + "x" + std::to_string(pl.tile.grid.y);
+           std::to_string(pl.tile.depth) + " grid=" + std::to_string(pl.tile.grid.x) + "x" + std::to_string(pl.tile.grid.y) +
+           (pl.tile.ksplit ? " ksplit=" + std::to_string(pl.tile.ksplit) + (pl.tile.ws_split ? " via workspace" : " via cluster") : "");
   if (!pl.cfg) return "dense: dequantize + cuBLAS";
   return "stream rows=" + std::to_string(pl.cfg->mrows) + " depth=" + std::to_string(pl.cfg->depth) + " k16/step=" +
          std::to_string(pl.cfg->rows_per_step) + " grid=" + std::to_string(pl.grid.x) + "x" + std::to_string(pl.grid.y);
@@ -399,7 +413,8 @@ void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTun
     dense_gemm_cublas(a.dense, a.x, a.y, a.m, a.n, a.k, a.dt, pl.p.gmul, s);
     return;
   }
-  check(cudaMemsetAsync(a.y, 0, (size_t)(a.m * a.n) * sizeof(float), s), "zeroing the GEMM's output");
+  // Stream-K adds partial tiles into y; the wgmma kernel's cluster split stores every element once.
+  if (!pl.tile.ksplit) check(cudaMemsetAsync(a.y, 0, (size_t)(a.m * a.n) * sizeof(float), s), "zeroing the GEMM's output");
   if (pl.tile.launch) pl.tile.launch(pl.p, pl.tile.grid, pl.tile.smem, s);
   else pl.cfg->launch(pl.p, pl.grid, pl.cfg->smem, s);
   check(cudaGetLastError(), "launching the fast Marlin GEMM");
@@ -433,6 +448,10 @@ void gemm_marlin_fast(const MarlinGemmArgs& a, const std::vector<int64_t>& split
   // The dense route's scratch where an M would take it.
   const int64_t db = most >= kDenseMinM && cublas_available() ? a.n * a.k * 2 : 0;
   bytes += detail::align_up(db);
+  // The wgmma kernel's workspace where an M would take it (its counters zeroed here once;
+  // launches leave them so).
+  const int64_t wsb = fast_gemm_has_wgmma() && most >= kWgmmaMinM ? fast_gemm_workspace_bytes() : 0;
+  bytes += detail::align_up(wsb);
   // One stream-ordered allocation per call (the pool keeps the memory for the next call, and
   // nothing synchronizes the device as cudaFree does), the weight uploaded once for every M,
   // each M its own launch (the kernel's split depends on M) into its own output.
@@ -443,6 +462,8 @@ void gemm_marlin_fast(const MarlinGemmArgs& a, const std::vector<int64_t>& split
   uint32_t* dw = arena.take<uint32_t>(wb);
   uint8_t* ds = arena.take<uint8_t>(sb);
   uint16_t* dense = db ? arena.take<uint16_t>(db) : nullptr;
+  void* ws = wsb ? arena.take<uint8_t>(wsb) : nullptr;
+  if (ws) check(cudaMemsetAsync(ws, 0, (size_t)fast_gemm_workspace_counter_bytes(), st.s), "zeroing the GEMM's workspace");
   detail::copy_rows(dx, xb, a.x, xb, xb, 1, cudaMemcpyHostToDevice, st.s, "activations");
   detail::copy_rows(dw, wb, a.weight, wb, wb, 1, cudaMemcpyHostToDevice, st.s, "the packed weight");
   detail::copy_rows(ds, sb, a.scales, sb, sb, 1, cudaMemcpyHostToDevice, st.s, "the processed scales");
@@ -463,6 +484,8 @@ void gemm_marlin_fast(const MarlinGemmArgs& a, const std::vector<int64_t>& split
     float* dy = arena.take<float>(m * a.n * 4);
     d2.y = dy;
     d2.dense = dense;
+    d2.workspace = ws;
+    d2.workspace_bytes = wsb;
     launch_marlin_fast(d2, st.s, tuning);
     detail::copy_rows(a.y + row0 * a.n, m * a.n * 4, dy, m * a.n * 4, m * a.n * 4, 1, cudaMemcpyDeviceToHost, st.s, "the GEMM's output");
     row0 += m;

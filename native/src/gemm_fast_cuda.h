@@ -28,7 +28,19 @@ struct FastGemmDevice {
   // fused kernels (bench/notes/gemm.md: at M = 256 the wgmma kernel now wins, 262 us against
   // 198 + 169; at 1024 the dense route, 0.69-0.76x cuBLAS against 0.57x).
   uint16_t* dense = nullptr;
+  // Optional workspace of fast_gemm_workspace_bytes(), its first fast_gemm_workspace_counter_bytes()
+  // zeroed once when allocated (the counters; the rest needs no initialization): with it the
+  // wgmma kernel may split a tile's K among blocks that sum their partials through it (no zeroing
+  // of y, no atomics). Launches that share one must be ordered (one stream): each leaves its
+  // counters at zero for the next.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
+
+// The workspace a launch_marlin_fast may use on this device (FastGemmDevice::workspace), and the
+// bytes at its start that must be zero before its first use.
+int64_t fast_gemm_workspace_bytes();
+int64_t fast_gemm_workspace_counter_bytes();
 
 constexpr int64_t kDenseMinM = 512;
 
@@ -39,14 +51,19 @@ struct FastGemmTuning {
   int waves = 1;          // resident-block waves in the grid
   int rows_per_step = 0;  // K/16 rows per step: 1 or 2 (2 needs an even K/16)
   int kernel = 0;         // 0: by M (kTileMinM); 1: streaming; 2: tiled (mma.sync); 3: wgmma (sm_90)
+  int ksplit = 0;         // wgmma kernel: 0 = by the shape; -1 = stream-K (atomics); 1..8 = each tile's K
+                          // split among that many blocks (needs N % 4 == 0)
+  int kreduce = 0;        // how a split sums its partials: 0 = by the shape, 1 = a cluster's
+                          // distributed shared memory, 2 = the workspace
 };
 
 // From this M on a kernel sharing x through shared memory replaces the streaming one: the tiled
 // mma.sync kernel (gemm_tile_cuda.cu), and from kWgmmaMinM on sm_90 the wgmma kernel
-// (gemm_wgmma_cuda.cu). Crossovers measured on the H200 (bench/notes/gemm.md: wgmma 118 us at
-// M = 48 on 28672x8192 against 129 tiled; at 32, 108 against 105).
+// (gemm_wgmma_cuda.cu), which since session 24 is faster than the tiled one at every M it takes
+// (H200, bench/notes/gemm.md: 28672x8192 at M = 17, 86 us against 103; the streaming kernel, 91)
+// and slower than the streaming one up to 16 (M = 16: 88 against 72).
 constexpr int64_t kTileMinM = 17;
-constexpr int64_t kWgmmaMinM = 33;
+constexpr int64_t kWgmmaMinM = 17;
 
 // Whether the wgmma kernel can run here (an sm_90 device and a build with sm_90a code).
 bool fast_gemm_has_wgmma();

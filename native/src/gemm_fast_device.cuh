@@ -21,6 +21,12 @@ struct Params {
   int nchunks;         // Np / 64
   int v1;
   float gmul;          // 128 · global value
+  int ksplit;          // wgmma kernel: 0 = stream-K, partial tiles added into a zeroed y with atomics;
+                       // s >= 1 = each tile's K split among s blocks whose partials are summed and
+                       // stored (gemm_wgmma_cuda.cu): through distributed shared memory when ws is
+                       // null (a cluster of s blocks), else through the workspace ws
+  float* ws;           // the split's partial tiles (see fast_gemm_workspace_bytes)
+  unsigned* wsc;       // its two counters per tile (zero between launches)
 };
 
 // 16 bytes that are read once: keep them out of L1.
@@ -42,6 +48,17 @@ __device__ __forceinline__ uint32_t dequant_pair(uint32_t w) {
   const uint32_t v = P == 3 ? w : w << (12 - 4 * P);
   if constexpr (BF16) return (v & 0x80008000u) | ((v >> 6) & 0x01C001C0u);
   else return (v & 0x80008000u) | ((v >> 3) & 0x0E000E00u);
+}
+
+// v's low (H = 0) or high (H = 1) 16-bit half in both halves: the scale of one 8-column tile for
+// both of a register's elements. A PTX move of halves, not __byte_perm: ptxas can fold it into the
+// multiply's operand selector (.H0_H0), where a PRMT stays an instruction of its own.
+template <int H>
+__device__ __forceinline__ uint32_t half_bcast(uint32_t v) {
+  uint32_t d;
+  if constexpr (H == 0) asm("{.reg .b16 l, h;\nmov.b32 {l, h}, %1;\nmov.b32 %0, {l, l};}" : "=r"(d) : "r"(v));
+  else asm("{.reg .b16 l, h;\nmov.b32 {l, h}, %1;\nmov.b32 %0, {h, h};}" : "=r"(d) : "r"(v));
+  return d;
 }
 
 __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b, bool bf16) {
@@ -168,8 +185,11 @@ struct ScaleCopy {
     off = p.v1 ? (k >> 1) * 2 * p.np + 128 * c + 16 * (tid % 8) : k * p.np + 64 * c + 16 * (tid % 4);
   }
   // The unit at K/16 row r0 (a multiple of kStageRows, so even for v1's row pairs) and chunk c0, krows and cols what is left of K and N.
+  // A piece past K or N is zero-filled, not skipped: its weight runs are zero-filled too, and a
+  // zero scale keeps their product zero, where a stale one could be Inf (0 x Inf = NaN).
   __device__ __forceinline__ void copy(const Params& p, uint4* dst, int tid, int r0, int c0, int krows, int cols) const {
-    if (active && k < krows && c < cols) cp_async16(dst + tid, p.s + (size_t)r0 * p.np + 64 * c0 * (p.v1 ? 2 : 1) + off);
+    const bool ok = k < krows && c < cols;
+    if (active) cp_async16z(dst + tid, ok ? p.s + (size_t)r0 * p.np + 64 * c0 * (p.v1 ? 2 : 1) + off : p.s, ok);
   }
 };
 

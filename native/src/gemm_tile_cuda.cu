@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(CH * WM * 32, 1) marlin_tile_kernel(const Para
     uint32_t a[4][4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const uint32_t sa = __byte_perm(sj[j], 0, 0x1010), sc = __byte_perm(sj[j], 0, 0x3232);
+      const uint32_t sa = half_bcast<0>(sj[j]), sc = half_bcast<1>(sj[j]);
       a[j][0] = mul2(dequant_pair<BF16, 0>(words[j]), sa, BF16);
       a[j][1] = mul2(dequant_pair<BF16, 2>(words[j]), sc, BF16);
       a[j][2] = mul2(dequant_pair<BF16, 1>(words[j]), sa, BF16);

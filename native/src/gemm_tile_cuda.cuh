@@ -16,6 +16,8 @@ struct TileLaunch {
   int chunks = 0;  // 64-column chunks per block
   int depth = 0;   // pipeline stages of 4 K/16 rows
   bool wgmma = false;  // the Hopper kernel (gemm_wgmma_cuda.cu)
+  int ksplit = 0;      // wgmma: blocks splitting a tile's K (0: stream-K; see Params::ksplit)
+  bool ws_split = false;  // ... summing through the workspace (else a cluster's shared memory)
   size_t smem = 0;
   dim3 grid;
   void (*launch)(const Params&, dim3 grid, size_t smem, cudaStream_t) = nullptr;

@@ -15,8 +15,15 @@ bool wgmma_available();
 bool wgmma_fits(const Params& p);
 
 // The launch for M rows (m_tiles: 0 = chosen from M; 1, 2, 4, 8, 16 = 8 to 128 rows per block),
-// `depth` stages (0 = 4; 3 or 5 for the bench), a one-wave stream-K grid over `sms`.
-TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int sms);
+// `depth` stages (0 = 4; 3 or 5 for the bench), over `sms` multiprocessors: a one-wave stream-K
+// grid, or one cluster of ksplit blocks per tile (FastGemmTuning::ksplit: 0 = by the shape,
+// -1 = stream-K, 1..8 = that split).
+// kreduce: how a split sums (0 = by the shape, 1 = cluster, 2 = workspace: p.ws, ws_bytes).
+TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int ksplit, int kreduce, int64_t ws_bytes, int sms);
+
+// The workspace bytes of a split: two counters per tile, then one NM x 256 float partial per block.
+constexpr int64_t kWsCounterBytes = 8192;
+inline int64_t wgmma_workspace_bytes(int sms) { return kWsCounterBytes + (int64_t)sms * 128 * 256 * 4; }
 
 }  // namespace fastgemm
 }  // namespace cuda
