@@ -26,11 +26,13 @@
 // grid share all (64-column chunk, K/16 row) steps evenly, each walking one contiguous range
 // chunk-major, and add their partial tile into y with fp32 atomics (y is zeroed first) whenever
 // their chunk changes, so every SM has work at any N and the tail is at most one step per warp.
-// Each lane copies its own 16 bytes of W, 8 bytes of scales and 8 bytes of x per n8 tile
-// (zero-filled past M) with cp.async into a per-warp ring of S steps in shared memory; it reads
-// back only what it wrote, so waiting on its own cp.async groups is all the synchronisation
-// there is, and S steps of 512 bytes per warp are in flight without costing registers. A step is
-// two K/16 rows where a chunk's rows are even (less loop and address work per byte).
+// Each lane copies its own 16 bytes of W and 8 bytes of scales, and 16-byte pieces of x
+// (zero-filled past M), with cp.async into a per-warp ring of S steps in shared memory, and reads
+// back its W and scales; x is read as B fragments with ldmatrix, so a __syncwarp after the wait
+// (other lanes copied it) and one before the slot is refilled are all the synchronisation there
+// is, and S steps of 512 bytes of W per warp are in flight without costing registers. (x was
+// 4-byte copies per lane before: at M = 16 the L1 was the bottleneck, bench/notes/gemm.md.) A step
+// is two K/16 rows where a chunk's rows are even (less loop and address work per byte).
 //
 // Where it stands (bench/notes/gemm.md, ncu on the H200): at M <= 8 the kernel is bound by
 // instruction issue (about 130 instructions per 512-byte K/16 row, most of them the integer
@@ -65,11 +67,17 @@ namespace {
 using namespace fastgemm;
 
 template <int MN8, int U>
-struct RingSlot {  // one step (U rows of K/16) of one warp, per lane
-  uint4 w[U][32];
-  uint2 s[U][32];
-  uint2 x[U][MN8][32];
+struct RingSlot {  // one step (U rows of K/16) of one warp
+  uint4 w[U][32];  // per lane: its run
+  uint2 s[U][32];  // per lane: its 8 scale bytes
+  // The 8·MN8 rows of x of each K/16 row, 32 bytes (16 k) each in two 16-byte halves, half h of
+  // row r at 32r + 16·(h ^ (r >> 2 & 1)): copied 16 bytes per lane, read as mma B fragments with
+  // ldmatrix, the swizzle keeping its 8 row reads on distinct banks.
+  uint4 x[U][MN8 * 16];
 };
+
+// Byte offset of half h of x row r inside one K/16 row's block of a ring slot.
+__device__ __forceinline__ int x_at(int r, int h) { return 32 * r + 16 * (h ^ ((r >> 2) & 1)); }
 
 // Adds a warp's partial tile (chunk c, rows mb·8·MN8..) into y and clears it.
 template <int MN8>
@@ -83,7 +91,7 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
   extern __shared__ uint4 ring_smem[];
   using Slot = RingSlot<MN8, U>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, q = lane & 3;
+  const int g = lane >> 2;
   const int mb = blockIdx.y;
   Slot* const ring = reinterpret_cast<Slot*>(ring_smem) + warp * S;
   // Steps of U rows (U divides the rows of a chunk: the plan checks it).
@@ -99,8 +107,17 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
   int lc = (int)(s0 / urows), lr = (int)(s0 % urows) * U;
   const uint4* wp;
   const uint8_t* sp;
-  const uint32_t* xp[MN8];
-  bool xok[MN8];
+  // x: XL 16-byte pieces per lane and step; piece i of this lane is lane + 32i of the step's
+  // U · MN8 · 16, i.e. row r, half h of K/16 row u (the same at every step).
+  constexpr int XN = U * MN8 * 16, XL = (XN + 31) / 32;
+  const uint16_t* xp[XL];
+  bool xok[XL];
+  int xdst[XL];  // its byte offset in the slot's x
+#pragma unroll
+  for (int i = 0; i < XL; ++i) {
+    const int piece = lane + 32 * i, u = piece / (MN8 * 16), r = (piece >> 1) % (MN8 * 8), h = piece & 1;
+    xdst[i] = u * MN8 * 256 + x_at(r, h);
+  }
   const size_t wstep = (size_t)p.nchunks * 32;
   // The scales of row lr + u relative to row lr (lr even when U = 2): v1 keeps a row pair's
   // bytes 8 apart in one 16-byte block.
@@ -109,10 +126,11 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
     wp = p.w + ((size_t)lr * p.nchunks + lc) * 32 + lane;
     sp = p.v1 ? p.s + (size_t)(lr >> 1) * 2 * p.np + 128 * lc + 16 * g + 8 * (lr & 1) : p.s + (size_t)lr * p.np + 64 * lc + 8 * g;
 #pragma unroll
-    for (int t = 0; t < MN8; ++t) {
-      const int row = (mb * MN8 + t) * 8 + g;
-      xok[t] = row < p.m;
-      xp[t] = reinterpret_cast<const uint32_t*>(p.x) + (size_t)(xok[t] ? row : 0) * (p.k / 2) + q + lr * 8;
+    for (int i = 0; i < XL; ++i) {
+      const int piece = lane + 32 * i, u = piece / (MN8 * 16), r = (piece >> 1) % (MN8 * 8), h = piece & 1;
+      const int row = mb * MN8 * 8 + r;
+      xok[i] = (XN % 32 == 0 || piece < XN) && row < p.m;
+      xp[i] = p.x + (size_t)(xok[i] ? row : 0) * p.k + (lr + u) * 16 + 8 * h;
     }
   };
   seek();
@@ -121,13 +139,11 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
     for (int u = 0; u < U; ++u) {
       cp_async16(&slot->w[u][lane], wp + u * wstep);
       cp_async8(&slot->s[u][lane], sp + u * s_in);
-#pragma unroll
-      for (int t = 0; t < MN8; ++t) {
-        uint32_t* xd = reinterpret_cast<uint32_t*>(&slot->x[u][t][lane]);
-        cp_async4z(xd, xp[t] + 8 * u, xok[t]);
-        cp_async4z(xd + 1, xp[t] + 8 * u + 4, xok[t]);
-      }
     }
+    // Rows past M zero-filled; a lane with no piece (U · MN8 = 1) copies nothing.
+#pragma unroll
+    for (int i = 0; i < XL; ++i)
+      if (XN % 32 == 0 || lane + 32 * i < XN) cp_async16z(reinterpret_cast<uint8_t*>(slot->x) + xdst[i], xp[i], xok[i]);
     lr += U;
     if (lr == p.rows) {
       lr = 0;
@@ -139,7 +155,7 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
       // (lr even): the next pair (v1) or two rows (v2), 2·Np either way.
       sp += U == 2 ? 2 * p.np : p.v1 ? ((lr & 1) ? 8 : 2 * p.np - 8) : p.np;
 #pragma unroll
-      for (int t = 0; t < MN8; ++t) xp[t] += 8 * U;
+      for (int i = 0; i < XL; ++i) xp[i] += 16 * U;
     }
   };
 
@@ -155,18 +171,28 @@ __global__ void __launch_bounds__(W * 32, MINB) marlin_stream_kernel(const Param
   }
   int cc = (int)(s0 / urows), cr = (int)(s0 % urows);  // the step being consumed
   Slot* slot = ring;
+  // This lane's ldmatrix row address inside a K/16 row's x block: matrix lane >> 3 of a pair of
+  // n8 tiles is (tile lane >> 4, half lane >> 3 & 1), its row lane & 7.
+  const int xr = (MN8 == 1 ? 0 : 8 * (lane >> 4)) + (lane & 7), xsrc = x_at(xr, (lane >> 3) & 1);
 #pragma unroll 1
   for (int i = 0; i < nsteps; ++i) {
     cp_wait<S - 1>();
+    __syncwarp();  // x was copied by other lanes
     uint4 w[U];
     uint2 sv[U], xb[U][MN8];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       w[u] = slot->w[u][lane];
       sv[u] = slot->s[u][lane];
+      const uint8_t* xu = reinterpret_cast<const uint8_t*>(slot->x) + u * MN8 * 256;
+      if constexpr (MN8 == 1) {
+        ldmatrix_x2(xb[u][0].x, xb[u][0].y, xu + xsrc);
+      } else {
 #pragma unroll
-      for (int t = 0; t < MN8; ++t) xb[u][t] = slot->x[u][t][lane];
+        for (int t = 0; t < MN8; t += 2) ldmatrix_x4(xb[u][t].x, xb[u][t].y, xb[u][t + 1].x, xb[u][t + 1].y, xu + t * 256 + xsrc);
+      }
     }
+    __syncwarp();  // every lane has read the slot before any refills it
     if (i + S < nsteps) fetch(slot);
     cp_commit();
     slot = slot + 1 == ring + S ? ring : slot + 1;
