@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(kGroups * 128, 1) marlin_wgmma_kernel(const Pa
   // stage's decode (ncu on the H200).
   const uint64_t kmagic = ~0ull / (uint64_t)kunits + 1;
   auto group_of = [&](int64_t u) { return kunits == 1 ? (int)u : (int)__umul64hi(kmagic, (uint64_t)(uint32_t)u); };
-  // Stream-K: the blocks share all units evenly. Cluster split: block (tile t, rank r) takes the
+  // Stream-K: the blocks share all units evenly. Split of K: block (tile t, rank r) takes the
   // r-th of p.ksplit parts of tile t's units (possibly none: it still joins the reduction).
   int64_t u0, u1;
   if (p.ksplit) {
