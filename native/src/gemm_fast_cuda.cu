@@ -439,7 +439,8 @@ void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTun
     dense_gemm_cublas(a.dense, a.x, a.y, a.m, a.n, a.k, a.dt, pl.p.gmul, s);
     return;
   }
-  // Stream-K adds partial tiles into y; the wgmma kernel's cluster split stores every element once.
+  // Stream-K adds partial tiles into y; the wgmma kernel's split of K (through a cluster or the
+  // workspace) stores every element once.
   if (!pl.tile.ksplit) check(cudaMemsetAsync(a.y, 0, (size_t)(a.m * a.n) * sizeof(float), s), "zeroing the GEMM's output");
   if (pl.tile.launch) pl.tile.launch(pl.p, pl.tile.grid, pl.tile.smem, s);
   else pl.cfg->launch(pl.p, pl.grid, pl.cfg->smem, s);
