@@ -139,6 +139,21 @@ void run_checks() {
             check_case(45, 320, 1088, true, lay, dt, t, seed++);
             check_case(7, 200, 544, true, lay, dt, t, seed++);
           }
+      // Two chunks per step (6 chunks; odd K/16 rows with one row per step where the layout
+      // allows them, v2), a zeroing of y by the kernel and by a memset (more than one wave: no
+      // cooperative launch).
+      for (int mn8 : {1, 2})
+        for (int rps : {1, 2})
+          for (int waves : {1, 2}) {
+            cuda::FastGemmTuning t;
+            t.m_tiles = mn8;
+            t.rows_per_step = rps;
+            t.chunks_per_step = 2;
+            t.waves = waves;
+            t.kernel = 1;
+            check_case(mn8 == 1 ? 3 : 13, 320, rps == 1 && lay == Layout::V2 ? 1040 : 1088, true, lay, dt, t, seed++);
+            check_case(mn8 == 1 ? 8 : 16, 330, 2048, false, lay, dt, t, seed++);
+          }
       // The tiled and the wgmma kernels' instantiations, at Ms below, inside and past a block
       // row; odd K/16 rows (a last stage of fewer than 4 rows, v2) and a chunk count no block
       // shape divides.

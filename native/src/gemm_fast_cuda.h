@@ -31,8 +31,9 @@ struct FastGemmDevice {
   // Optional workspace of fast_gemm_workspace_bytes(), its first fast_gemm_workspace_counter_bytes()
   // zeroed once when allocated (the counters; the rest needs no initialization): with it the
   // wgmma kernel may split a tile's K among blocks that sum their partials through it (no zeroing
-  // of y, no atomics). Launches that share one must be ordered (one stream): each leaves its
-  // counters at zero for the next.
+  // of y, no atomics), and the streaming kernel zeroes y itself behind a grid barrier kept there
+  // (no cudaMemsetAsync before it). Launches that share one must be ordered (one stream): each
+  // leaves its counters ready for the next.
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
 };
@@ -50,6 +51,8 @@ struct FastGemmTuning {
   int depth = 0;          // steps each warp has in flight (4; 8 where m_tiles <= 2); tiled: stages, 3-5
   int waves = 1;          // resident-block waves in the grid
   int rows_per_step = 0;  // K/16 rows per step: 1 or 2 (2 needs an even K/16)
+  int chunks_per_step = 0;  // streaming: adjacent 64-column chunks per step, 1 or 2 (2 needs
+                            // m_tiles <= 2, an even chunk count, depth 0 or 3)
   int kernel = 0;         // 0: by M (kTileMinM); 1: streaming; 2: tiled (mma.sync); 3: wgmma (sm_90)
   int ksplit = 0;         // wgmma kernel: 0 = by the shape; -1 = stream-K (atomics); 1..8 = each tile's K
                           // split among that many blocks (needs N % 4 == 0)
@@ -68,8 +71,9 @@ constexpr int64_t kWgmmaMinM = 17;
 // Whether the wgmma kernel can run here (an sm_90 device and a build with sm_90a code).
 bool fast_gemm_has_wgmma();
 
-// Enqueues the GEMM on a stream (nullptr: the default stream), zeroing y first (the warps add
-// their partial tiles into it), or the dense route (see FastGemmDevice::dense).
+// Enqueues the GEMM on a stream (nullptr: the default stream), zeroing y first where a kernel adds
+// partial tiles into it and cannot zero it itself (see FastGemmDevice::workspace), or the dense
+// route (see FastGemmDevice::dense).
 // Checks the shapes (InvalidInput) but does not synchronize.
 void launch_marlin_fast(const FastGemmDevice& a, void* stream, const FastGemmTuning& tuning = {});
 

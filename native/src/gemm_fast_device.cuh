@@ -25,8 +25,9 @@ struct Params {
                        // s >= 1 = each tile's K split among s blocks whose partials are summed and
                        // stored (gemm_wgmma_cuda.cu): through distributed shared memory when ws is
                        // null (a cluster of s blocks), else through the workspace ws
+  int zero_y;          // streaming kernel: it zeroes y itself, behind a grid barrier at wsc (cooperative launch)
   float* ws;           // the split's partial tiles (see fast_gemm_workspace_bytes)
-  unsigned* wsc;       // its two counters per tile (zero between launches)
+  unsigned* wsc;       // the workspace's counters (kWsCounterBytes: the split's, the streaming kernel's barrier)
 };
 
 // 16 bytes that are read once: keep them out of L1.
@@ -35,6 +36,12 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
 

@@ -189,11 +189,6 @@ __device__ __forceinline__ float4 ld_shared_f4(uint32_t at) {
   asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(at) : "memory");
   return v;
 }
-__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
 // The block's coordinates read afresh (asm volatile): the split's end works its tile out from
 // them instead of keeping values from the start live through the main loop, where the 128
 // registers are all taken (ptxas spilled otherwise).
@@ -500,6 +495,23 @@ constexpr int kMaxSplit = 8;  // the portable cluster size
 constexpr int64_t kSplitGain = 7;
 constexpr int64_t kWsCost = 2;
 
+// The launch of a grid in clusters of `size` blocks along x (the launch and the occupancy query
+// of wgmma_config both use it); `at` holds the attribute the configuration points to.
+cudaLaunchConfig_t cluster_config(dim3 grid, size_t smem, cudaStream_t s, unsigned size, cudaLaunchAttribute& at) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kGroups * 128);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  at.id = cudaLaunchAttributeClusterDimension;
+  at.val.clusterDim.x = size;
+  at.val.clusterDim.y = 1;
+  at.val.clusterDim.z = 1;
+  cfg.attrs = &at;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
 template <bool BF16, int NM, int ST>
 void launch_wgmma(const Params& p, dim3 grid, size_t smem, cudaStream_t s) {
   if (p.ksplit && p.ws) {  // the blocks of a tile wait for each other: all must be resident
@@ -513,18 +525,8 @@ void launch_wgmma(const Params& p, dim3 grid, size_t smem, cudaStream_t s) {
     marlin_wgmma_kernel<BF16, NM, ST><<<grid, kGroups * 128, smem, s>>>(p);
     return;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kGroups * 128);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeClusterDimension;
-  at[0].val.clusterDim.x = (unsigned)p.ksplit;
-  at[0].val.clusterDim.y = 1;
-  at[0].val.clusterDim.z = 1;
-  cfg.attrs = at;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute at;
+  const cudaLaunchConfig_t cfg = cluster_config(grid, smem, s, (unsigned)p.ksplit, at);
   check(cudaLaunchKernelEx(&cfg, marlin_wgmma_kernel<BF16, NM, ST>, p), "launching the wgmma GEMM's clusters");
 }
 
@@ -547,17 +549,8 @@ const WgmmaConfig& wgmma_config() {
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&w.split_per_sm, fn, kGroups * 128, w.split_smem), "reading the wgmma GEMM's occupancy");
     k.launch = &launch_wgmma<BF16, NM, ST>;
     for (int s = 1; s <= kMaxSplit; ++s) {
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3((unsigned)s);
-      cfg.blockDim = dim3(kGroups * 128);
-      cfg.dynamicSmemBytes = w.split_smem;
-      cudaLaunchAttribute at[1];
-      at[0].id = cudaLaunchAttributeClusterDimension;
-      at[0].val.clusterDim.x = (unsigned)s;
-      at[0].val.clusterDim.y = 1;
-      at[0].val.clusterDim.z = 1;
-      cfg.attrs = at;
-      cfg.numAttrs = 1;
+      cudaLaunchAttribute at;
+      const cudaLaunchConfig_t cfg = cluster_config(dim3((unsigned)s), w.split_smem, nullptr, (unsigned)s, at);
       int n = 0;
       if (cudaOccupancyMaxActiveClusters(&n, fn, &cfg) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -630,7 +623,7 @@ TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int ks
   // for their partials.
   const int64_t resident = (int64_t)sms * cfg.split_per_sm;
   auto ws_fits = [&](int c) {
-    return p.ws && tiles * c <= resident && kWsCounterBytes >= 8 * tiles && kWsCounterBytes + tiles * c * k.mrows * 1024 <= ws_bytes;
+    return ws_bytes > 0 && tiles * c <= resident && kWsTileCounterBytes >= 8 * tiles && kWsCounterBytes + tiles * c * k.mrows * 1024 <= ws_bytes;
   };
   int s = 0;
   bool via_ws = false;

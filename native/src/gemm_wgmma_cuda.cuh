@@ -18,11 +18,16 @@ bool wgmma_fits(const Params& p);
 // `depth` stages (0 = 4; 3 or 5 for the bench), over `sms` multiprocessors: a one-wave stream-K
 // grid, or one cluster of ksplit blocks per tile (FastGemmTuning::ksplit: 0 = by the shape,
 // -1 = stream-K, 1..8 = that split).
-// kreduce: how a split sums (0 = by the shape, 1 = cluster, 2 = workspace: p.ws, ws_bytes).
+// kreduce: how a split sums (0 = by the shape, 1 = cluster, 2 = a workspace of ws_bytes; the
+// caller points p.ws / p.wsc at it when the plan says ws_split).
 TileLaunch plan_wgmma(const Params& p, bool bf16, int m_tiles, int depth, int ksplit, int kreduce, int64_t ws_bytes, int sms);
 
-// The workspace bytes of a split: two counters per tile, then one NM x 256 float partial per block.
-constexpr int64_t kWsCounterBytes = 8192;
+// The workspace: a header of counters, zeroed once (the wgmma split's two per tile and the
+// streaming kernel's barrier arrivals, which every launch leaves at zero, and the barrier's
+// generation, which only grows), then the split's partials, one NM x 256 float tile per block.
+constexpr int64_t kWsTileCounterBytes = 8192;
+constexpr int kWsBarrierWord = (int)(kWsTileCounterBytes / 4);
+constexpr int64_t kWsCounterBytes = kWsTileCounterBytes + 256;
 inline int64_t wgmma_workspace_bytes(int sms) { return kWsCounterBytes + (int64_t)sms * 128 * 256 * 4; }
 
 }  // namespace fastgemm
