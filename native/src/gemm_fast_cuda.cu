@@ -376,6 +376,13 @@ Config& config_stream() {
   return c;
 }
 
+// The streaming kernel's config for MN8, S and C, with two K/16 rows per step or one.
+template <int MN8, int S, int C>
+Config& stream_config(bool bf16, bool two) {
+  if (two) return bf16 ? config_stream<true, MN8, 4, S, 1, 2, C>() : config_stream<false, MN8, 4, S, 1, 2, C>();
+  return bf16 ? config_stream<true, MN8, 4, S, 1, 1, C>() : config_stream<false, MN8, 4, S, 1, 1, C>();
+}
+
 // The instantiations: MN8 n8-tiles of M per warp (1, 2, 4, 8: M <= 8, 16, 32, more), S steps in
 // flight (4 measured as good as 8 and 12 on the H200; 8 kept as a tuning choice for M <= 16;
 // 3 for MN8 = 8, whose accumulators leave room for little else), two K/16 rows per step where
@@ -395,25 +402,17 @@ Config& pick_config(ActDtype dt, int64_t m, int64_t rows, int64_t nchunks, int s
   if (t.chunks_per_step != 0 && t.chunks_per_step != 1 && t.chunks_per_step != 2) throw InvalidInput("chunks_per_step must be 1 or 2");
   if (t.chunks_per_step == 2 && (mn8 > 2 || nchunks % 2 != 0 || (t.depth != 0 && t.depth != 3)))
     throw InvalidInput("chunks_per_step 2 needs m_tiles <= 2, an even number of 64-column chunks and depth 3");
-  // The C = 2 config's grid: 2 blocks of 4 warps per SM (its registers).
-  const bool roomy = nchunks * rows >= 128 * 8 * (int64_t)sms;
-  const bool pair = t.chunks_per_step == 2 ||
-                    (t.chunks_per_step == 0 && t.depth == 0 && mn8 <= 2 && nchunks % 2 == 0 && (mn8 == 1 || roomy));
   const bool deep = t.depth == 8 && mn8 <= 2;
-#define MFP4_PICK(MN8, S, C)                                                                            \
-  do {                                                                                               \
-    if (two) return bf16 ? config_stream<true, MN8, 4, S, 1, 2, C>() : config_stream<false, MN8, 4, S, 1, 2, C>(); \
-    return bf16 ? config_stream<true, MN8, 4, S, 1, 1, C>() : config_stream<false, MN8, 4, S, 1, 1, C>();          \
-  } while (0)
-  if (mn8 == 1 && pair) MFP4_PICK(1, 3, 2);
-  if (mn8 == 2 && pair) MFP4_PICK(2, 3, 2);
-  if (mn8 == 1 && deep) MFP4_PICK(1, 8, 1);
-  if (mn8 == 1) MFP4_PICK(1, 4, 1);
-  if (mn8 == 2 && deep) MFP4_PICK(2, 8, 1);
-  if (mn8 == 2) MFP4_PICK(2, 4, 1);
-  if (mn8 == 4) MFP4_PICK(4, 4, 1);
-  MFP4_PICK(8, 3, 1);
-#undef MFP4_PICK
+  if (mn8 <= 2 && (t.chunks_per_step == 2 || (t.chunks_per_step == 0 && t.depth == 0 && nchunks % 2 == 0))) {
+    Config& pair = mn8 == 1 ? stream_config<1, 3, 2>(bf16, two) : stream_config<2, 3, 2>(bf16, two);
+    // Unforced at MN8 = 2, only where each of its resident warps has 128 (row, chunk) units.
+    const int64_t warps = (int64_t)sms * pair.per_sm * pair.warps;
+    if (t.chunks_per_step == 2 || mn8 == 1 || nchunks * rows >= 128 * warps) return pair;
+  }
+  if (mn8 == 1) return deep ? stream_config<1, 8, 1>(bf16, two) : stream_config<1, 4, 1>(bf16, two);
+  if (mn8 == 2) return deep ? stream_config<2, 8, 1>(bf16, two) : stream_config<2, 4, 1>(bf16, two);
+  if (mn8 == 4) return stream_config<4, 4, 1>(bf16, two);
+  return stream_config<8, 3, 1>(bf16, two);
 }
 
 int sm_count() {
