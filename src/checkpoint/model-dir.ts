@@ -38,6 +38,11 @@ export interface Checkpoint {
   close(): Promise<void>;
 }
 
+/** Each shard's position in `ckpt.shards`: the order in which reads and scans visit the files. */
+export function shardPositions(ckpt: Pick<Checkpoint, 'shards'>): Map<string, number> {
+  return new Map(ckpt.shards.map((s, i) => [s, i]));
+}
+
 const IndexSchema = z.object({
   metadata: z.record(z.string(), z.unknown()).optional(),
   weight_map: z.record(z.string(), z.string()),

@@ -5,7 +5,7 @@
 import { InputError } from '../errors.js';
 import { SafetensorsError } from '../safetensors/index.js';
 import { addon } from '../transform/addon.js';
-import { readTensor, type Checkpoint } from './model-dir.js';
+import { readTensor, shardPositions, type Checkpoint } from './model-dir.js';
 
 /** Reads in flight at once: libuv runs 4 file operations side by side by default. */
 export const READS_AT_ONCE = 4;
@@ -66,7 +66,7 @@ export async function readTensorsInto(ckpt: Checkpoint, names: readonly string[]
   });
   // Sort keys looked up once per tensor, not twice per comparison (an MoE's 9,216 global
   // scales are read in one batch).
-  const shardIndex = new Map(ckpt.shards.map((s, i) => [s, i]));
+  const shardIndex = shardPositions(ckpt);
   const shardOf = refs.map((r) => shardIndex.get(r.shard)!);
   const beginOf = refs.map((r) => r.entry.begin);
   const order = refs.map((_, i) => i);

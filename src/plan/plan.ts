@@ -3,7 +3,7 @@
 // before anything is written.
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import type { Checkpoint, TensorRef } from '../checkpoint/model-dir.js';
+import { shardPositions, type Checkpoint, type TensorRef } from '../checkpoint/model-dir.js';
 import type { Flavour } from '../checkpoint/flavour.js';
 import type { Scheme } from '../format/quant-config.js';
 import { DTYPE_SIZE } from '../safetensors/index.js';
@@ -319,7 +319,7 @@ export async function planConversion(ckpt: Checkpoint, flavour: Flavour, opts: P
 type ShardRank = (tensor: string) => number;
 
 function shardRank(ckpt: Checkpoint): ShardRank {
-  const index = new Map(ckpt.shards.map((s, i) => [s, i]));
+  const index = shardPositions(ckpt);
   return (tensor) => index.get(ckpt.tensors.get(tensor)!.shard)!;
 }
 
